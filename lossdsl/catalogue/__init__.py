@@ -1,0 +1,6 @@
+"""The catalogue: every name the language knows, one pydantic model each (see base.register)."""
+
+from . import likelihoods, regression  # noqa: F401  (importing registers the names)
+from .base import CATALOGUE, REDUCTIONS, LossNode, Reduction, lookup, register
+
+__all__ = ["CATALOGUE", "REDUCTIONS", "LossNode", "Reduction", "lookup", "register"]

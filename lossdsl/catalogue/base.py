@@ -1,0 +1,139 @@
+"""What every catalogue entry is: a frozen pydantic model, registered under its ``kind``.
+
+A catalogue name is one model (its parameters, ranges and formula docstring) plus, in the compiler,
+one function. Named losses also define ``expand()``, a pure rewrite into primitive blocks. Third
+parties add names with ``lossdsl.register``: the validator, the printer, the JSON Schema and the
+``lossdsl list`` command all read the same registry.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
+
+from ..errors import LossSpecError, unknown_name_hint
+
+# Scalars are strict (no "2" -> 2.0, no true -> 1.0) but an int is accepted where a float is expected.
+Number = Annotated[float, Strict()]
+Integer = Annotated[int, Strict()]
+Flag = Annotated[bool, Strict()]
+NonNegative = Annotated[float, Strict(), Field(ge=0)]
+Probability = Annotated[float, Strict(), Field(ge=0, le=1)]
+Smoothing = Annotated[float, Strict(), Field(ge=0, lt=1)]
+PerClass = tuple[Number, ...]
+Head = Literal["sigmoid", "softmax"]
+
+REDUCTIONS = ("mean", "sum", "batchmean", "pos_mean", "none")
+Reduction = Literal["mean", "sum", "batchmean", "pos_mean", "none"]
+
+# Where a child loss sits in a node's JSON Schema; json_schema() swaps the marker for a reference to
+# the union of every registered name, so plug-ins appear in editors' completion too.
+NODE_SCHEMA_MARKER = "x-lossdsl-node"
+
+
+class LossNode(BaseModel):
+    """Base of every catalogue entry. Subclasses declare ``kind: Literal["name"] = "name"``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # One line for `lossdsl list`; the class docstring carries the formula and the paper.
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    # "likelihood", "regression", "modifier", "named", "multitask" or "plugin".
+    category: ClassVar[str] = "plugin"
+    # The field that receives the call's positional argument, if the name takes one.
+    positional: ClassVar[str | None] = None
+    # Fields holding one child loss (validated recursively by the validator).
+    loss_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return cls.model_fields["kind"].default
+
+    @property
+    def head(self) -> str | None:
+        """'sigmoid' or 'softmax' when the loss has a probability p_t that modifiers can use."""
+        return None
+
+    @property
+    def is_regression(self) -> bool:
+        return False
+
+    def children(self) -> tuple["LossNode", ...]:
+        return tuple(getattr(self, name) for name in self.loss_fields)
+
+    def expand(self) -> "LossNode":
+        """This node rewritten into primitive blocks (named losses override; others recurse)."""
+        if not self.loss_fields:
+            return self
+        return self.model_copy(update={name: getattr(self, name).expand() for name in self.loss_fields})
+
+    def default_for(self, name: str) -> Any:
+        """The value a parameter takes when it is not given (some depend on other parameters)."""
+        return self.model_fields[name].get_default(call_default_factory=True)
+
+    def parameters(self) -> dict[str, Any]:
+        """Every parameter that differs from its default, in declaration order (for printing)."""
+        out = {}
+        for name in self.model_fields:
+            if name == "kind":
+                continue
+            value = getattr(self, name)
+            if name in self.loss_fields or value != self.default_for(name):
+                out[name] = value
+        return out
+
+
+def _coerce_child(value: Any) -> Any:
+    """Let Python users pass a plain dict for a child loss: it is validated through the registry."""
+    if isinstance(value, LossNode):
+        return value
+    if isinstance(value, dict):
+        from ..validate import build_node_from_plain  # the validator depends on this module
+
+        return build_node_from_plain(value)
+    raise ValueError(f"expected a loss, got {type(value).__name__}")
+
+
+Child = Annotated[
+    LossNode,
+    BeforeValidator(_coerce_child),
+    WithJsonSchema({NODE_SCHEMA_MARKER: True}),
+]
+
+
+CATALOGUE: dict[str, type[LossNode]] = {}
+
+
+def register(cls: type[LossNode]) -> type[LossNode]:
+    """Add a name to the catalogue (a class decorator; also the plug-in entry point).
+
+    The class must subclass ``LossNode`` and declare ``kind: Literal["name"] = "name"``. A name that is
+    already taken is refused, so a plug-in cannot silently replace a built-in loss.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, LossNode)):
+        raise LossSpecError(f"register() expects a LossNode subclass, got {cls!r}")
+    field = cls.model_fields.get("kind")
+    annotation = field.annotation if field else None
+    if field is None or typing.get_origin(annotation) is not Literal or field.default is None:
+        raise LossSpecError(
+            f"{cls.__name__} must declare kind: Literal['name'] = 'name' to be registered"
+        )
+    name = field.default
+    if not name.isidentifier():
+        raise LossSpecError(f"catalogue names must be identifiers, got {name!r}")
+    if name in CATALOGUE and CATALOGUE[name] is not cls:
+        raise LossSpecError(f"'{name}' is already in the catalogue ({CATALOGUE[name].__name__})")
+    CATALOGUE[name] = cls
+    return cls
+
+
+def lookup(name: str) -> type[LossNode]:
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise LossSpecError(
+            f"unknown loss '{name}'", hint=unknown_name_hint(name, CATALOGUE, "losses")
+        ) from None

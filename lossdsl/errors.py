@@ -1,0 +1,147 @@
+"""The one error type of lossdsl, and how its messages point at the user's text.
+
+Inner code raises these with a bare reason and, where it knows one, a position; the public entry points
+attach the source text once, so every message a user sees shows their own line with a caret under the
+offending character and never an internal traceback (the einops pattern).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Location:
+    """A 1-based line and column in a source text (an expression, or a whole YAML file)."""
+
+    line: int
+    column: int
+    text: str | None = None
+    filename: str | None = None
+
+    @staticmethod
+    def from_offset(text: str, offset: int, filename: str | None = None) -> "Location":
+        offset = max(0, min(offset, len(text)))
+        line = text.count("\n", 0, offset) + 1
+        column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        return Location(line, column, text, filename)
+
+
+class LossDSLError(ValueError):
+    """Base of every error lossdsl raises on bad input (text, YAML, parameters or tensors).
+
+    Attributes:
+        reason: the message without location or source excerpt.
+        line, column: 1-based position in ``source`` when the error points at text, else None.
+        source: the text the position refers to (an expression or a whole YAML file).
+        filename: the file the text came from, when it came from one.
+        path: where in a YAML/mapping config the error sits, e.g. ``model.loss.terms[0].gamma``.
+        hint: an extra line such as "did you mean 'gamma'?".
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        source: str | None = None,
+        filename: str | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.line = line
+        self.column = column
+        self.source = source
+        self.filename = filename
+        self.path = path
+        self.hint = hint
+        super().__init__(reason)
+
+    def located(self, location: Location | None = None, *, path: str | None = None) -> "LossDSLError":
+        """Fill in location details that are still missing (the innermost, most precise one wins)."""
+        if self.line is None and location is not None:
+            self.line, self.column = location.line, location.column
+            self.source = location.text
+            if self.filename is None:
+                self.filename = location.filename
+        if self.path is None and path:
+            self.path = path
+        return self
+
+    def __str__(self) -> str:
+        return self.render()
+
+    def render(self) -> str:
+        """``file:line:col: reason``, then the source line and a caret, then the hint."""
+        where = []
+        if self.filename:
+            where.append(self.filename)
+        if self.line is not None:
+            where.append(str(self.line))
+            if self.column is not None:
+                where.append(str(self.column))
+        head = ":".join(where)
+        parts = [f"{head}: {self.reason}" if head else self.reason]
+        if self.path and self.line is None:
+            parts[0] += f" (at {self.path})"
+        excerpt = self.excerpt()
+        if excerpt:
+            parts.append(excerpt)
+        if self.hint:
+            parts.append(self.hint)
+        return "\n".join(parts)
+
+    def excerpt(self) -> str:
+        if self.source is None or self.line is None:
+            return ""
+        lines = self.source.splitlines() or [""]
+        if not 1 <= self.line <= len(lines):
+            return ""
+        text = lines[self.line - 1]
+        # Long lines are cut around the caret so the excerpt stays readable in a terminal.
+        column = max(1, self.column or 1)
+        start = max(0, column - 60)
+        shown = text[start : start + 100].expandtabs(1)
+        prefix = "..." if start else ""
+        caret = " " * (len(prefix) + column - 1 - start) + "^"
+        return f"    {prefix}{shown}\n    {caret}"
+
+
+class LossSyntaxError(LossDSLError):
+    """The text of an expression does not follow the grammar."""
+
+
+class LossSpecError(LossDSLError):
+    """Well-formed text naming something the catalogue does not define, or a value out of range."""
+
+
+class LossConfigError(LossDSLError):
+    """A YAML file, mapping or key that does not hold a loss in one of the accepted forms."""
+
+
+class LossInputError(LossDSLError):
+    """Tensors given to a compiled loss that do not fit it (shapes, dtypes, values)."""
+
+
+def suggest(name: str, valid: Iterable[str]) -> str | None:
+    """The closest valid spelling of ``name``, or None when nothing is close."""
+    valid = list(valid)
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    lowered = {v.lower(): v for v in valid}
+    return lowered.get(name.lower())
+
+
+def unknown_name_hint(name: str, valid: Iterable[str], what: str) -> str:
+    """'did you mean X?' plus the list of what is valid, for unknown names and parameters."""
+    valid = sorted(valid)
+    best = suggest(name, valid)
+    listed = ", ".join(valid) if valid else "none"
+    if best:
+        return f"did you mean '{best}'? valid {what}: {listed}"
+    return f"valid {what}: {listed}"

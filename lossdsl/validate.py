@@ -1,0 +1,534 @@
+"""Located plain data -> validated ``LossSpec``, with errors that point at the offending text.
+
+One walker serves every source: expressions (via ``syntax.parse_text``), YAML files, and mappings
+built in Python or by Hydra. It accepts these loss forms wherever a loss is expected:
+
+- a string: an expression;
+- ``{expr: "...", define: {name: "..."}, reduction: ...}``: an expression with named sub-expressions,
+  substituted where they are referenced (the spec is the same as with the expression written out);
+- ``{terms: [{loss: ..., weight: ..., reduction: ...}, ...]}``: a weighted sum;
+- ``{kind: name, param: value, ...}``: one catalogue node (``reduction`` allowed on the outermost);
+- ``{ref: name}`` (from expressions): a ``define:`` name, or a catalogue name with its defaults.
+
+Pydantic checks each node's parameters; this module turns its errors into messages that name the
+loss, the parameter, the allowed range or type, and the closest valid spelling.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any, Literal
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import ValidationError
+
+from .catalogue.base import REDUCTIONS, LossNode, lookup
+from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
+from .located import MAX_DEPTH, POSITIONAL, Located, wrap
+from .printer import format_value
+from .spec import LossSpec, Term
+
+_TERM_KEYS = ("loss", "weight", "reduction")
+_EXPR_KEYS = ("expr", "define", "reduction")
+_FORM_HINT = (
+    "a loss is an expression string, or a mapping with 'kind' (one node), 'terms' (a weighted sum) "
+    "or 'expr' (an expression with optional 'define' and 'reduction')"
+)
+
+
+def build_spec(item: Located, *, path: str = "") -> LossSpec:
+    """Validate any accepted loss form into a LossSpec."""
+    return _Walker().spec(item, path)
+
+
+def build_node_from_plain(data: dict[str, Any]) -> LossNode:
+    """Validate one node given as a plain dict (used when Python code passes dicts for children)."""
+    return _Walker().single_node(wrap(data), "", None)
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.defines: list[dict[str, Located]] = []
+        self.resolving: list[str] = []
+
+    # -- errors
+    @staticmethod
+    def _fail(
+        reason: str, location: Location | None, path: str, hint: str | None = None,
+        cls: type[LossDSLError] = LossSpecError,
+    ) -> LossDSLError:
+        return cls(reason, hint=hint).located(location, path=path or None)
+
+    # -- whole losses
+    def spec(self, item: Located, path: str) -> LossSpec:
+        terms = self.terms(item, path, 1.0, None, 0)
+        self._check_sum(terms, item, path)
+        return LossSpec(terms=tuple(term for term, _ in terms))
+
+    def terms(
+        self, item: Located, path: str, weight: float, reduction: str | None, depth: int
+    ) -> list[tuple[Term, Located]]:
+        """Flatten any loss form into weighted terms (with the item each came from, for messages)."""
+        if depth > MAX_DEPTH:
+            raise self._fail(f"loss nested deeper than {MAX_DEPTH} levels", item.location, path,
+                             cls=LossConfigError)
+        value = item.value
+        if isinstance(value, str):
+            return self.terms(self._parse(item), path, weight, reduction, depth + 1)
+        if not isinstance(value, dict):
+            raise self._fail(
+                f"expected a loss, got {_describe_value(value)}", item.location, path,
+                hint=_FORM_HINT, cls=LossConfigError,
+            )
+        if "expr" in value:
+            return self._expr_form(item, path, weight, reduction, depth)
+        if "terms" in value:
+            return self._terms_form(item, path, weight, reduction, depth)
+        if "ref" in value and "kind" not in value:
+            return self._ref(item, path, weight, reduction, depth)
+        if "kind" in value:
+            return [self._node_term(item, path, weight, reduction, depth)]
+        if "tasks" in value:
+            raise self._fail(
+                "task dictionaries need the multi-task support, which is not in this version",
+                item.location, path,
+            )
+        keys = ", ".join(repr(k) for k in value) or "none"
+        raise self._fail(
+            f"this mapping is not a loss (its keys: {keys})", item.location, path,
+            hint=_FORM_HINT, cls=LossConfigError,
+        )
+
+    def _parse(self, item: Located) -> Located:
+        from .syntax import parse_text
+
+        if item.locate is not None:
+            return parse_text(item.value, item.locate)
+        if item.location is not None:  # no finer map into the file: point at the string itself
+            location = item.location
+            return parse_text(item.value, lambda offset: location)
+        return parse_text(item.value)
+
+    def _expr_form(self, item, path, weight, reduction, depth):
+        value = item.value
+        self._check_keys(item, _EXPR_KEYS, path, "an expression mapping")
+        reduction = self._reduction_of(item, path, reduction)
+        defines = {}
+        if "define" in value:
+            block = value["define"]
+            if not block.is_mapping():
+                raise self._fail(
+                    "define: expects a mapping of names to expressions", block.location,
+                    _join(path, "define"), cls=LossConfigError,
+                )
+            for name, definition in block.value.items():
+                where = block.key_location(name)
+                if not name.isidentifier():
+                    raise self._fail(f"define name {name!r} is not an identifier", where,
+                                     _join(path, f"define.{name}"), cls=LossConfigError)
+                from .catalogue.base import CATALOGUE
+
+                if name in CATALOGUE:
+                    raise self._fail(
+                        f"define name '{name}' would hide the catalogue loss '{name}'", where,
+                        _join(path, f"define.{name}"), hint="choose another name",
+                        cls=LossConfigError,
+                    )
+                defines[name] = definition
+        expr = value["expr"]
+        self.defines.append(defines)
+        try:
+            return self.terms(expr, _join(path, "expr"), weight, reduction, depth + 1)
+        finally:
+            self.defines.pop()
+
+    def _terms_form(self, item, path, weight, reduction, depth):
+        self._check_keys(item, ("terms",), path, "a sum")
+        listed = item.value["terms"]
+        if not listed.is_list() or not listed.value:
+            raise self._fail("terms: expects a non-empty list of terms", listed.location,
+                             _join(path, "terms"), cls=LossConfigError)
+        out = []
+        for index, term in enumerate(listed.value):
+            where = f"{_join(path, 'terms')}[{index}]"
+            if not term.is_mapping() or "loss" not in term.value:
+                if term.is_mapping() and "kind" not in term.value and "terms" not in term.value:
+                    raise self._fail("a term needs a 'loss'", term.location, where,
+                                     hint="for example {loss: ce(), weight: 0.5}", cls=LossConfigError)
+                # A bare loss in the list is a term of weight 1.
+                out += self.terms(term, where, weight, reduction, depth + 1)
+                continue
+            self._check_keys(term, _TERM_KEYS, where, "a term")
+            factor = self._weight_of(term, where)
+            term_reduction = self._reduction_of(term, where, reduction)
+            out += self.terms(term.value["loss"], _join(where, "loss"), weight * factor,
+                              term_reduction, depth + 1)
+        return out
+
+    def _ref(self, item, path, weight, reduction, depth):
+        name_item = item.value["ref"]
+        name = name_item.value
+        for scope in reversed(self.defines):
+            if name in scope:
+                if name in self.resolving:
+                    cycle = " -> ".join(self.resolving[self.resolving.index(name):] + [name])
+                    raise self._fail(f"define '{name}' refers to itself ({cycle})",
+                                     name_item.location, path, cls=LossConfigError)
+                self.resolving.append(name)
+                try:
+                    return self.terms(scope[name], _join("define", name), weight, reduction, depth + 1)
+                finally:
+                    self.resolving.pop()
+        from .catalogue.base import CATALOGUE
+
+        if name in CATALOGUE:  # a bare catalogue name is the call with its defaults: focal == focal()
+            node = Located({"kind": name_item}, name_item.location)
+            return [self._node_term(node, path, weight, reduction, depth)]
+        defined = sorted({n for scope in self.defines for n in scope})
+        raise self._fail(
+            f"unknown name '{name}'", name_item.location, path,
+            hint=unknown_name_hint(name, defined + sorted(CATALOGUE), "names"),
+        )
+
+    def _node_term(self, item, path, weight, reduction, depth) -> tuple[Term, Located]:
+        own = item.value.get("reduction")
+        if own is not None:
+            if reduction is not None and own.value != reduction:
+                raise self._fail(
+                    "reduction is given twice for this term", own.location, _join(path, "reduction")
+                )
+            reduction = self._reduction_value(own, _join(path, "reduction"))
+        node = self.node(item, path, depth, allow_reduction=True)
+        try:
+            term = Term(loss=node, weight=weight, reduction=reduction or "mean")
+        except ValidationError:
+            raise self._fail("term weight must be a finite number", item.location, path) from None
+        return term, item
+
+    # -- nodes
+    def single_node(self, item: Located, path: str, owner: str | None, depth: int = 0) -> LossNode:
+        """A child loss: exactly one node, weight 1, no reduction of its own."""
+        terms = self.terms(item, path, 1.0, None, depth + 1)
+        if len(terms) != 1 or terms[0][0].weight != 1:
+            raise self._fail(
+                f"{owner}() wraps one loss, not a weighted sum" if owner else "expected one loss",
+                item.location, path,
+                hint="apply the modifier to each term: poly(a) + 0.5 * poly(b)",
+            )
+        term, source = terms[0]
+        if term.reduction != "mean" or "reduction" in (source.value or {}):
+            where = source.key_location("reduction")
+            raise self._fail(
+                "reduction= belongs on the outermost call of a term", where, _join(path, "reduction"),
+                hint=f"move it to {owner}(...)" if owner else None,
+            )
+        return term.loss
+
+    def node(self, item: Located, path: str, depth: int, allow_reduction: bool = False) -> LossNode:
+        value = item.value
+        kind_item = value["kind"]
+        if not isinstance(kind_item.value, str):
+            raise self._fail(f"kind must be a name, got {_describe_value(kind_item.value)}",
+                             kind_item.location, _join(path, "kind"))
+        try:
+            cls = lookup(kind_item.value)
+        except LossDSLError as exc:
+            raise exc.located(kind_item.location, path=_join(path, "kind")) from None
+        name = cls.kind_name()
+        params: dict[str, Any] = {}
+        for key, child in value.items():
+            if key == "kind" or (key == "reduction" and allow_reduction):
+                continue
+            where = _join(path, key)
+            if key == POSITIONAL:
+                if cls.positional is None:
+                    raise self._fail(f"{name}() takes no positional argument", child.location, path,
+                                     hint=f"{name} has no loss to wrap; parameters are given by name")
+                key = cls.positional
+                where = _join(path, key)
+                if key in value:
+                    raise self._fail(f"{name}() got its {key} both by position and by name",
+                                     item.key_location(key), where)
+            if key == "reduction":
+                raise self._fail(
+                    "reduction= belongs on the outermost call of a term", item.key_location(key), where,
+                    hint="a term is reduced once, after every modifier has acted",
+                )
+            if key not in cls.model_fields or key == "kind":
+                valid = [f for f in cls.model_fields if f != "kind"] + ["reduction"]
+                raise self._fail(
+                    f"{name}() has no parameter '{key}'", item.key_location(key), where,
+                    hint=unknown_name_hint(key, valid, f"parameters of {name}"),
+                )
+            if key in cls.loss_fields:
+                params[key] = self.single_node(child, where, name, depth + 1)
+            else:
+                params[key] = self.plain_value(child, where, depth + 1)
+        try:
+            return cls.model_validate(params)
+        except ValidationError as exc:
+            raise self._translate(cls, exc, item, path) from None
+        except LossDSLError as exc:
+            raise exc.located(item.location, path=path or None) from None
+
+    def plain_value(self, item: Located, path: str, depth: int) -> Any:
+        if depth > MAX_DEPTH:
+            raise self._fail(f"value nested deeper than {MAX_DEPTH} levels", item.location, path,
+                             cls=LossConfigError)
+        value = item.value
+        if isinstance(value, list):
+            return [self.plain_value(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self.plain_value(v, _join(path, k), depth + 1) for k, v in value.items()}
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self._fail(f"{path.rsplit('.', 1)[-1]} must be a finite number, got {value}",
+                             item.location, path)
+        return value
+
+    # -- helpers
+    def _check_keys(self, item: Located, allowed: tuple[str, ...], path: str, what: str) -> None:
+        for key in item.value:
+            if key not in allowed:
+                raise self._fail(
+                    f"unexpected key '{key}' in {what}", item.key_location(key), _join(path, key),
+                    hint=unknown_name_hint(key, allowed, "keys"), cls=LossConfigError,
+                )
+
+    def _weight_of(self, term: Located, path: str) -> float:
+        weight = term.value.get("weight")
+        if weight is None:
+            return 1.0
+        number = weight.value
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise self._fail(f"weight must be a finite number, got {_describe_value(number)}",
+                             weight.location, _join(path, "weight"), cls=LossConfigError)
+        return float(number)
+
+    def _reduction_of(self, item: Located, path: str, inherited: str | None) -> str | None:
+        own = item.value.get("reduction")
+        if own is None:
+            return inherited
+        return self._reduction_value(own, _join(path, "reduction"))
+
+    def _reduction_value(self, item: Located, path: str) -> str:
+        value = item.value
+        if value is None:  # the bare word none reads as the null value; here it names a reduction
+            value = "none"
+        if value not in REDUCTIONS:
+            shown = value if isinstance(value, str) else _describe_value(value)
+            raise self._fail(
+                f"unknown reduction '{shown}'", item.location, path,
+                hint=unknown_name_hint(str(value), REDUCTIONS, "reductions"),
+            )
+        return value
+
+    def _check_sum(self, terms: list[tuple[Term, Located]], item: Located, path: str) -> None:
+        unreduced = [t.reduction == "none" for t, _ in terms]
+        if any(unreduced) and not all(unreduced):
+            term, source = terms[unreduced.index(False) if unreduced[0] else unreduced.index(True)]
+            raise self._fail(
+                "reduction=none cannot be added to reduced terms: every term of the sum must keep "
+                "its per-element values, or none", source.location, path,
+                hint="give reduction=none to every term, or to none of them",
+            )
+        for term, source in terms:
+            if term.loss.is_regression and term.reduction == "pos_mean":
+                raise self._fail(
+                    f"reduction=pos_mean counts positive targets; {term.loss.kind_name()} is a "
+                    "regression loss and has none", source.key_location("reduction"), path,
+                    hint="use mean, sum, batchmean or none",
+                )
+
+    def _translate(self, cls: type[LossNode], exc: ValidationError, item: Located, path: str):
+        name = cls.kind_name()
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        loc = [part for part in first["loc"]]
+        if not loc:  # a model-level rule (contradictory parameters), raised as ValueError
+            reason = str(first.get("ctx", {}).get("error", first["msg"]))
+            return self._fail(f"{name}(): {reason}", item.location, path)
+        field = str(loc[0])
+        field_errors = [e for e in errors if e["loc"] and e["loc"][0] == field]
+        target, where = _navigate(item, loc, path)
+        location = target.location if target is not None else item.key_location(field)
+        annotation = cls.model_fields[field].annotation
+        given = _shown(first.get("input"))
+        if first["type"] == "missing":
+            return self._fail(f"{name}() requires the parameter '{field}'", item.location, path)
+        range_errors = [e for e in field_errors if e["type"] in _RANGE_ERRORS]
+        if range_errors:
+            error = range_errors[0]
+            target, where = _navigate(item, list(error["loc"]), path)
+            location = target.location if target is not None else location
+            bounds = _bounds_text(annotation, cls.model_fields[field].metadata) or _RANGE_ERRORS[error["type"]].format(**error.get("ctx", {}))
+            return self._fail(
+                f"{name}(): {field}={_shown(error['input'])} is out of range; {field} must be {bounds}",
+                location, where,
+            )
+        literal_values = _literal_values(annotation)
+        if literal_values and isinstance(first.get("input"), str):
+            return self._fail(
+                f"{name}(): {field}={given} is not one of {', '.join(literal_values)}", location, where,
+                hint=unknown_name_hint(first["input"], literal_values, f"values of {field}"),
+            )
+        value_errors = [e for e in field_errors if e["type"] == "value_error"]
+        if value_errors:
+            reason = str(value_errors[0].get("ctx", {}).get("error", value_errors[0]["msg"]))
+            return self._fail(f"{name}(): {field}: {reason}", location, where)
+        return self._fail(
+            f"{name}(): {field} expects {_describe_type(annotation)}, got {given}", location, where
+        )
+
+
+_RANGE_ERRORS = {
+    "greater_than_equal": ">= {ge}",
+    "greater_than": "> {gt}",
+    "less_than_equal": "<= {le}",
+    "less_than": "< {lt}",
+    "too_short": "at least {min_length} long",
+    "too_long": "at most {max_length} long",
+}
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _navigate(item: Located, loc: list[Any], path: str) -> tuple[Located | None, str]:
+    """The located value a pydantic error location points at (union-branch names are skipped)."""
+    current: Located | None = item
+    where = path
+    for part in loc:
+        if current is None:
+            break
+        if isinstance(part, int) and current.is_list():
+            if 0 <= part < len(current.value):
+                current = current.value[part]
+                where = f"{where}[{part}]"
+        elif isinstance(part, str) and current.is_mapping() and part in current.value:
+            current = current.value[part]
+            where = _join(where, part)
+    return current, where
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict, str, bool, int, float)) or value is None:
+        try:
+            return format_value(value)
+        except TypeError:
+            pass
+    return repr(value)
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return _shown(value)
+
+
+def _unwrap(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    annotation = _unwrap(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _describe_type(annotation: Any) -> str:
+    words = []
+    for arg in _union_args(annotation):
+        arg = _unwrap(arg)
+        origin = typing.get_origin(arg)
+        if arg is type(None):
+            words.append("none")
+        elif arg is bool:
+            words.append("true or false")
+        elif arg is int:
+            words.append("an integer")
+        elif arg is float:
+            words.append("a number")
+        elif arg is str:
+            words.append("a string")
+        elif origin is Literal:
+            words.append("one of " + ", ".join(map(str, typing.get_args(arg))))
+        elif origin is tuple:
+            inner = _describe_type(typing.get_args(arg)[0])
+            words.append(f"a list of {_plural(inner)}")
+        elif origin is dict:
+            words.append("a mapping")
+        elif isinstance(arg, type) and issubclass(arg, LossNode):
+            words.append("a loss")
+        else:
+            words.append(getattr(arg, "__name__", str(arg)))
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _plural(text: str) -> str:
+    return {"a number": "numbers", "an integer": "integers", "a string": "strings"}.get(text, text)
+
+
+def _literal_values(annotation: Any) -> list[str]:
+    values: list[str] = []
+    for arg in _union_args(annotation):
+        arg = _unwrap(arg)
+        if typing.get_origin(arg) is Literal:
+            values += [str(v) for v in typing.get_args(arg)]
+    return values
+
+
+def _bounds_text(annotation: Any, field_metadata: list[Any] = ()) -> str | None:
+    """The allowed range declared on a field (or on the elements of its list), e.g. 'in [0, 1)'.
+
+    Pydantic moves a field's own constraints from its annotation into ``field_metadata``.
+    """
+    lower = upper = None
+    stack = [annotation]
+    pending = [list(field_metadata)]
+    while stack or pending:
+        if pending:
+            metadata = pending.pop()
+        else:
+            current = stack.pop()
+            if typing.get_origin(current) is not typing.Annotated:
+                stack.extend(typing.get_args(current))
+                continue
+            base, *metadata = typing.get_args(current)
+            stack.append(base)
+        for meta in _flatten_metadata(metadata):
+            if isinstance(meta, Ge):
+                lower = ("[", meta.ge)
+            elif isinstance(meta, Gt):
+                lower = ("(", meta.gt)
+            elif isinstance(meta, Le):
+                upper = ("]", meta.le)
+            elif isinstance(meta, Lt):
+                upper = (")", meta.lt)
+    if lower and upper:
+        return f"in {lower[0]}{format_value(lower[1])}, {format_value(upper[1])}{upper[0]}"
+    if lower:
+        return (">= " if lower[0] == "[" else "> ") + format_value(lower[1])
+    if upper:
+        return ("<= " if upper[0] == "]" else "< ") + format_value(upper[1])
+    return None
+
+
+def _flatten_metadata(metadata: list[Any]) -> list[Any]:
+    out = []
+    for meta in metadata:
+        nested = getattr(meta, "metadata", None)
+        if nested:
+            out += list(nested)
+        else:
+            out.append(meta)
+    return out
