@@ -21,7 +21,7 @@ from typing import Any, Callable
 from lark import Lark, Token, Transformer_NonRecursive, UnexpectedInput, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
-from .errors import Location, LossDSLError, LossSyntaxError
+from .errors import Location, LossDSLError, LossSyntaxError, offset_locator
 from .located import MAX_DEPTH, POSITIONAL, Located
 
 # Bounds on untrusted text: a loss expression is a line or a paragraph, never a megabyte.
@@ -297,15 +297,11 @@ class _Build(Transformer_NonRecursive):
         return self._loss(value)
 
 
-def _offset_locator(text: str) -> Locate:
-    return lambda offset: Location.from_offset(text, offset)
-
-
 def parse_text(text: str, locate: Locate | None = None) -> Located:
     """Parse an expression into located plain data. Raises LossSyntaxError with a caret."""
     if not isinstance(text, str):
         raise LossSyntaxError(f"an expression must be a string, got {type(text).__name__}")
-    locate = locate or _offset_locator(text)
+    locate = locate or offset_locator(text)
     if len(text) > MAX_CHARS:
         raise LossSyntaxError(
             f"expression is {len(text)} characters long; the limit is {MAX_CHARS}",

@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv on first use.
+# torch is pinned for set-up only (a CPU build that installs from local disk here); the package itself
+# asks for torch>=2.1.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+TIMM ?= timm==1.0.31
+
+.PHONY: demo test venv clean
+
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	# timm is a parity reference only; its dependencies would pull torchvision, so none are installed.
+	$(PY) -m pip install -q --no-deps "$(TIMM)"
+	touch $@
+
+venv: $(VENV)/.ready
+
+demo: venv
+	$(PY) examples/demo.py
+
+test: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,101 @@
+"""The public entry points: parse, load, compile, json_schema.
+
+Each one accepts the user's input, lets inner code raise bare ``LossDSLError`` reasons with locations,
+and never lets a parser's or validator's own exception type escape.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union
+
+from .compiler import compile_spec
+from .errors import LossConfigError
+from .located import Located, wrap
+from .module import CompiledLoss
+from .spec import LossSpec
+from .syntax import parse_text
+from .validate import build_spec
+from .yaml_io import located_yaml, select_key
+
+Source = Union[LossSpec, str, Mapping, os.PathLike]
+
+
+@functools.lru_cache(maxsize=512)
+def parse(expression: str) -> LossSpec:
+    """Parse and validate an expression such as ``"poly(focal(gamma=2), eps=1) + 0.5 * ghm()"``.
+
+    Results are cached by text (specs are immutable), so parsing in a training loop costs nothing.
+    Raises LossDSLError with the line, column and a caret under the offending character.
+    """
+    if not isinstance(expression, str):
+        raise LossConfigError(f"parse() expects an expression string, got {type(expression).__name__}")
+    return build_spec(parse_text(expression))
+
+
+def load(source: Any, key: str | None = None) -> LossSpec:
+    """Load a loss from a YAML/JSON file (``pathlib.Path``), YAML text, or a mapping.
+
+    Args:
+        source: a path; YAML text (which may be just an expression); a Mapping such as a dict or an
+            OmegaConf/Hydra config; or a LossSpec (returned as is).
+        key: a dotted key of the loss inside the document, e.g. ``"model.loss"``.
+    """
+    if isinstance(source, LossSpec) and key is None:
+        return source
+    root, filename = _located(source)
+    item, path = select_key(root, key, filename)
+    return build_spec(item, path=path)
+
+
+def _located(source: Any) -> tuple[Located, str | None]:
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_file(source)):
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LossConfigError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+        return located_yaml(text, str(path)), str(path)
+    if isinstance(source, str):
+        return located_yaml(source), None
+    if isinstance(source, (Mapping, Located)) or type(source).__module__.startswith("omegaconf"):
+        return wrap(source), None
+    raise LossConfigError(
+        f"cannot load a loss from {type(source).__name__}; expected a path, YAML text or a mapping"
+    )
+
+
+def _looks_like_file(text: str) -> bool:
+    return "\n" not in text and text.endswith((".yaml", ".yml", ".json")) and Path(text).is_file()
+
+
+def compile(source: Source, *, check_values: bool = True) -> CompiledLoss:  # noqa: A001
+    """Build the nn.Module for a loss.
+
+    Args:
+        source: a LossSpec, an expression string, or a mapping (any form ``load`` accepts).
+        check_values: check target values (class index range, probabilities in [0, 1]) on each call.
+            Costs one host synchronisation per call; skipped automatically under torch.compile.
+    """
+    if isinstance(source, LossSpec):
+        spec = source
+    elif isinstance(source, str):
+        spec = parse(source)
+    elif isinstance(source, os.PathLike):
+        spec = load(source)
+    else:
+        spec = load(source)
+    return compile_spec(spec, check_values=check_values)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 7) of the YAML/mapping form of a loss, for editors and CI."""
+    from .schema import loss_json_schema
+
+    return loss_json_schema()
+
+
+__all__ = ["parse", "load", "compile", "json_schema"]

@@ -1,0 +1,37 @@
+"""Targets as each head needs them: one-hot from class indices, label smoothing, ignore masks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def index_to_one_hot(index: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Class indices ``[N, d1, ...]`` -> one-hot ``[N, C, d1, ...]`` (float32) and the valid mask.
+
+    Positions equal to ``ignore_index`` get an all-zero row; the mask (``[N, 1, d1, ...]``, bool)
+    marks the positions that count.
+    """
+    index = index.long()
+    valid = index != ignore_index
+    safe = torch.where(valid, index, torch.zeros_like(index))
+    one_hot = torch.zeros(
+        (index.shape[0], num_classes, *index.shape[1:]), dtype=torch.float32, device=index.device
+    )
+    one_hot.scatter_(1, safe.unsqueeze(1), 1.0)
+    valid = valid.unsqueeze(1)
+    return one_hot * valid, valid
+
+
+def smooth_binary(y: Tensor, smoothing: float) -> Tensor:
+    """Sigmoid label smoothing: ``y' = y (1 - s) + s / 2`` (each element is its own binary problem)."""
+    if smoothing == 0:
+        return y
+    return y * (1.0 - smoothing) + 0.5 * smoothing
+
+
+def per_class(values: Tensor, ndim: int) -> Tensor:
+    """Shape a per-class vector ``[C]`` to broadcast on dimension 1 of an ``ndim``-dimensional tensor."""
+    if values.dim() == 0 or ndim < 2:
+        return values
+    return values.reshape((1, -1) + (1,) * (ndim - 2))

@@ -1,0 +1,56 @@
+"""The compiled loss: an nn.Module that adds its weighted terms."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from .errors import LossInputError
+from .spec import LossSpec
+from .terms.base import TermModule, is_compiling, shape_text
+
+
+class CompiledLoss(nn.Module):
+    """``loss(input, target)`` = sum over terms of ``weight * term(input, target)``.
+
+    Attributes:
+        spec: the validated ``LossSpec`` this module was built from.
+        terms: one module per term (they hold constants, learnable parameters, running buffers).
+        last_terms: after each call, every term's reduced value before its weight, detached, under
+            the term's canonical expression (for logging; read with ``.item()`` when you log).
+    """
+
+    def __init__(self, spec: LossSpec, terms: Sequence[TermModule]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.terms = nn.ModuleList(terms)
+        self.weights = [term.weight for term in spec.terms]
+        self.unreduced = all(term.reduction == "none" for term in spec.terms)
+        self.last_terms: dict[str, Tensor] = {}
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        # Check every term's inputs before any term runs, so a bad batch changes no running buffer.
+        prepared = [term.prepare(input, target) for term in self.terms]
+        values = [term.compute(inputs) for term, inputs in zip(self.terms, prepared)]
+        if self.unreduced and len(values) > 1:
+            self._check_same_shapes(values)
+        total = None
+        for weight, value in zip(self.weights, values):
+            weighted = value if weight == 1 else weight * value
+            total = weighted if total is None else total + weighted
+        if not is_compiling():
+            self.last_terms = {term.label: value.detach() for term, value in zip(self.terms, values)}
+        return total
+
+    def _check_same_shapes(self, values: list[Tensor]) -> None:
+        first = values[0]
+        for term, value in zip(self.terms, values):
+            if value.shape != first.shape:
+                raise LossInputError(
+                    f"reduction=none terms must have equal shapes to be added: "
+                    f"{self.terms[0].label} gives {shape_text(first)}, {term.label} gives {shape_text(value)}"
+                )
+
+    def __repr__(self) -> str:
+        return f"lossdsl.compile({self.spec.to_expr()!r})"

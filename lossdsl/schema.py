@@ -1,0 +1,109 @@
+"""JSON Schema (draft 7) of the YAML/mapping form, built from the catalogue registry.
+
+Each node's schema comes from its pydantic model; child losses point at the union of every
+registered name, so editors (yaml-language-server) complete ``gamma`` under ``kind: focal`` and
+plug-ins show up too. ``reduction`` is accepted on nodes because the outermost node of a term may
+carry it (the validator rejects it deeper down, with a message).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .catalogue.base import CATALOGUE, NODE_SCHEMA_MARKER, REDUCTIONS
+
+DRAFT = "http://json-schema.org/draft-07/schema#"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/definitions/{name}"}
+
+
+def _swap_markers(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get(NODE_SCHEMA_MARKER):
+            return _ref("Node")
+        return {k: _swap_markers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swap_markers(v) for v in value]
+    return value
+
+
+def node_schemas() -> dict[str, dict[str, Any]]:
+    definitions: dict[str, dict[str, Any]] = {}
+    for name, cls in sorted(CATALOGUE.items()):
+        schema = copy.deepcopy(cls.model_json_schema(ref_template="#/definitions/{model}"))
+        for nested_name, nested in schema.pop("$defs", {}).items():
+            definitions[nested_name] = _swap_markers(nested)
+        schema = _swap_markers(schema)
+        schema["title"] = name
+        schema["description"] = (cls.summary or (cls.__doc__ or "").strip().splitlines()[0]).strip()
+        schema.setdefault("properties", {})["reduction"] = _ref("Reduction")
+        schema["required"] = sorted(set(schema.get("required", [])) | {"kind"})
+        schema["additionalProperties"] = False
+        definitions[f"node_{name}"] = schema
+    return definitions
+
+
+def loss_json_schema(key: str | None = None) -> dict[str, Any]:
+    """The schema of a loss; with ``key="model.loss"``, of a document holding it under that key."""
+    definitions = node_schemas()
+    node_names = sorted(n for n in definitions if n.startswith("node_"))
+    definitions["Reduction"] = {"type": "string", "enum": list(REDUCTIONS)}
+    definitions["Node"] = {
+        "description": "one loss: a catalogue name under 'kind' and its parameters",
+        "type": "object",
+        "required": ["kind"],
+        "oneOf": [_ref(n) for n in node_names],
+    }
+    definitions["Expression"] = {
+        "type": "string",
+        "description": "a loss expression, e.g. poly(focal(gamma=2), eps=1) + 0.5 * ghm(bins=30)",
+    }
+    definitions["Term"] = {
+        "type": "object",
+        "properties": {
+            "loss": _ref("Loss"),
+            "weight": {"type": "number"},
+            "reduction": _ref("Reduction"),
+        },
+        "required": ["loss"],
+        "additionalProperties": False,
+    }
+    definitions["Sum"] = {
+        "type": "object",
+        "description": "a weighted sum of terms, each reduced on its own",
+        "properties": {
+            "terms": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"anyOf": [_ref("Term"), _ref("Node"), _ref("Expression")]},
+            }
+        },
+        "required": ["terms"],
+        "additionalProperties": False,
+    }
+    definitions["ExpressionForm"] = {
+        "type": "object",
+        "description": "an expression with named sub-expressions",
+        "properties": {
+            "expr": {"anyOf": [_ref("Expression"), _ref("Sum"), _ref("Node")]},
+            "define": {"type": "object", "additionalProperties": _ref("Expression")},
+            "reduction": _ref("Reduction"),
+        },
+        "required": ["expr"],
+        "additionalProperties": False,
+    }
+    definitions["Loss"] = {
+        "anyOf": [_ref("Expression"), _ref("ExpressionForm"), _ref("Sum"), _ref("Node")]
+    }
+    root: dict[str, Any] = _ref("Loss")
+    for part in reversed(key.split(".") if key else []):
+        root = {"type": "object", "properties": {part: root}, "required": [part]}
+    return {
+        "$schema": DRAFT,
+        "title": "lossdsl loss" + (f" under {key}" if key else ""),
+        "definitions": definitions,
+        "allOf": [root],
+    }

@@ -1,0 +1,124 @@
+"""What every compiled term shares: input checks with readable messages, then a computation.
+
+A term works in two steps so that a sum can check every term's inputs before any term updates a
+running buffer (nothing is half-updated when the third term rejects its targets):
+``prepare`` validates and converts the tensors, ``compute`` does the arithmetic and the reduction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import LossInputError
+from ..spec import Term
+
+
+def is_compiling() -> bool:
+    """True while torch.compile traces (value checks need the host, so they step aside)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return bool(compiler.is_compiling())
+    return bool(torch._dynamo.is_compiling())  # torch < 2.3
+
+
+def shape_text(tensor: Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in tensor.shape) + "]"
+
+
+def shape_of(dims: Any) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+class TermModule(nn.Module):
+    """One term of a loss: ``prepare(input, target)`` then ``compute(prepared)``."""
+
+    def __init__(self, term: Term, label: str, check_values: bool) -> None:
+        super().__init__()
+        self.term = term
+        self.label = label
+        self.reduction = term.reduction
+        self.check_values = check_values
+
+    # -- to implement
+    def prepare(self, input: Tensor, target: Tensor) -> Any:
+        raise NotImplementedError
+
+    def compute(self, prepared: Any) -> Tensor:
+        raise NotImplementedError
+
+    # -- shared
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return self.compute(self.prepare(input, target))
+
+    def fail(self, reason: str, hint: str | None = None) -> LossInputError:
+        return LossInputError(f"{self.label}: {reason}", hint=hint)
+
+    def values_checked(self) -> bool:
+        return self.check_values and not is_compiling()
+
+    def check_tensors(self, input: Any, target: Any) -> None:
+        for name, value in (("input", input), ("target", target)):
+            if not isinstance(value, Tensor):
+                raise self.fail(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if not input.is_floating_point():
+            raise self.fail(f"input must be floating point (logits or predictions), got {input.dtype}")
+        if input.device != target.device:
+            raise self.fail(f"input is on {input.device} but target is on {target.device}")
+        if input.dim() == 0:
+            raise self.fail("input is a scalar; expected a batch of shape [N, ...]")
+
+    def check_probabilities(self, target: Tensor, what: str = "targets") -> None:
+        """Value check: soft or multi-hot targets lie in [0, 1] (one host sync; skippable)."""
+        if not self.values_checked() or not target.is_floating_point():
+            return
+        bad = (target < 0) | (target > 1) | torch.isnan(target)
+        if bool(bad.any()):
+            low, high = float(target.min()), float(target.max())
+            raise self.fail(
+                f"{what} must lie in [0, 1]; found values from {low:g} to {high:g}",
+                hint="pass check_values=False to lossdsl.compile to skip this check",
+            )
+
+    def check_indices(self, index: Tensor, num_classes: int, ignore_index: int) -> None:
+        """Value check: class indices lie in [0, C) or equal ignore_index (one host sync; skippable)."""
+        if not self.values_checked():
+            return
+        bad = ((index < 0) | (index >= num_classes)) & (index != ignore_index)
+        if bool(bad.any()):
+            value = int(index[bad][0])
+            raise self.fail(
+                f"class index {value} is out of range for {num_classes} classes "
+                f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})",
+                hint="pass check_values=False to lossdsl.compile to skip this check",
+            )
+
+    def class_values(self, name: str, values: tuple[float, ...] | float | None) -> None:
+        """Register a per-class (or scalar) constant as a buffer that follows .to(device)."""
+        tensor = None if values is None else torch.tensor(values, dtype=torch.float32)
+        # Constants come from the spec, so they stay out of state_dict (only running state goes there).
+        self.register_buffer(name, tensor, persistent=False)
+
+    def check_class_count(self, name: str, values: Tensor | None, input: Tensor) -> None:
+        if values is None or values.dim() == 0:
+            return
+        if input.dim() < 2:
+            if values.numel() != 1:
+                raise self.fail(
+                    f"{name} has {values.numel()} values, but input of shape {shape_text(input)} "
+                    "has no class dimension"
+                )
+            return
+        if values.numel() != input.shape[1]:
+            raise self.fail(
+                f"{name} has {values.numel()} values but the input has {input.shape[1]} classes "
+                f"(dimension 1 of {shape_text(input)})"
+            )
+
+    def extra_repr(self) -> str:
+        return self.label
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.label})"

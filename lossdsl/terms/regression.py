@@ -1,0 +1,38 @@
+"""Regression terms (mse, l1, smooth_l1): same-shape predictions and targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..functional.reduce import reduce_loss
+from ..functional.regression import regression_elementwise
+from ..spec import Term
+from .base import TermModule, shape_text
+
+
+@dataclass
+class RegressionInputs:
+    x: Tensor
+    y: Tensor
+
+
+class RegressionTerm(TermModule):
+    def __init__(self, term: Term, label: str, check_values: bool) -> None:
+        super().__init__(term, label, check_values)
+        self.kind = term.loss.kind_name()
+        self.beta = float(getattr(term.loss, "beta", 1.0))
+
+    def prepare(self, input: Tensor, target: Tensor) -> RegressionInputs:
+        self.check_tensors(input, target)
+        if target.shape != input.shape:
+            raise self.fail(
+                f"target shape {shape_text(target)} does not match input shape {shape_text(input)}",
+                hint="regression losses compare predictions and targets element by element",
+            )
+        return RegressionInputs(input.float(), target.float())
+
+    def compute(self, inputs: RegressionInputs) -> Tensor:
+        loss = regression_elementwise(self.kind, inputs.x, inputs.y, self.beta)
+        return reduce_loss(loss, self.reduction, batch_size=inputs.x.shape[0])

@@ -1,0 +1,82 @@
+"""Sigmoid-head terms: bce and everything built on it (each element an independent binary problem)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..catalogue.likelihoods import BCE
+from ..functional.likelihoods import bce_elementwise
+from ..functional.reduce import reduce_loss
+from ..functional.targets import index_to_one_hot, per_class, smooth_binary
+from ..spec import Term
+from .base import TermModule, shape_of, shape_text
+
+
+@dataclass
+class SigmoidInputs:
+    x: Tensor  # float32 logits
+    y: Tensor  # float32 targets, smoothed, same shape as x
+    valid: Tensor | None  # bool mask broadcastable to x, None when nothing is ignored
+    count: Tensor | int  # number of elements that count (the mean's denominator)
+    positives: Tensor | None  # number of positive targets (pos_mean only)
+
+
+class SigmoidTerm(TermModule):
+    def __init__(self, term: Term, label: str, check_values: bool, base: BCE) -> None:
+        super().__init__(term, label, check_values)
+        self.smoothing = base.smoothing
+        self.ignore_index = base.ignore_index
+        self.class_values("weight", base.weight)
+        self.class_values("pos_weight", base.pos_weight)
+
+    def prepare(self, input: Tensor, target: Tensor) -> SigmoidInputs:
+        self.check_tensors(input, target)
+        self.check_class_count("weight", self.weight, input)
+        self.check_class_count("pos_weight", self.pos_weight, input)
+        index_shape = (input.shape[0], *input.shape[2:]) if input.dim() >= 2 else None
+        if target.shape == input.shape:
+            y = target.float()
+            self.check_probabilities(y)
+            valid, count = None, y.numel()
+        elif index_shape is not None and tuple(target.shape) == index_shape:
+            if target.is_floating_point() or target.dtype == torch.bool:
+                raise self.fail(
+                    f"targets of shape {shape_text(target)} are read as class indices and must be "
+                    f"integers, got {target.dtype}"
+                )
+            self.check_indices(target, input.shape[1], self.ignore_index)
+            y, valid = index_to_one_hot(target, input.shape[1], self.ignore_index)
+            count = valid.sum() * input.shape[1]
+        else:
+            expected = f"{shape_text(input)} (multi-hot or soft targets)"
+            if index_shape is not None:
+                expected += f" or {shape_of(index_shape)} (integer class indices)"
+            raise self.fail(
+                f"target shape {shape_text(target)} does not fit input shape {shape_text(input)}; "
+                f"expected {expected}"
+            )
+        positives = None
+        if self.reduction == "pos_mean":
+            positives = (y > 0.5).sum()
+        return SigmoidInputs(input.float(), smooth_binary(y, self.smoothing), valid, count, positives)
+
+    def constants(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        weight = None if self.weight is None else per_class(self.weight.to(x.device), x.dim())
+        pos_weight = None if self.pos_weight is None else per_class(self.pos_weight.to(x.device), x.dim())
+        return weight, pos_weight
+
+    def elementwise(self, inputs: SigmoidInputs) -> Tensor:
+        weight, pos_weight = self.constants(inputs.x)
+        return bce_elementwise(inputs.x, inputs.y, weight, pos_weight)
+
+    def compute(self, inputs: SigmoidInputs) -> Tensor:
+        loss = self.elementwise(inputs)
+        if inputs.valid is not None:
+            loss = loss * inputs.valid
+        return reduce_loss(
+            loss, self.reduction, count=inputs.count, positives=inputs.positives,
+            batch_size=inputs.x.shape[0],
+        )

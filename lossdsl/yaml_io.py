@@ -1,0 +1,170 @@
+"""YAML text -> located plain data, through PyYAML's safe loader only.
+
+Every value keeps the file, line and column it came from, and every string that holds an expression
+gets a map from its characters back into the file, so an error inside ``expr: "focal(gama=2)"``
+points at ``gama`` in the file. Tags that would construct Python objects are refused before anything
+is built, and aliases cannot blow a small file up into a huge structure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .errors import Location, LossConfigError, offset_locator, unknown_name_hint
+from .located import MAX_DEPTH, Located
+
+MAX_YAML_CHARS = 1_000_000
+# Anchors and aliases can repeat a subtree many times; a config never needs this many values.
+MAX_YAML_VALUES = 100_000
+
+
+def located_yaml(text: str, filename: str | None = None) -> Located:
+    """Parse YAML text into Located data (safe loader; locations point into ``text``)."""
+    locate = offset_locator(text, filename)
+    if len(text) > MAX_YAML_CHARS:
+        raise LossConfigError(
+            f"YAML text is {len(text)} characters long; the limit is {MAX_YAML_CHARS}"
+        ).located(Location(1, 1, text, filename))
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise LossConfigError("the YAML document is empty; expected a loss").located(
+                Location(1, 1, text, filename)
+            )
+        data = loader.construct_document(node)
+        return _Builder(text, locate).build(node, data, 0)
+    except yaml.MarkedYAMLError as exc:
+        raise _yaml_error(exc, text, filename) from None
+    except yaml.YAMLError as exc:
+        raise LossConfigError(f"invalid YAML: {exc}", filename=filename) from None
+    except RecursionError:
+        raise LossConfigError(f"YAML nested too deeply (limit {MAX_DEPTH} levels)",
+                              filename=filename) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(exc: yaml.MarkedYAMLError, text: str, filename: str | None) -> LossConfigError:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or "invalid YAML"
+    if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+        tag = problem.split("tag", 1)[1].strip(" '")
+        short = tag.replace("tag:yaml.org,2002:", "!!")
+        reason = (
+            f"YAML tag {short} is not allowed: lossdsl reads YAML with the safe loader and never "
+            "builds Python objects or runs code"
+        )
+    else:
+        reason = f"invalid YAML: {problem}"
+        if exc.context:
+            reason += f" ({exc.context})"
+    error = LossConfigError(reason)
+    if mark is not None:
+        error.located(Location(mark.line + 1, mark.column + 1, text, filename))
+    else:
+        error.filename = filename
+    return error
+
+
+class _Builder:
+    """Walks the composed node tree beside the constructed data, recording locations."""
+
+    def __init__(self, text: str, locate) -> None:
+        self.text = text
+        self.locate = locate
+        self.values = 0
+
+    def build(self, node: yaml.Node, data: Any, depth: int) -> Located:
+        self.values += 1
+        if self.values > MAX_YAML_VALUES:
+            raise LossConfigError(
+                f"YAML expands to more than {MAX_YAML_VALUES} values (anchors and aliases?)"
+            ).located(self._at(node))
+        if depth > MAX_DEPTH:
+            raise LossConfigError(f"YAML nested deeper than {MAX_DEPTH} levels").located(self._at(node))
+        location = self._at(node)
+        if isinstance(node, yaml.MappingNode):
+            items: dict[str, Located] = {}
+            keys: dict[str, Location | None] = {}
+            for key_node, value_node in node.value:
+                key = _scalar_key(key_node)
+                if key is None:
+                    raise LossConfigError("mapping keys must be plain names").located(self._at(key_node))
+                if key in items:
+                    raise LossConfigError(f"duplicate key '{key}'").located(self._at(key_node))
+                child = data.get(key) if isinstance(data, dict) else None
+                items[key] = self.build(value_node, child, depth + 1)
+                keys[key] = self._at(key_node)
+            return Located(items, location, keys)
+        if isinstance(node, yaml.SequenceNode):
+            children = data if isinstance(data, list) else [None] * len(node.value)
+            return Located([self.build(n, d, depth + 1) for n, d in zip(node.value, children)], location)
+        item = Located(data, location)
+        if isinstance(data, str):
+            item.locate = self._string_locator(node, data)
+        return item
+
+    def _at(self, node: yaml.Node) -> Location:
+        return self.locate(node.start_mark.index)
+
+    def _string_locator(self, node: yaml.ScalarNode, value: str):
+        """Map offsets in a string value to the file, whatever its quoting, folding or indentation.
+
+        The value's characters appear in the file's text in order; the file only adds quotes,
+        escapes, indentation and line breaks. A greedy alignment recovers each character's place.
+        """
+        start, end = node.start_mark.index, node.end_mark.index
+        text = self.text
+        places: list[int] = []
+        j = start
+        if node.style in ("|", ">"):  # skip the block indicator line
+            newline = text.find("\n", j)
+            j = end if newline < 0 else newline + 1
+        for char in value:
+            if char in " \n":
+                # Folding turns a line break plus indentation into one space (or a newline).
+                while j < end and text[j] in " \t\r\n" and text[j] != char:
+                    j += 1
+            while j < end and text[j] != char:
+                j += 1
+            places.append(min(j, max(end - 1, start)))
+            j += 1
+        places.append(min(j, end))
+        locate = self.locate
+
+        def locator(offset: int) -> Location:
+            return locate(places[max(0, min(offset, len(places) - 1))])
+
+        return locator
+
+
+def _scalar_key(node: yaml.Node) -> str | None:
+    if isinstance(node, yaml.ScalarNode):
+        return str(node.value)
+    return None
+
+
+def select_key(root: Located, key: str | None, filename: str | None = None) -> tuple[Located, str]:
+    """The value at a dotted key such as ``model.loss`` (and that key, as the path for messages)."""
+    if not key:
+        return root, ""
+    current = root
+    walked: list[str] = []
+    for part in key.split("."):
+        if not current.is_mapping():
+            where = ".".join(walked) or "the document"
+            raise LossConfigError(
+                f"cannot look up '{part}': {where} is not a mapping", filename=filename
+            ).located(current.location)
+        if part not in current.value:
+            where = ".".join(walked) or "the top level"
+            raise LossConfigError(
+                f"key '{key}' not found: no '{part}' at {where}",
+                hint=unknown_name_hint(part, current.value, "keys here"), filename=filename,
+            ).located(current.location)
+        walked.append(part)
+        current = current.value[part]
+    return current, key
