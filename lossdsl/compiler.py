@@ -3,7 +3,10 @@ to the same module and give the same numbers."""
 
 from __future__ import annotations
 
+from .catalogue.base import LossNode
 from .catalogue.likelihoods import BCE, CE
+from .catalogue.modifiers import Modifier
+from .catalogue.named import ZLPR
 from .errors import LossSpecError
 from .module import CompiledLoss
 from .printer import term_to_expr
@@ -12,6 +15,7 @@ from .terms.base import TermModule
 from .terms.regression import RegressionTerm
 from .terms.sigmoid import SigmoidTerm
 from .terms.softmax import SoftmaxTerm
+from .terms.zlpr import ZLPRTerm
 
 
 def compile_spec(spec: LossSpec, *, check_values: bool = True) -> CompiledLoss:
@@ -24,14 +28,28 @@ def compile_spec(spec: LossSpec, *, check_values: bool = True) -> CompiledLoss:
 
 
 def compile_term(term: Term, label: str, check_values: bool) -> TermModule:
-    node = term.loss
-    if isinstance(node, BCE):
-        return SigmoidTerm(term, label, check_values, node)
-    if isinstance(node, CE):
-        return SoftmaxTerm(term, label, check_values, node)
-    if node.is_regression:
+    """One term's module; ``term.loss`` is already expanded into primitive blocks."""
+    base, blocks = _unwrap(term.loss)
+    if isinstance(base, BCE):
+        return SigmoidTerm(term, label, check_values, base, blocks)
+    if isinstance(base, CE):
+        return SoftmaxTerm(term, label, check_values, base, blocks)
+    if blocks:  # the validator already refuses this; kept as a guard for plug-ins
+        raise LossSpecError(f"{blocks[-1].kind_name()}() needs a loss with a probability")
+    if isinstance(base, ZLPR):
+        return ZLPRTerm(term, label, check_values)
+    if base.is_regression:
         return RegressionTerm(term, label, check_values)
-    raise LossSpecError(f"{node.kind_name()}() has no compiled form")
+    raise LossSpecError(f"{base.kind_name()}() has no compiled form")
+
+
+def _unwrap(node: LossNode) -> tuple[LossNode, tuple[LossNode, ...]]:
+    """The base at the bottom of a chain of blocks, and the blocks from the innermost outwards."""
+    blocks = []
+    while isinstance(node, Modifier):
+        blocks.append(node)
+        node = node.loss
+    return node, tuple(reversed(blocks))
 
 
 def _labels(spec: LossSpec) -> list[str]:

@@ -52,10 +52,8 @@ class LossNode(BaseModel):
     def kind_name(cls) -> str:
         return cls.model_fields["kind"].default
 
-    @property
-    def head(self) -> str | None:
-        """'sigmoid' or 'softmax' when the loss has a probability p_t that modifiers can use."""
-        return None
+    # Subclasses say which head their probability lives on with a `head` property (or, for named
+    # losses, a `head` parameter); read it through head_of(), which treats a missing one as None.
 
     @property
     def is_regression(self) -> bool:
@@ -102,6 +100,11 @@ Child = Annotated[
     BeforeValidator(_coerce_child),
     WithJsonSchema({NODE_SCHEMA_MARKER: True}),
 ]
+
+
+def head_of(node: LossNode) -> str | None:
+    """'sigmoid' or 'softmax' when the loss has a probability p_t that modifiers can use, else None."""
+    return getattr(node, "head", None)
 
 
 CATALOGUE: dict[str, type[LossNode]] = {}

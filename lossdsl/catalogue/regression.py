@@ -13,6 +13,10 @@ class _Regression(LossNode):
     category = "regression"
 
     @property
+    def head(self) -> None:
+        return None
+
+    @property
     def is_regression(self) -> bool:
         return True
 

@@ -7,9 +7,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import BCE
+from ..catalogue.modifiers import Balance, Clip, Density, Modulate, Poly
 from ..functional.likelihoods import bce_elementwise
 from ..functional.reduce import reduce_loss
+from ..functional.sigmoid_kernel import (
+    BalanceStep,
+    DensityStep,
+    ModulateStep,
+    PolyStep,
+    SigmoidPlan,
+    sigmoid_term_elementwise,
+)
 from ..functional.targets import index_to_one_hot, per_class, smooth_binary
 from ..spec import Term
 from .base import TermModule, shape_of, shape_text
@@ -25,17 +35,52 @@ class SigmoidInputs:
 
 
 class SigmoidTerm(TermModule):
-    def __init__(self, term: Term, label: str, check_values: bool, base: BCE) -> None:
+    """``bce`` and the blocks around it, evaluated in one pass (see functional.sigmoid_kernel).
+
+    Args:
+        base: the bce node at the bottom of the term.
+        blocks: the modifier nodes above it, innermost first.
+        synchronise: sum GHM-C's bin counts over the process group when distributed.
+    """
+
+    def __init__(
+        self, term: Term, label: str, check_values: bool, base: BCE,
+        blocks: tuple[LossNode, ...] = (), synchronise: bool = True,
+    ) -> None:
         super().__init__(term, label, check_values)
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
         self.class_values("pos_weight", base.pos_weight)
+        self.alpha_names: list[str] = []
+        steps = []
+        margin = 0.0
+        for block in blocks:
+            if isinstance(block, Clip):
+                margin = block.margin
+            elif isinstance(block, Modulate):
+                steps.append(ModulateStep(*block.exponents, block.detach))
+            elif isinstance(block, Poly):
+                steps.append(PolyStep(block.coefficients))
+            elif isinstance(block, Balance):
+                name = f"alpha{len(self.alpha_names)}"
+                self.class_values(name, block.alpha)
+                steps.append(BalanceStep(len(self.alpha_names)))
+                self.alpha_names.append(name)
+            elif isinstance(block, Density):
+                steps.append(DensityStep(block.bins, block.momentum, synchronise))
+                if block.momentum > 0:
+                    # Running state: saved in state_dict, updated in training mode only.
+                    self.register_buffer("ghm_accumulator", torch.zeros(block.bins))
+        self.plan = SigmoidPlan(margin, tuple(steps))
+        self.fused = bool(steps) or margin > 0
 
     def prepare(self, input: Tensor, target: Tensor) -> SigmoidInputs:
         self.check_tensors(input, target)
         self.check_class_count("weight", self.weight, input)
         self.check_class_count("pos_weight", self.pos_weight, input)
+        for name in self.alpha_names:
+            self.check_class_count("alpha", getattr(self, name), input)
         index_shape = (input.shape[0], *input.shape[2:]) if input.dim() >= 2 else None
         if target.shape == input.shape:
             y = target.float()
@@ -68,14 +113,23 @@ class SigmoidTerm(TermModule):
         pos_weight = None if self.pos_weight is None else per_class(self.pos_weight.to(x.device), x.dim())
         return weight, pos_weight
 
-    def elementwise(self, inputs: SigmoidInputs) -> Tensor:
-        weight, pos_weight = self.constants(inputs.x)
-        return bce_elementwise(inputs.x, inputs.y, weight, pos_weight)
-
     def compute(self, inputs: SigmoidInputs) -> Tensor:
-        loss = self.elementwise(inputs)
-        if inputs.valid is not None:
-            loss = loss * inputs.valid
+        weight, pos_weight = self.constants(inputs.x)
+        if not self.fused:  # plain bce: torch's fused kernel
+            loss = bce_elementwise(inputs.x, inputs.y, weight, pos_weight)
+            if inputs.valid is not None:
+                loss = loss * inputs.valid
+        else:
+            alphas = tuple(
+                per_class(getattr(self, name).to(inputs.x.device), inputs.x.dim())
+                for name in self.alpha_names
+            )
+            accumulator = getattr(self, "ghm_accumulator", None)
+            loss, new_accumulator = sigmoid_term_elementwise(
+                inputs.x, inputs.y, self.plan, weight, pos_weight, inputs.valid, accumulator, alphas
+            )
+            if new_accumulator is not None and self.training:
+                accumulator.copy_(new_accumulator)
         return reduce_loss(
             loss, self.reduction, count=inputs.count, positives=inputs.positives,
             batch_size=inputs.x.shape[0],

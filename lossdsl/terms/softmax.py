@@ -7,9 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
+from ..catalogue.modifiers import Balance, Modulate, Poly
 from ..functional.likelihoods import ce_elementwise
 from ..functional.reduce import reduce_loss
+from ..functional.sigmoid_kernel import BalanceStep, ModulateStep, PolyStep
+from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
 from ..spec import Term
 from .base import TermModule, shape_of, shape_text
 
@@ -24,11 +28,35 @@ class SoftmaxInputs:
 
 
 class SoftmaxTerm(TermModule):
-    def __init__(self, term: Term, label: str, check_values: bool, base: CE) -> None:
+    """``ce`` and the blocks around it (see functional.softmax_kernel).
+
+    Args:
+        base: the ce node at the bottom of the term.
+        blocks: the modifier nodes above it, innermost first.
+    """
+
+    def __init__(
+        self, term: Term, label: str, check_values: bool, base: CE, blocks: tuple[LossNode, ...] = ()
+    ) -> None:
         super().__init__(term, label, check_values)
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
+        self.alpha_names: list[str] = []
+        steps = []
+        for block in blocks:
+            if isinstance(block, Modulate):
+                steps.append(ModulateStep(*block.exponents, block.detach))
+            elif isinstance(block, Poly):
+                steps.append(PolyStep(block.coefficients))
+            elif isinstance(block, Balance):
+                name = f"alpha{len(self.alpha_names)}"
+                self.class_values(name, block.alpha)
+                steps.append(BalanceStep(len(self.alpha_names)))
+                self.alpha_names.append(name)
+        self.plan = SoftmaxPlan(tuple(steps))
+        # Asymmetric focusing weighs the non-target classes, which only class indices single out.
+        self.needs_indices = any(isinstance(s, ModulateStep) and s.gamma_neg != 0 for s in steps)
 
     def prepare(self, input: Tensor, target: Tensor) -> SoftmaxInputs:
         self.check_tensors(input, target)
@@ -38,6 +66,8 @@ class SoftmaxTerm(TermModule):
                 hint="for one logit per sample use a sigmoid loss such as bce()",
             )
         self.check_class_count("weight", self.weight, input)
+        for name in self.alpha_names:
+            self.check_class_count("alpha", getattr(self, name), input)
         num_classes = input.shape[1]
         index_shape = (input.shape[0], *input.shape[2:])
         if tuple(target.shape) == index_shape and not target.is_floating_point():
@@ -47,6 +77,11 @@ class SoftmaxTerm(TermModule):
             positives = valid.sum() if self.reduction == "pos_mean" else None
             return SoftmaxInputs(input.float(), target, True, valid, positives)
         if target.shape == input.shape:
+            if self.needs_indices:
+                raise self.fail(
+                    "asymmetric focusing (gamma_neg > 0) on the softmax head needs class-index "
+                    f"targets of shape {shape_of(index_shape)}; got probabilities {shape_text(target)}"
+                )
             probabilities = target.float()
             self.check_probabilities(probabilities, "probability targets")
             positives = None
@@ -67,8 +102,13 @@ class SoftmaxTerm(TermModule):
         return None if self.weight is None else self.weight.to(x.device)
 
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
-        return ce_elementwise(
-            inputs.x, inputs.target, self.class_weight(inputs.x), self.ignore_index, self.smoothing
+        weight = self.class_weight(inputs.x)
+        if not self.plan.steps:  # plain ce: torch's fused kernel
+            return ce_elementwise(inputs.x, inputs.target, weight, self.ignore_index, self.smoothing)
+        alphas = tuple(getattr(self, name).to(inputs.x.device) for name in self.alpha_names)
+        return softmax_term_elementwise(
+            inputs.x, inputs.target, inputs.is_index, self.plan, weight, self.ignore_index,
+            self.smoothing, alphas,
         )
 
     def mean_count(self, inputs: SoftmaxInputs) -> Tensor | int:

@@ -1,0 +1,160 @@
+"""Named losses: each is exactly its expansion into primitive blocks (``expand()`` is a pure rewrite).
+
+``zlpr`` is the exception: it couples all classes of a sample, so it is its own leaf.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, Strict, model_validator
+
+from .base import Flag, Head, Integer, LossNode, NonNegative, Probability, Smoothing, register
+from .likelihoods import BCE, CE
+from .modifiers import Balance, Clip, Density, Modulate
+
+Alpha = Probability | tuple[Probability, ...] | None
+
+
+class Named(LossNode):
+    category = "named"
+
+    def expand(self) -> LossNode:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+
+def _base(head: str, ignore_index: int, smoothing: float = 0.0) -> LossNode:
+    if head == "softmax":
+        return CE(ignore_index=ignore_index, smoothing=smoothing)
+    return BCE(ignore_index=ignore_index, smoothing=smoothing)
+
+
+@register
+class Focal(Named):
+    """Focal loss (Lin et al. 2017): ``-alpha_t (1 - p_t)^gamma log p_t``.
+
+    Expansion: ``balance(modulate(bce(), gamma=gamma), alpha=alpha)``; with ``head=softmax``, ``ce()``
+    inside and ``alpha`` a per-class list (or a number scaling every class). ``alpha`` defaults to 0.25
+    on the sigmoid head (torchvision's ``sigmoid_focal_loss``) and to none on the softmax head;
+    ``alpha=none`` leaves the balance out. ``ignore_index`` is passed to the base likelihood.
+    """
+
+    kind: Literal["focal"] = "focal"
+    gamma: NonNegative = 2.0
+    alpha: Alpha = None
+    head: Head = "sigmoid"
+    ignore_index: Integer = -100
+
+    summary = "focal loss -alpha_t (1-p_t)^gamma log p_t, sigmoid or softmax"
+    paper = "Lin et al. 2017, Focal Loss for Dense Object Detection"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_alpha(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "alpha" not in data:
+            data = {**data, "alpha": 0.25 if data.get("head", "sigmoid") == "sigmoid" else None}
+        return data
+
+    def default_for(self, name: str) -> Any:
+        if name == "alpha":
+            return 0.25 if self.head == "sigmoid" else None
+        return super().default_for(name)
+
+    def expand(self) -> LossNode:
+        node: LossNode = Modulate(loss=_base(self.head, self.ignore_index), gamma=self.gamma)
+        if self.alpha is not None:
+            node = Balance(loss=node, alpha=self.alpha)
+        return node
+
+
+@register
+class ASL(Named):
+    """Asymmetric loss (Ridnik et al. 2021), multi-label or (``head=softmax``) single-label.
+
+    Expansion: ``modulate(clip(bce(smoothing=s), margin=clip), gamma_pos=.., gamma_neg=.., detach=..)``;
+    ``head=softmax`` has no ``clip``: ``modulate(ce(smoothing=s), ...)``. The log terms are exact
+    log-sigmoids; timm clamps ``p`` at ``eps=1e-8`` instead, so the two agree wherever
+    ``abs(x) < 18`` and this one keeps a gradient beyond. timm's single-label ``eps`` is ``smoothing``.
+    """
+
+    kind: Literal["asl"] = "asl"
+    gamma_pos: NonNegative = 1.0
+    gamma_neg: NonNegative = 4.0
+    clip: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.05
+    detach: Flag = False
+    head: Head = "sigmoid"
+    smoothing: Smoothing = 0.0
+    ignore_index: Integer = -100
+
+    summary = "asymmetric loss: asymmetric focusing plus probability clipping of negatives"
+    paper = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_clip(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "clip" not in data:
+            data = {**data, "clip": 0.05 if data.get("head", "sigmoid") == "sigmoid" else 0.0}
+        return data
+
+    @model_validator(mode="after")
+    def _no_clip_on_softmax(self):
+        if self.head == "softmax" and self.clip > 0:
+            raise ValueError("clip shifts sigmoid probabilities; asl(head=softmax) takes no clip")
+        return self
+
+    def default_for(self, name: str) -> Any:
+        if name == "clip":
+            return 0.05 if self.head == "sigmoid" else 0.0
+        return super().default_for(name)
+
+    def expand(self) -> LossNode:
+        node = _base(self.head, self.ignore_index, self.smoothing)
+        if self.clip > 0:
+            node = Clip(loss=node, margin=self.clip)
+        return Modulate(loss=node, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, detach=self.detach)
+
+
+@register
+class GHM(Named):
+    """GHM-C (Li et al. 2019): ``density(bce(), bins=.., momentum=..)``; see ``density``.
+
+    Same as mmdetection's ``GHMC(use_sigmoid=True, loss_weight=1)``.
+    """
+
+    kind: Literal["ghm"] = "ghm"
+    bins: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 10
+    momentum: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.0
+    ignore_index: Integer = -100
+
+    summary = "GHM-C: bce weighted by the inverse gradient density"
+    paper = "Li et al. 2019, Gradient Harmonized Single-stage Detector"
+
+    @property
+    def head(self) -> str:
+        return "sigmoid"
+
+    def expand(self) -> LossNode:
+        return Density(loss=BCE(ignore_index=self.ignore_index), bins=self.bins, momentum=self.momentum)
+
+
+@register
+class ZLPR(LossNode):
+    """ZLPR, the multi-label softmax cross-entropy (Su et al. 2022), per sample (or position):
+
+    ``log(1 + sum_neg exp(x)) + log(1 + sum_pos exp(-x))``, classes along dimension 1, targets > 0.5
+    are positives. Logit 0 is the decision threshold. No probability ``p_t``, so no modifier wraps it.
+    Same as timm's ``ZlprLoss``.
+    """
+
+    kind: Literal["zlpr"] = "zlpr"
+
+    category = "named"
+
+    @property
+    def head(self) -> None:  # no p_t: the classes of a sample are coupled
+        return None
+    summary = "ZLPR multi-label loss: log(1+sum_neg e^x) + log(1+sum_pos e^-x) per sample"
+    paper = "Su et al. 2022, ZLPR: A Novel Loss for Multi-label Classification"
+
+    def expand(self) -> LossNode:
+        return self

@@ -1,0 +1,260 @@
+"""One pass over a sigmoid-head term: the per-element loss and its derivative, for any block chain.
+
+A term such as ``poly(balance(modulate(clip(bce()))))`` is evaluated from the logits in one sweep that
+shares every intermediate (``softplus(x)``, ``p``, ``1 - p``, ``q = 1 - p_t``, ``log q``) between the
+blocks, and carries the exact derivative ``dl/dx`` along with the value (forward-mode by hand: each
+block maps ``(l, dl)`` to its new ``(l, dl)``). The autograd Function saves only that derivative, so
+the backward pass is one multiplication and the memory held between the passes is one tensor.
+
+Numerics (SPEC section 6):
+- log-probabilities come from ``softplus`` (``log p = x - softplus(x)``, ``log(1-p) = -softplus(x)``),
+  never ``log(p)``, and ``1 - p = exp(-softplus(x))`` stays accurate where ``p`` rounds to 1;
+- powers ``q^g`` are ``exp(g log q)`` with ``q`` clamped to the smallest normal float, so
+  ``0 < g < 1`` has a finite derivative at ``p_t = 1``: ``d(q^g)/dx = g q^g (dq/dx) / q`` and
+  ``(dq/dx) / q`` is bounded (``-p`` for a positive); integer exponents use ``pow`` directly;
+- where ``q`` is clamped, the loss and ``dq`` are 0 there too, so the clamp changes nothing that counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .distributed import sum_over_processes
+from .ghm import density_weights
+
+# Smallest normal float32: q below it is 0 for every purpose, and its log stays finite.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+@dataclass(frozen=True)
+class ModulateStep:
+    gamma_pos: float
+    gamma_neg: float
+    detach: bool
+
+
+@dataclass(frozen=True)
+class PolyStep:
+    eps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BalanceStep:
+    slot: int  # index of the alpha tensor among the constants
+
+
+@dataclass(frozen=True)
+class DensityStep:
+    bins: int
+    momentum: float
+    # Sum the bin counts over the process group (when torch.distributed is initialised).
+    synchronise: bool = True
+
+
+Step = Union[ModulateStep, PolyStep, BalanceStep, DensityStep]
+
+
+@dataclass(frozen=True)
+class SigmoidPlan:
+    """What a sigmoid term computes: the clip margin and the blocks from the innermost outwards."""
+
+    margin: float = 0.0
+    steps: tuple[Step, ...] = ()
+
+    @property
+    def needs_q(self) -> bool:
+        return any(isinstance(step, (ModulateStep, PolyStep)) for step in self.steps)
+
+
+class _Shared:
+    """Quantities every block may need, computed at most once per call."""
+
+    def __init__(self, x: Tensor, y: Tensor, margin: float) -> None:
+        self.y = y
+        self.softplus = F.softplus(x)  # -log(1 - p)
+        self.log_p = x - self.softplus
+        self.p = torch.exp(self.log_p)
+        self.one_minus_p = torch.exp(-self.softplus)
+        self.margin = margin
+        self._q: tuple[Tensor, Tensor] | None = None
+        self._log_q: tuple[Tensor, Tensor] | None = None
+        self.p_dp = self.p * self.one_minus_p  # dp/dx
+        if margin > 0:
+            above = self.p > margin
+            self.p_negative = (self.p - margin).clamp(min=0)  # p_m, what negatives see
+            self.dp_negative = self.p_dp * above
+        else:
+            self.p_negative = self.p
+            self.dp_negative = self.p_dp
+
+    def q(self) -> tuple[Tensor, Tensor]:
+        """``q = 1 - p_t = y (1-p) + (1-y) p_m`` and ``dq/dx``."""
+        if self._q is None:
+            y = self.y
+            q = torch.addcmul(self.p_negative, y, self.one_minus_p - self.p_negative)
+            dq = torch.addcmul(self.dp_negative, y, -self.p_dp - self.dp_negative)
+            self._q = (q, dq)
+        return self._q
+
+    def log_q(self) -> tuple[Tensor, Tensor]:
+        """``log q`` (q clamped to the smallest normal float) and ``(dq/dx) / q``."""
+        if self._log_q is None:
+            q, dq = self.q()
+            safe = q.clamp(min=_TINY)
+            self._log_q = (torch.log(safe), dq / safe)
+        return self._log_q
+
+    def power(self, exponent: float | Tensor, need_grad: bool) -> tuple[Tensor | float, Tensor | None]:
+        """``q^exponent`` and its derivative (None when not needed)."""
+        if isinstance(exponent, float) and exponent == 0:
+            return 1.0, None
+        if isinstance(exponent, float) and exponent.is_integer() and exponent <= 8:
+            q, dq = self.q()
+            k = int(exponent)
+            value = q if k == 1 else q.pow(k)
+            if not need_grad:
+                return value, None
+            lower = 1.0 if k == 1 else (q if k == 2 else q.pow(k - 1))
+            return value, dq * (k * lower)
+        log_q, ratio = self.log_q()
+        value = torch.exp(exponent * log_q)
+        if not need_grad:
+            return value, None
+        return value, value * ratio * exponent
+
+
+def sigmoid_loss_and_grad(
+    x: Tensor,
+    y: Tensor,
+    plan: SigmoidPlan,
+    weight: Tensor | None,
+    pos_weight: Tensor | None,
+    valid: Tensor | None,
+    accumulator: Tensor | None,
+    constants: tuple[Tensor, ...],
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Per-element loss of a sigmoid term, its derivative w.r.t. ``x`` (if ``need_grad``), and the
+    updated GHM momentum accumulator (if the term has ``density`` with momentum).
+
+    Args:
+        x: float32 logits; y: float32 targets (already smoothed), same shape.
+        plan: clip margin and blocks, innermost first.
+        weight, pos_weight: bce's weights, broadcastable to x, or None.
+        valid: bool mask of the elements that count (broadcastable to x), or None; the result is 0
+            elsewhere and GHM-C counts only these.
+        accumulator: GHM-C's running bin counts, or None.
+        constants: per-block tensors addressed by the plan's slots (alpha).
+    """
+    s = _Shared(x, y, plan.margin)
+    new_accumulator = None
+    # -- base: bce with pos_weight, weight, and (optionally) the clipped negative term
+    if plan.margin > 0:
+        shifted = s.one_minus_p + plan.margin
+        log_negative = torch.log(shifted.clamp(max=1.0))
+        d_log_negative = -(s.p_dp / shifted) * (shifted < 1)
+    else:
+        log_negative = -s.softplus
+        d_log_negative = -s.p
+    positive = s.log_p if pos_weight is None else s.log_p * pos_weight
+    d_positive = s.one_minus_p if pos_weight is None else s.one_minus_p * pos_weight
+    # l = -(y * pw * log p + (1-y) * log(1-p_m))
+    loss = -torch.addcmul(log_negative, y, positive - log_negative)
+    dloss = -torch.addcmul(d_log_negative, y, d_positive - d_log_negative) if need_grad else None
+    if weight is not None:
+        loss = loss * weight
+        dloss = dloss * weight if need_grad else None
+
+    exponent: float | Tensor = 0.0  # focusing exponent of the loss so far (poly's g)
+    for step in plan.steps:
+        if isinstance(step, ModulateStep):
+            if step.gamma_pos == step.gamma_neg:
+                gamma: float | Tensor = float(step.gamma_pos)
+            else:
+                gamma = step.gamma_neg + (step.gamma_pos - step.gamma_neg) * y
+            factor, d_factor = s.power(gamma, need_grad and not step.detach)
+            if need_grad:
+                dloss = dloss * factor
+                if d_factor is not None:
+                    dloss = dloss + loss * d_factor
+            loss = loss * factor
+            exponent = exponent + gamma
+        elif isinstance(step, PolyStep):
+            for j, eps in enumerate(step.eps, start=1):
+                if eps == 0:
+                    continue
+                term, d_term = s.power(exponent + j, need_grad)
+                loss = loss + eps * term
+                if need_grad:
+                    dloss = dloss + eps * d_term
+        elif isinstance(step, BalanceStep):
+            alpha = constants[step.slot]
+            balance = torch.addcmul(1 - alpha, y, 2 * alpha - 1)  # alpha y + (1-alpha)(1-y)
+            loss = loss * balance
+            dloss = dloss * balance if need_grad else None
+        elif isinstance(step, DensityStep):
+            # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
+            seen = s.p if plan.margin == 0 else torch.lerp(s.p_negative, s.p, y)
+            reducer = sum_over_processes if step.synchronise else None
+            density, new_accumulator = density_weights(
+                (seen - y).abs(), valid, step.bins, step.momentum, accumulator, reducer
+            )
+            loss = loss * density
+            dloss = dloss * density if need_grad else None
+    if valid is not None:
+        loss = loss * valid
+        dloss = dloss * valid if need_grad else None
+    return loss, dloss, new_accumulator
+
+
+class SigmoidTermFunction(torch.autograd.Function):
+    """Autograd wrapper: forward keeps only dl/dx; backward multiplies it by the incoming gradient.
+
+    Returns the loss and the new GHM accumulator (an empty tensor when there is none), the latter
+    without gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, plan, weight, pos_weight, valid, accumulator, *constants):  # type: ignore[override]
+        loss, dloss, new_accumulator = sigmoid_loss_and_grad(
+            x, y, plan, weight, pos_weight, valid, accumulator, constants, need_grad=True
+        )
+        if new_accumulator is None:
+            new_accumulator = x.new_zeros(0)
+        ctx.mark_non_differentiable(new_accumulator)
+        ctx.save_for_backward(dloss)
+        ctx.num_constants = len(constants)
+        return loss, new_accumulator
+
+    @staticmethod
+    def backward(ctx, grad, _grad_accumulator):  # type: ignore[override]
+        (dloss,) = ctx.saved_tensors
+        return (grad * dloss,) + (None,) * (6 + ctx.num_constants)
+
+
+def sigmoid_term_elementwise(
+    x: Tensor,
+    y: Tensor,
+    plan: SigmoidPlan,
+    weight: Tensor | None = None,
+    pos_weight: Tensor | None = None,
+    valid: Tensor | None = None,
+    accumulator: Tensor | None = None,
+    constants: tuple[Tensor, ...] = (),
+) -> tuple[Tensor, Tensor | None]:
+    """The per-element loss (0 where not valid), differentiable w.r.t. ``x`` through the closed-form
+    derivative, and the updated GHM accumulator (None when the term keeps none)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        loss, new_accumulator = SigmoidTermFunction.apply(
+            x, y, plan, weight, pos_weight, valid, accumulator, *constants
+        )
+        return loss, (new_accumulator if new_accumulator.numel() else None)
+    loss, _, new_accumulator = sigmoid_loss_and_grad(
+        x, y, plan, weight, pos_weight, valid, accumulator, constants, need_grad=False
+    )
+    return loss, new_accumulator

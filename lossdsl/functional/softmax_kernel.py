@@ -1,0 +1,138 @@
+"""A softmax-head term with blocks: per-position loss through autograd.
+
+Classes compete along dimension 1, so the derivative is not element-wise; plain tensor operations
+and autograd are used, written so that every intermediate stays finite:
+- ``log p`` from ``log_softmax``; ``p_c^g = exp(g log p_c)``;
+- ``1 - p_t`` for class-index targets is the sum of the *other* classes' probabilities, accurate
+  where ``p_t`` rounds to 1 (``1 - p_t`` in float32 would be 0 there);
+- fractional powers of ``1 - p_t`` go through ``exp(g log(max(q, tiny)))``, whose gradient stays
+  finite at ``q = 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from .sigmoid_kernel import BalanceStep, ModulateStep, PolyStep
+
+_TINY = torch.finfo(torch.float32).tiny
+
+SoftmaxStep = Union[ModulateStep, PolyStep, BalanceStep]
+
+
+@dataclass(frozen=True)
+class SoftmaxPlan:
+    steps: tuple[SoftmaxStep, ...] = ()
+
+
+def _power(q: Tensor, exponent: float) -> Tensor | float:
+    """``q^exponent`` with a finite gradient at q = 0 for any exponent >= 0."""
+    if exponent == 0:
+        return 1.0
+    if exponent >= 1:
+        return q.pow(exponent)  # derivative exponent * q^(exponent-1) is finite at 0
+    return torch.exp(exponent * torch.log(q.clamp(min=_TINY)))
+
+
+def softmax_term_elementwise(
+    x: Tensor,
+    target: Tensor,
+    is_index: bool,
+    plan: SoftmaxPlan,
+    class_weight: Tensor | None,
+    ignore_index: int,
+    smoothing: float,
+    constants: tuple[Tensor, ...],
+) -> Tensor:
+    """Per-position loss ``[N, d1, ...]`` of ``ce`` wrapped in blocks; ignored positions are 0.
+
+    Args:
+        x: float32 logits ``[N, C, d1, ...]``.
+        target: class indices ``[N, d1, ...]`` (long) or probabilities shaped like ``x``.
+        plan: blocks, innermost first.
+        class_weight: ``ce``'s ``weight`` ``[C]`` or None.
+        constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar).
+    """
+    num_classes = x.shape[1]
+    view = (1, num_classes) + (1,) * (x.dim() - 2)
+    log_p = torch.log_softmax(x, dim=1)
+    p = torch.exp(log_p)
+    valid = None
+    if is_index:
+        valid = target != ignore_index
+        safe = torch.where(valid, target, torch.zeros_like(target))
+        one_hot = torch.zeros_like(x).scatter_(1, safe.unsqueeze(1), 1.0)
+        q = one_hot * (1 - smoothing) + smoothing / num_classes if smoothing else one_hot
+        # 1 - p_target, summed from the other classes so that it stays accurate near p_target = 1.
+        miss = (p * (1 - one_hot)).sum(dim=1)
+    else:
+        q = target
+        one_hot = None
+        miss = (q * (1 - p)).sum(dim=1)
+
+    per_class = q if class_weight is None else q * class_weight.reshape(view)
+    exponent = 0.0
+    loss = None
+    for step in plan.steps:
+        if isinstance(step, ModulateStep):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not step.detach):
+                focus = _power(miss, step.gamma_pos)
+                if one_hot is not None:
+                    others = _power_of_probabilities(log_p, step.gamma_neg)
+                    focus = one_hot * _unsqueeze(focus) + (1 - one_hot) * others
+                else:  # probability targets: one factor per position (prepare refuses gamma_neg != 0)
+                    focus = _unsqueeze(focus)
+            if loss is None:
+                per_class = per_class * focus
+            else:  # a block below already reduced over classes: scale the position's loss
+                loss = loss * (focus * q).sum(dim=1) if one_hot is not None else loss * focus.squeeze(1)
+            exponent += step.gamma_pos
+        else:
+            if loss is None:
+                loss = -(per_class * log_p).sum(dim=1)
+            if isinstance(step, PolyStep):
+                one_minus_pt = _one_minus_pt(miss, p, q, one_hot)
+                for j, eps in enumerate(step.eps, start=1):
+                    if eps:
+                        loss = loss + eps * _power(one_minus_pt, exponent + j)
+            elif isinstance(step, BalanceStep):
+                loss = loss * _alpha_per_position(constants[step.slot], q, one_hot, target, is_index, view)
+    if loss is None:
+        loss = -(per_class * log_p).sum(dim=1)
+    if valid is not None:
+        loss = loss * valid
+    return loss
+
+
+def _unsqueeze(tensor: Tensor | float) -> Tensor | float:
+    return tensor.unsqueeze(1) if isinstance(tensor, Tensor) else tensor
+
+
+def _power_of_probabilities(log_p: Tensor, exponent: float) -> Tensor | float:
+    """``p_c^exponent`` from log-probabilities (finite value and gradient everywhere)."""
+    if exponent == 0:
+        return 1.0
+    return torch.exp(exponent * log_p)
+
+
+def _one_minus_pt(miss: Tensor, p: Tensor, q: Tensor, one_hot: Tensor | None) -> Tensor:
+    """``1 - p_t`` with ``p_t = sum_c q_c p_c`` (smoothed targets included)."""
+    if one_hot is None:
+        return miss
+    # 1 - p_c for every class, with the target's entry taken from the accurate sum of the others.
+    complement = (1 - p) * (1 - one_hot) + one_hot * miss.unsqueeze(1)
+    return (q * complement).sum(dim=1).clamp(min=0)
+
+
+def _alpha_per_position(
+    alpha: Tensor, q: Tensor, one_hot: Tensor | None, target: Tensor, is_index: bool, view: tuple
+) -> Tensor:
+    if alpha.dim() == 0:
+        return alpha
+    if is_index:
+        return (one_hot * alpha.reshape(view)).sum(dim=1)
+    return (q * alpha.reshape(view)).sum(dim=1)

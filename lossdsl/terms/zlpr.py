@@ -1,0 +1,37 @@
+"""The ZLPR term: multi-label logits [N, C, ...] with same-shape targets (positives where > 0.5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..functional.reduce import reduce_loss
+from ..functional.zlpr import zlpr_elementwise
+from .base import TermModule, shape_text
+
+
+@dataclass
+class ZLPRInputs:
+    x: Tensor
+    positive: Tensor
+
+
+class ZLPRTerm(TermModule):
+    def prepare(self, input: Tensor, target: Tensor) -> ZLPRInputs:
+        self.check_tensors(input, target)
+        if input.dim() < 2:
+            raise self.fail(f"zlpr needs logits of shape [N, C, ...]; got {shape_text(input)}")
+        if target.shape != input.shape:
+            raise self.fail(
+                f"target shape {shape_text(target)} does not match input shape {shape_text(input)}",
+                hint="zlpr takes multi-hot targets shaped like the logits",
+            )
+        y = target.float()
+        self.check_probabilities(y)
+        return ZLPRInputs(input.float(), y > 0.5)
+
+    def compute(self, inputs: ZLPRInputs) -> Tensor:
+        loss = zlpr_elementwise(inputs.x, inputs.positive)
+        positives = inputs.positive.sum() if self.reduction == "pos_mean" else None
+        return reduce_loss(loss, self.reduction, positives=positives, batch_size=inputs.x.shape[0])
