@@ -70,12 +70,12 @@ class LossNode(BaseModel):
 
     def default_for(self, name: str) -> Any:
         """The value a parameter takes when it is not given (some depend on other parameters)."""
-        return self.model_fields[name].get_default(call_default_factory=True)
+        return type(self).model_fields[name].get_default(call_default_factory=True)
 
     def parameters(self) -> dict[str, Any]:
         """Every parameter that differs from its default, in declaration order (for printing)."""
         out = {}
-        for name in self.model_fields:
+        for name in type(self).model_fields:
             if name == "kind":
                 continue
             value = getattr(self, name)

@@ -39,7 +39,21 @@ def reduce_loss(
     """
     if reduction == "none":
         return loss
-    total = loss.sum()
+    return reduce_total(
+        loss.sum(), reduction, count=loss.numel() if count is None else count,
+        positives=positives, batch_size=batch_size,
+    )
+
+
+def reduce_total(
+    total: Tensor,
+    reduction: str,
+    *,
+    count: Tensor | float,
+    positives: Tensor | None = None,
+    batch_size: int = 1,
+) -> Tensor:
+    """The same reductions from an already summed loss (fused kernels can sum for us)."""
     if reduction == "sum":
         return total
     if reduction == "batchmean":
@@ -48,6 +62,4 @@ def reduce_loss(
         if positives is None:
             raise ValueError("pos_mean needs the number of positive targets")
         return total / positives.to(total.dtype).clamp(min=1)
-    if count is None:
-        count = loss.numel()
     return safe_divide(total, count)

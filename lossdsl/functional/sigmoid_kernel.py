@@ -72,32 +72,58 @@ class SigmoidPlan:
 
 
 class _Shared:
-    """Quantities every block may need, computed at most once per call."""
+    """Quantities the blocks share, each computed at most once per call.
+
+    Everything here is a fresh tensor owned by this call (the autograd Function runs without grad),
+    so the blocks update the loss and its derivative in place instead of allocating new tensors:
+    on a CPU each large allocation costs page faults, often more than the arithmetic itself.
+    """
 
     def __init__(self, x: Tensor, y: Tensor, margin: float) -> None:
+        self.x = x
         self.y = y
-        self.softplus = F.softplus(x)  # -log(1 - p)
-        self.log_p = x - self.softplus
-        self.p = torch.exp(self.log_p)
-        self.one_minus_p = torch.exp(-self.softplus)
         self.margin = margin
+        self.p = torch.sigmoid(x)
+        self.softplus = F.softplus(x)  # -log(1 - p)
+        self._one_minus_p: Tensor | None = None
+        self._p_dp: Tensor | None = None
+        self._negative: tuple[Tensor, Tensor] | None = None
         self._q: tuple[Tensor, Tensor] | None = None
         self._log_q: tuple[Tensor, Tensor] | None = None
-        self.p_dp = self.p * self.one_minus_p  # dp/dx
-        if margin > 0:
-            above = self.p > margin
-            self.p_negative = (self.p - margin).clamp(min=0)  # p_m, what negatives see
-            self.dp_negative = self.p_dp * above
-        else:
-            self.p_negative = self.p
-            self.dp_negative = self.p_dp
+
+    @property
+    def one_minus_p(self) -> Tensor:
+        """``1 - p = exp(-softplus(x))``: accurate where ``p`` rounds to 1."""
+        if self._one_minus_p is None:
+            self._one_minus_p = torch.neg(self.softplus).exp_()
+        return self._one_minus_p
+
+    @property
+    def p_dp(self) -> Tensor:
+        """``dp/dx = p (1 - p)``."""
+        if self._p_dp is None:
+            self._p_dp = self.p * self.one_minus_p
+        return self._p_dp
+
+    def negative(self) -> tuple[Tensor, Tensor]:
+        """What negatives see: ``p_m = max(p - margin, 0)`` and ``dp_m/dx``."""
+        if self._negative is None:
+            if self.margin > 0:
+                self._negative = ((self.p - self.margin).clamp_(min=0), self.p_dp * (self.p > self.margin))
+            else:
+                self._negative = (self.p, self.p_dp)
+        return self._negative
 
     def q(self) -> tuple[Tensor, Tensor]:
         """``q = 1 - p_t = y (1-p) + (1-y) p_m`` and ``dq/dx``."""
         if self._q is None:
             y = self.y
-            q = torch.addcmul(self.p_negative, y, self.one_minus_p - self.p_negative)
-            dq = torch.addcmul(self.dp_negative, y, -self.p_dp - self.dp_negative)
+            p_m, dp_m = self.negative()
+            q = torch.sub(self.one_minus_p, p_m).mul_(y).add_(p_m)
+            if self.margin > 0:
+                dq = torch.addcmul(dp_m, y, self.p_dp + dp_m, value=-1)
+            else:  # dq/dx = p(1-p)(1-2y)
+                dq = torch.addcmul(self.p_dp, y, self.p_dp, value=-2)
             self._q = (q, dq)
         return self._q
 
@@ -110,22 +136,57 @@ class _Shared:
         return self._log_q
 
     def power(self, exponent: float | Tensor, need_grad: bool) -> tuple[Tensor | float, Tensor | None]:
-        """``q^exponent`` and its derivative (None when not needed)."""
+        """``q^exponent`` and its derivative (None when not needed). Callers must not modify the
+        returned tensors in place: ``q`` itself may be returned."""
         if isinstance(exponent, float) and exponent == 0:
             return 1.0, None
         if isinstance(exponent, float) and exponent.is_integer() and exponent <= 8:
             q, dq = self.q()
             k = int(exponent)
-            value = q if k == 1 else q.pow(k)
+            value = q if k == 1 else (q * q if k == 2 else q.pow(k))
             if not need_grad:
                 return value, None
-            lower = 1.0 if k == 1 else (q if k == 2 else q.pow(k - 1))
-            return value, dq * (k * lower)
+            if k == 1:
+                return value, dq
+            lower = q if k == 2 else q.pow(k - 1)
+            return value, torch.mul(lower, dq).mul_(k)
         log_q, ratio = self.log_q()
-        value = torch.exp(exponent * log_q)
+        value = torch.mul(log_q, exponent).exp_()
         if not need_grad:
             return value, None
-        return value, value * ratio * exponent
+        return value, torch.mul(value, ratio).mul_(exponent)
+
+
+def _base_loss(
+    s: _Shared, pos_weight: Tensor | None, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """bce per element, ``-(pw y log p + (1-y) log(1 - p_m))``, and its derivative."""
+    x, y = s.x, s.y
+    if s.margin == 0:
+        if pos_weight is None:
+            loss = torch.addcmul(s.softplus, y, x, value=-1)  # softplus(x) - y x
+            dloss = torch.sub(s.p, y) if need_grad else None
+        else:
+            # (1-y) softplus + pw y (softplus - x)
+            loss = torch.addcmul(s.softplus, y, (s.softplus - x).mul_(pos_weight).sub_(s.softplus))
+            dloss = (
+                torch.addcmul(s.p, y, torch.mul(s.one_minus_p, pos_weight).add_(s.p), value=-1)
+                if need_grad else None
+            )
+        return loss, dloss
+    # Clipped negatives: log(min(1 - p + margin, 1)), whose derivative vanishes where it saturates.
+    shifted = s.one_minus_p + s.margin
+    log_negative = shifted.clamp(max=1.0).log_()
+    positive = torch.sub(x, s.softplus)  # log p
+    if pos_weight is not None:
+        positive.mul_(pos_weight)
+    loss = torch.addcmul(log_negative, y, positive.sub_(log_negative)).neg_()
+    dloss = None
+    if need_grad:
+        d_negative = torch.div(s.p_dp, shifted).mul_(shifted < 1).neg_()
+        d_positive = s.one_minus_p if pos_weight is None else s.one_minus_p * pos_weight
+        dloss = torch.addcmul(d_negative, y, d_positive - d_negative).neg_()
+    return loss, dloss
 
 
 def sigmoid_loss_and_grad(
@@ -153,22 +214,11 @@ def sigmoid_loss_and_grad(
     """
     s = _Shared(x, y, plan.margin)
     new_accumulator = None
-    # -- base: bce with pos_weight, weight, and (optionally) the clipped negative term
-    if plan.margin > 0:
-        shifted = s.one_minus_p + plan.margin
-        log_negative = torch.log(shifted.clamp(max=1.0))
-        d_log_negative = -(s.p_dp / shifted) * (shifted < 1)
-    else:
-        log_negative = -s.softplus
-        d_log_negative = -s.p
-    positive = s.log_p if pos_weight is None else s.log_p * pos_weight
-    d_positive = s.one_minus_p if pos_weight is None else s.one_minus_p * pos_weight
-    # l = -(y * pw * log p + (1-y) * log(1-p_m))
-    loss = -torch.addcmul(log_negative, y, positive - log_negative)
-    dloss = -torch.addcmul(d_log_negative, y, d_positive - d_log_negative) if need_grad else None
+    loss, dloss = _base_loss(s, pos_weight, need_grad)
     if weight is not None:
-        loss = loss * weight
-        dloss = dloss * weight if need_grad else None
+        loss.mul_(weight)
+        if need_grad:
+            dloss.mul_(weight)
 
     exponent: float | Tensor = 0.0  # focusing exponent of the loss so far (poly's g)
     for step in plan.steps:
@@ -176,39 +226,43 @@ def sigmoid_loss_and_grad(
             if step.gamma_pos == step.gamma_neg:
                 gamma: float | Tensor = float(step.gamma_pos)
             else:
-                gamma = step.gamma_neg + (step.gamma_pos - step.gamma_neg) * y
+                gamma = torch.mul(y, step.gamma_pos - step.gamma_neg).add_(step.gamma_neg)
             factor, d_factor = s.power(gamma, need_grad and not step.detach)
-            if need_grad:
-                dloss = dloss * factor
-                if d_factor is not None:
-                    dloss = dloss + loss * d_factor
-            loss = loss * factor
+            if isinstance(factor, Tensor):
+                if need_grad:
+                    dloss.mul_(factor)
+                    if d_factor is not None:
+                        dloss.addcmul_(loss, d_factor)
+                loss.mul_(factor)
             exponent = exponent + gamma
         elif isinstance(step, PolyStep):
             for j, eps in enumerate(step.eps, start=1):
                 if eps == 0:
                     continue
                 term, d_term = s.power(exponent + j, need_grad)
-                loss = loss + eps * term
+                loss.add_(term, alpha=eps)
                 if need_grad:
-                    dloss = dloss + eps * d_term
+                    dloss.add_(d_term, alpha=eps)
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
             balance = torch.addcmul(1 - alpha, y, 2 * alpha - 1)  # alpha y + (1-alpha)(1-y)
-            loss = loss * balance
-            dloss = dloss * balance if need_grad else None
+            loss.mul_(balance)
+            if need_grad:
+                dloss.mul_(balance)
         elif isinstance(step, DensityStep):
             # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
-            seen = s.p if plan.margin == 0 else torch.lerp(s.p_negative, s.p, y)
+            seen = s.p if plan.margin == 0 else torch.lerp(s.negative()[0], s.p, y)
             reducer = sum_over_processes if step.synchronise else None
             density, new_accumulator = density_weights(
-                (seen - y).abs(), valid, step.bins, step.momentum, accumulator, reducer
+                (seen - y).abs_(), valid, step.bins, step.momentum, accumulator, reducer
             )
-            loss = loss * density
-            dloss = dloss * density if need_grad else None
+            loss.mul_(density)
+            if need_grad:
+                dloss.mul_(density)
     if valid is not None:
-        loss = loss * valid
-        dloss = dloss * valid if need_grad else None
+        loss.mul_(valid)
+        if need_grad:
+            dloss.mul_(valid)
     return loss, dloss, new_accumulator
 
 

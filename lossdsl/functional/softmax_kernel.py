@@ -57,6 +57,89 @@ def softmax_term_elementwise(
         class_weight: ``ce``'s ``weight`` ``[C]`` or None.
         constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar).
     """
+    asymmetric = any(isinstance(step, ModulateStep) and step.gamma_neg != 0 for step in plan.steps)
+    if is_index and not asymmetric:
+        return _target_column(x, target, plan, class_weight, ignore_index, smoothing, constants)
+    return _all_classes(x, target, is_index, plan, class_weight, ignore_index, smoothing, constants)
+
+
+def _target_column(
+    x: Tensor,
+    target: Tensor,
+    plan: SoftmaxPlan,
+    class_weight: Tensor | None,
+    ignore_index: int,
+    smoothing: float,
+    constants: tuple[Tensor, ...],
+) -> Tensor:
+    """Class-index targets without asymmetric focusing: only the target's column is modulated.
+
+    With ``q_t = 1 - s + s/C`` and ``q_c = s/C`` elsewhere the loss splits into a part on the target
+    class, which the focusing factor multiplies, and the smoothing mass on every class:
+    ``l = -q_t w_t m log p_t - (s/C) (sum_c w_c log p_c - w_t log p_t)``. Everything but
+    ``log_softmax`` (and, with smoothing, one sum over classes) is per position, as in a
+    hand-written focal loss.
+    """
+    num_classes = x.shape[1]
+    log_p = torch.log_softmax(x, dim=1)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    log_pt = log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
+    weight_t = None if class_weight is None else class_weight[safe]
+    miss = -torch.expm1(log_pt)  # 1 - p of the target class
+    on_target = -log_pt if weight_t is None else -log_pt * weight_t
+    spread = None
+    if smoothing:
+        per_class = log_p if class_weight is None else log_p * class_weight.reshape(
+            (1, num_classes) + (1,) * (x.dim() - 2)
+        )
+        spread = (smoothing / num_classes) * (-per_class.sum(dim=1) - on_target)
+        on_target = on_target * (1 - smoothing + smoothing / num_classes)
+    exponent = 0.0
+    loss = None  # set once a block other than modulate has combined the two parts
+    for step in plan.steps:
+        if isinstance(step, ModulateStep):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not step.detach):
+                focus = _power(miss, step.gamma_pos)
+                if loss is not None and smoothing:  # sum_c q_c m_c: the others keep weight p_c^0 = 1
+                    focus = focus * (1 - smoothing + smoothing / num_classes) + smoothing * (
+                        num_classes - 1
+                    ) / num_classes
+            if loss is None:
+                on_target = on_target * focus
+            else:
+                loss = loss * focus
+            exponent += step.gamma_pos
+            continue
+        if loss is None:
+            loss = on_target if spread is None else on_target + spread
+        if isinstance(step, PolyStep):
+            # 1 - p_t with p_t = sum_c q_c p_c = (1-s) p_target + s/C
+            one_minus_pt = miss if not smoothing else miss * (1 - smoothing) + smoothing * (
+                num_classes - 1
+            ) / num_classes
+            for j, eps in enumerate(step.eps, start=1):
+                if eps:
+                    loss = loss + eps * _power(one_minus_pt, exponent + j)
+        elif isinstance(step, BalanceStep):
+            alpha = constants[step.slot]
+            loss = loss * (alpha if alpha.dim() == 0 else alpha[safe])
+    if loss is None:
+        loss = on_target if spread is None else on_target + spread
+    return loss * valid
+
+
+def _all_classes(
+    x: Tensor,
+    target: Tensor,
+    is_index: bool,
+    plan: SoftmaxPlan,
+    class_weight: Tensor | None,
+    ignore_index: int,
+    smoothing: float,
+    constants: tuple[Tensor, ...],
+) -> Tensor:
+    """Every class weighted on its own: probability targets, or asymmetric focusing (gamma_neg)."""
     num_classes = x.shape[1]
     view = (1, num_classes) + (1,) * (x.dim() - 2)
     log_p = torch.log_softmax(x, dim=1)

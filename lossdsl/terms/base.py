@@ -71,20 +71,26 @@ class TermModule(nn.Module):
             raise self.fail("input is a scalar; expected a batch of shape [N, ...]")
 
     def check_probabilities(self, target: Tensor, what: str = "targets") -> None:
-        """Value check: soft or multi-hot targets lie in [0, 1] (one host sync; skippable)."""
-        if not self.values_checked() or not target.is_floating_point():
+        """Value check: soft or multi-hot targets lie in [0, 1] (one pass, one host sync; skippable)."""
+        if not self.values_checked() or not target.is_floating_point() or target.numel() == 0:
             return
-        bad = (target < 0) | (target > 1) | torch.isnan(target)
-        if bool(bad.any()):
-            low, high = float(target.min()), float(target.max())
+        low, high = (float(v) for v in torch.aminmax(target))
+        if not (low >= 0 and high <= 1):  # also catches NaN, for which every comparison is False
             raise self.fail(
                 f"{what} must lie in [0, 1]; found values from {low:g} to {high:g}",
                 hint="pass check_values=False to lossdsl.compile to skip this check",
             )
 
     def check_indices(self, index: Tensor, num_classes: int, ignore_index: int) -> None:
-        """Value check: class indices lie in [0, C) or equal ignore_index (one host sync; skippable)."""
-        if not self.values_checked():
+        """Value check: class indices lie in [0, C) or equal ignore_index (skippable).
+
+        One pass and one host sync when every index is in range; a second look only when some
+        index is outside [0, C) (ignored positions, or an actual error).
+        """
+        if not self.values_checked() or index.numel() == 0:
+            return
+        low, high = (int(v) for v in torch.aminmax(index))
+        if low >= 0 and high < num_classes:
             return
         bad = ((index < 0) | (index >= num_classes)) & (index != ignore_index)
         if bool(bad.any()):
@@ -100,6 +106,12 @@ class TermModule(nn.Module):
         tensor = None if values is None else torch.tensor(values, dtype=torch.float32)
         # Constants come from the spec, so they stay out of state_dict (only running state goes there).
         self.register_buffer(name, tensor, persistent=False)
+
+    def constant(self, name: str, like: Tensor) -> Tensor | None:
+        """A constant buffer on the computation's device and dtype (the module may have been moved
+        to another dtype with .half() or .double(); the arithmetic stays in float32)."""
+        value = getattr(self, name)
+        return None if value is None else value.to(device=like.device, dtype=like.dtype)
 
     def check_class_count(self, name: str, values: Tensor | None, input: Tensor) -> None:
         if values is None or values.dim() == 0:

@@ -10,8 +10,8 @@ from torch import Tensor
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import BCE
 from ..catalogue.modifiers import Balance, Clip, Density, Modulate, Poly
-from ..functional.likelihoods import bce_elementwise
-from ..functional.reduce import reduce_loss
+from ..functional.likelihoods import bce
+from ..functional.reduce import reduce_loss, reduce_total
 from ..functional.sigmoid_kernel import (
     BalanceStep,
     DensityStep,
@@ -109,19 +109,27 @@ class SigmoidTerm(TermModule):
         return SigmoidInputs(input.float(), smooth_binary(y, self.smoothing), valid, count, positives)
 
     def constants(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        weight = None if self.weight is None else per_class(self.weight.to(x.device), x.dim())
-        pos_weight = None if self.pos_weight is None else per_class(self.pos_weight.to(x.device), x.dim())
+        weight, pos_weight = self.constant("weight", x), self.constant("pos_weight", x)
+        weight = None if weight is None else per_class(weight, x.dim())
+        pos_weight = None if pos_weight is None else per_class(pos_weight, x.dim())
         return weight, pos_weight
 
     def compute(self, inputs: SigmoidInputs) -> Tensor:
         weight, pos_weight = self.constants(inputs.x)
-        if not self.fused:  # plain bce: torch's fused kernel
-            loss = bce_elementwise(inputs.x, inputs.y, weight, pos_weight)
+        if not self.fused and inputs.valid is None and self.reduction != "none":
+            # plain bce over every element: torch's kernel sums without a per-element tensor
+            total = bce(inputs.x, inputs.y, weight, pos_weight, reduction="sum")
+            return reduce_total(
+                total, self.reduction, count=inputs.count, positives=inputs.positives,
+                batch_size=inputs.x.shape[0],
+            )
+        if not self.fused:
+            loss = bce(inputs.x, inputs.y, weight, pos_weight)
             if inputs.valid is not None:
                 loss = loss * inputs.valid
         else:
             alphas = tuple(
-                per_class(getattr(self, name).to(inputs.x.device), inputs.x.dim())
+                per_class(self.constant(name, inputs.x), inputs.x.dim())
                 for name in self.alpha_names
             )
             accumulator = getattr(self, "ghm_accumulator", None)

@@ -10,8 +10,8 @@ from torch import Tensor
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
 from ..catalogue.modifiers import Balance, Modulate, Poly
-from ..functional.likelihoods import ce_elementwise
-from ..functional.reduce import reduce_loss
+from ..functional.likelihoods import ce
+from ..functional.reduce import reduce_loss, reduce_total
 from ..functional.sigmoid_kernel import BalanceStep, ModulateStep, PolyStep
 from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
 from ..spec import Term
@@ -70,7 +70,7 @@ class SoftmaxTerm(TermModule):
             self.check_class_count("alpha", getattr(self, name), input)
         num_classes = input.shape[1]
         index_shape = (input.shape[0], *input.shape[2:])
-        if tuple(target.shape) == index_shape and not target.is_floating_point():
+        if tuple(target.shape) == index_shape and not target.is_floating_point() and target.dtype != torch.bool:
             self.check_indices(target, num_classes, self.ignore_index)
             target = target.long()
             valid = target != self.ignore_index
@@ -99,13 +99,13 @@ class SoftmaxTerm(TermModule):
         )
 
     def class_weight(self, x: Tensor) -> Tensor | None:
-        return None if self.weight is None else self.weight.to(x.device)
+        return self.constant("weight", x)
 
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
         weight = self.class_weight(inputs.x)
         if not self.plan.steps:  # plain ce: torch's fused kernel
-            return ce_elementwise(inputs.x, inputs.target, weight, self.ignore_index, self.smoothing)
-        alphas = tuple(getattr(self, name).to(inputs.x.device) for name in self.alpha_names)
+            return ce(inputs.x, inputs.target, weight, self.ignore_index, self.smoothing)
+        alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
         return softmax_term_elementwise(
             inputs.x, inputs.target, inputs.is_index, self.plan, weight, self.ignore_index,
             self.smoothing, alphas,
@@ -122,6 +122,13 @@ class SoftmaxTerm(TermModule):
         return (weight[safe] * inputs.valid).sum()
 
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
+        if not self.plan.steps and self.reduction != "none":  # torch's kernel sums for us
+            total = ce(inputs.x, inputs.target, self.class_weight(inputs.x), self.ignore_index,
+                       self.smoothing, reduction="sum")
+            return reduce_total(
+                total, self.reduction, count=self.mean_count(inputs), positives=inputs.positives,
+                batch_size=inputs.x.shape[0],
+            )
         loss = self.elementwise(inputs)
         return reduce_loss(
             loss, self.reduction, count=self.mean_count(inputs), positives=inputs.positives,
