@@ -1,8 +1,8 @@
 """GHM-C gradient-density weights (Li et al. 2019), vectorised on the device.
 
-mmdetection's reference loops over bins and calls ``.item()`` per bin; here one ``bucketize`` assigns
-every element its bin and one ``scatter_add_`` counts the bins, so the cost is independent of
-``bins`` and nothing waits for the host. Same edges, same counts, same weights.
+mmdetection's reference loops over bins and calls ``.item()`` per bin; here one ``floor`` assigns every
+element its bin and one ``bincount`` counts the bins, so the cost is independent of ``bins`` and
+nothing waits for the host.
 """
 
 from __future__ import annotations
@@ -12,16 +12,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .tracing import is_compiling
+
 # Hook for summing the counts over processes (set by the distributed support); identity by default.
 CountReducer = Callable[[Tensor], Tensor]
-
-
-def bin_edges(bins: int, device: torch.device) -> Tensor:
-    """``i / bins`` for i = 0..bins, the last edge raised by 1e-6 so that g = 1 falls in the last bin."""
-    edges = torch.arange(bins + 1, dtype=torch.float64) / bins
-    edges[-1] += 1e-6
-    # Compared in float32 like the reference (a float32 tensor against Python-float edges).
-    return edges.to(device=device, dtype=torch.float32)
 
 
 def density_weights(
@@ -40,27 +34,29 @@ def density_weights(
         bins: number of bins.
         momentum: 0 for plain counts, else the running-average factor of the accumulator.
         accumulator: float32 ``[bins]`` running counts (the module's buffer), or None.
-        reduce_counts: sums ``[bins + 1]`` counts (bin counts, then the valid count) over processes.
+        reduce_counts: sums the ``[bins + 1]`` counts over processes (see functional.distributed).
 
     Returns ``(weights, new_accumulator)``; weights are 0 on ignored elements. The caller decides
     whether to store the new accumulator (training mode only).
+
+    Bin ``i`` holds ``i/bins <= g < (i+1)/bins`` with exact edges (``g = 1`` joins the last bin, as
+    the reference's ``+1e-6`` on the last edge does): ``floor(g * bins)`` in float64 is exact for
+    every float32 ``g``. mmdetection compares against float32-rounded edges instead, which can move
+    an element whose ``g`` *equals* a rounded edge into the neighbouring bin; nothing else differs.
     """
-    edges = bin_edges(bins, g.device)
-    # bucketize(right=True) gives i with edges[i-1] <= g < edges[i]: exactly the reference's test.
-    index = (torch.bucketize(g.contiguous(), edges, right=True) - 1).clamp_(0, bins - 1)
-    if valid is None:
-        valid_count = torch.full((), g.numel(), dtype=torch.int64, device=g.device)
-        members = index.new_ones(()).expand(index.shape)  # a stride-0 view: no allocation
-    else:
-        members = valid.expand_as(g).to(torch.int64)
-        valid_count = members.sum()
-    counts = torch.zeros(bins, dtype=torch.int64, device=g.device)
-    counts.scatter_add_(0, index.reshape(-1), members.reshape(-1))
+    index = (g.to(torch.float64) * bins).to(torch.int64).clamp_(max=bins - 1)
+    if valid is not None:  # ignored elements go to an extra bin that weighs nothing
+        index = torch.where(valid, index, torch.full_like(index, bins))
+    flat = index.reshape(-1)
+    if is_compiling():  # a fixed output size keeps the graph static
+        counts = torch.zeros(bins + 1, dtype=torch.int64, device=g.device)
+        counts.scatter_add_(0, flat, flat.new_ones(()).expand(flat.shape))
+    else:  # faster in eager; its size is bins + 1 because no index exceeds `bins`
+        counts = torch.bincount(flat, minlength=bins + 1)
     if reduce_counts is not None:
-        both = reduce_counts(torch.cat([counts, valid_count.reshape(1)]))
-        counts, valid_count = both[:bins], both[bins]
-    counts = counts.to(torch.float32)
-    total = valid_count.to(torch.float32).clamp(min=1.0)
+        counts = reduce_counts(counts)
+    counts = counts[:bins].to(torch.float32)
+    total = counts.sum().clamp(min=1.0)  # tot = max(#valid, 1), over every process
     non_empty = counts > 0
     new_accumulator = None
     denominator = counts
@@ -70,7 +66,5 @@ def density_weights(
     used_bins = non_empty.sum().to(torch.float32).clamp(min=1.0)
     safe = torch.where(non_empty, denominator, torch.ones_like(denominator))
     table = torch.where(non_empty, total / safe, torch.zeros_like(safe)) / used_bins
-    weights = table[index]
-    if valid is not None:
-        weights = weights * valid
-    return weights, new_accumulator
+    table = torch.cat([table, table.new_zeros(1)])
+    return table.index_select(0, flat).view(index.shape), new_accumulator

@@ -109,7 +109,9 @@ class _Shared:
         """What negatives see: ``p_m = max(p - margin, 0)`` and ``dp_m/dx``."""
         if self._negative is None:
             if self.margin > 0:
-                self._negative = ((self.p - self.margin).clamp_(min=0), self.p_dp * (self.p > self.margin))
+                p_m = (self.p - self.margin).clamp_(min=0)
+                # sign(p_m) is the step function 1[p > margin], without a bool-to-float conversion.
+                self._negative = (p_m, torch.sign(p_m).mul_(self.p_dp))
             else:
                 self._negative = (self.p, self.p_dp)
         return self._negative
@@ -174,18 +176,21 @@ def _base_loss(
                 if need_grad else None
             )
         return loss, dloss
-    # Clipped negatives: log(min(1 - p + margin, 1)), whose derivative vanishes where it saturates.
-    shifted = s.one_minus_p + s.margin
-    log_negative = shifted.clamp(max=1.0).log_()
-    positive = torch.sub(x, s.softplus)  # log p
+    # Clipped negatives: log(1 - p_m) = log(min(1 - p + margin, 1)); 1 - p_m >= margin > 0, so the
+    # subtraction loses nothing that matters and the log is finite.
+    p_m, dp_m = s.negative()
+    kept = torch.rsub(p_m, 1.0)  # 1 - p_m
+    minus_log_negative = torch.log(kept).neg_()
+    log_p = torch.sub(x, s.softplus)
     if pos_weight is not None:
-        positive.mul_(pos_weight)
-    loss = torch.addcmul(log_negative, y, positive.sub_(log_negative)).neg_()
+        log_p.mul_(pos_weight)
+    # -(pw y log p + (1-y) log(1-p_m)) = -log(1-p_m) - y (pw log p - log(1-p_m))
+    loss = torch.addcmul(minus_log_negative, y, log_p.add_(minus_log_negative), value=-1)
     dloss = None
     if need_grad:
-        d_negative = torch.div(s.p_dp, shifted).mul_(shifted < 1).neg_()
+        d_minus_log_negative = torch.div(dp_m, kept)  # d/dx of -log(1 - p_m)
         d_positive = s.one_minus_p if pos_weight is None else s.one_minus_p * pos_weight
-        dloss = torch.addcmul(d_negative, y, d_positive - d_negative).neg_()
+        dloss = torch.addcmul(d_minus_log_negative, y, d_positive + d_minus_log_negative, value=-1)
     return loss, dloss
 
 

@@ -57,8 +57,11 @@ def softmax_term_elementwise(
         class_weight: ``ce``'s ``weight`` ``[C]`` or None.
         constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar).
     """
-    asymmetric = any(isinstance(step, ModulateStep) and step.gamma_neg != 0 for step in plan.steps)
-    if is_index and not asymmetric:
+    # Other classes' weights p_c^gamma_neg only matter where they have target mass: with smoothing.
+    others_weighted = smoothing > 0 and any(
+        isinstance(step, ModulateStep) and step.gamma_neg != 0 for step in plan.steps
+    )
+    if is_index and not others_weighted:
         return _target_column(x, target, plan, class_weight, ignore_index, smoothing, constants)
     return _all_classes(x, target, is_index, plan, class_weight, ignore_index, smoothing, constants)
 
@@ -72,7 +75,8 @@ def _target_column(
     smoothing: float,
     constants: tuple[Tensor, ...],
 ) -> Tensor:
-    """Class-index targets without asymmetric focusing: only the target's column is modulated.
+    """Class-index targets where only the target's column is modulated (no smoothing mass on other
+    classes, or no focusing exponent for them).
 
     With ``q_t = 1 - s + s/C`` and ``q_c = s/C`` elsewhere the loss splits into a part on the target
     class, which the focusing factor multiplies, and the smoothing mass on every class:

@@ -13,15 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import LossInputError
+from ..functional.tracing import is_compiling
 from ..spec import Term
-
-
-def is_compiling() -> bool:
-    """True while torch.compile traces (value checks need the host, so they step aside)."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return bool(compiler.is_compiling())
-    return bool(torch._dynamo.is_compiling())  # torch < 2.3
 
 
 def shape_text(tensor: Tensor) -> str:
