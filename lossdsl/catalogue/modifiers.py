@@ -48,8 +48,9 @@ class Modifier(LossNode):
                 f"needs a loss with a probability p_t (ce, bce, or a block around them); "
                 f"{self.loss.kind_name()}() has none"
             )
+        # Named losses count as their expansion: clip(asl()) holds two clips.
         if type(self).unique_in_term and any(
-            isinstance(inner, type(self)) for inner in walk(self.loss)
+            isinstance(inner, type(self)) for inner in walk(self.loss.expand())
         ):
             raise ValueError(f"a term can hold one {self.kind_name()}() block; merge the nested ones")
         return self

@@ -55,8 +55,11 @@ class SoftmaxTerm(TermModule):
                 steps.append(BalanceStep(len(self.alpha_names)))
                 self.alpha_names.append(name)
         self.plan = SoftmaxPlan(tuple(steps))
-        # Asymmetric focusing weighs the non-target classes, which only class indices single out.
-        self.needs_indices = any(isinstance(s, ModulateStep) and s.gamma_neg != 0 for s in steps)
+        # Focusing that weighs the non-target classes on their own (0 != gamma_neg != gamma_pos) needs
+        # class indices to tell target from others; otherwise probability targets get (1-p_t)^gamma_pos.
+        self.needs_indices = any(
+            isinstance(s, ModulateStep) and s.gamma_neg not in (0, s.gamma_pos) for s in steps
+        )
 
     def prepare(self, input: Tensor, target: Tensor) -> SoftmaxInputs:
         self.check_tensors(input, target)
@@ -79,7 +82,7 @@ class SoftmaxTerm(TermModule):
         if target.shape == input.shape:
             if self.needs_indices:
                 raise self.fail(
-                    "asymmetric focusing (gamma_neg > 0) on the softmax head needs class-index "
+                    "asymmetric focusing (gamma_neg other than 0 or gamma_pos) on the softmax head needs class-index "
                     f"targets of shape {shape_of(index_shape)}; got probabilities {shape_text(target)}"
                 )
             probabilities = target.float()
