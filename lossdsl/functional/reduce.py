@@ -24,7 +24,7 @@ def reduce_loss(
     reduction: str,
     *,
     count: Tensor | float | None = None,
-    positives: Tensor | None = None,
+    positives: Tensor | int | None = None,
     batch_size: int = 1,
 ) -> Tensor:
     """Reduce a per-element loss whose ignored positions are already 0.
@@ -50,7 +50,7 @@ def reduce_total(
     reduction: str,
     *,
     count: Tensor | float,
-    positives: Tensor | None = None,
+    positives: Tensor | int | None = None,
     batch_size: int = 1,
 ) -> Tensor:
     """The same reductions from an already summed loss (fused kernels can sum for us)."""
@@ -61,5 +61,7 @@ def reduce_total(
     if reduction == "pos_mean":
         if positives is None:
             raise ValueError("pos_mean needs the number of positive targets")
+        if not isinstance(positives, Tensor):
+            return total / max(positives, 1)
         return total / positives.to(total.dtype).clamp(min=1)
     return safe_divide(total, count)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .distributed import sum_over_processes
 from .ghm import density_weights
+from .tracing import is_compiling
 
 # Smallest normal float32: q below it is 0 for every purpose, and its log stays finite.
 _TINY = torch.finfo(torch.float32).tiny
@@ -90,6 +91,14 @@ class _Shared:
         self._negative: tuple[Tensor, Tensor] | None = None
         self._q: tuple[Tensor, Tensor] | None = None
         self._log_q: tuple[Tensor, Tensor] | None = None
+
+    def release(self, keep_probability: bool) -> None:
+        """Drop what only the base loss and ``q`` needed, so the peak memory stays low; ``q``,
+        ``dq/dx``, ``log q`` (and ``p``, if asked) stay."""
+        self.softplus = None  # type: ignore[assignment]
+        self._one_minus_p = self._p_dp = self._negative = None
+        if not keep_probability:
+            self.p = None  # type: ignore[assignment]
 
     @property
     def one_minus_p(self) -> Tensor:
@@ -159,6 +168,38 @@ class _Shared:
         return value, torch.mul(value, ratio).mul_(exponent)
 
 
+class _InPlace:
+    """Updates of the running loss and derivative that reuse their memory (eager mode)."""
+
+    @staticmethod
+    def scale(tensor: Tensor, factor: Tensor) -> Tensor:
+        return tensor.mul_(factor)
+
+    @staticmethod
+    def add(tensor: Tensor, other: Tensor, alpha: float) -> Tensor:
+        return tensor.add_(other, alpha=alpha)
+
+    @staticmethod
+    def add_product(tensor: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return tensor.addcmul_(a, b)
+
+
+class _Functional:
+    """The same updates as new tensors (under torch.compile, which fuses them)."""
+
+    @staticmethod
+    def scale(tensor: Tensor, factor: Tensor) -> Tensor:
+        return tensor * factor
+
+    @staticmethod
+    def add(tensor: Tensor, other: Tensor, alpha: float) -> Tensor:
+        return tensor + alpha * other
+
+    @staticmethod
+    def add_product(tensor: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        return torch.addcmul(tensor, a, b)
+
+
 def _base_loss(
     s: _Shared, pos_weight: Tensor | None, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
@@ -220,10 +261,16 @@ def sigmoid_loss_and_grad(
     s = _Shared(x, y, plan.margin)
     new_accumulator = None
     loss, dloss = _base_loss(s, pos_weight, need_grad)
+    if plan.needs_q:
+        s.q()  # built now, while its ingredients are alive
+    s.release(keep_probability=any(isinstance(step, DensityStep) for step in plan.steps))
+    # Eager mode updates the two running tensors in place (no allocation per block); a traced graph
+    # is fused by the compiler anyway and stays purely functional.
+    update = _InPlace() if not is_compiling() else _Functional()
     if weight is not None:
-        loss.mul_(weight)
+        loss = update.scale(loss, weight)
         if need_grad:
-            dloss.mul_(weight)
+            dloss = update.scale(dloss, weight)
 
     exponent: float | Tensor = 0.0  # focusing exponent of the loss so far (poly's g)
     for step in plan.steps:
@@ -235,39 +282,40 @@ def sigmoid_loss_and_grad(
             factor, d_factor = s.power(gamma, need_grad and not step.detach)
             if isinstance(factor, Tensor):
                 if need_grad:
-                    dloss.mul_(factor)
+                    dloss = update.scale(dloss, factor)
                     if d_factor is not None:
-                        dloss.addcmul_(loss, d_factor)
-                loss.mul_(factor)
+                        dloss = update.add_product(dloss, loss, d_factor)
+                loss = update.scale(loss, factor)
+            factor = d_factor = None  # free them before the next block allocates
             exponent = exponent + gamma
         elif isinstance(step, PolyStep):
             for j, eps in enumerate(step.eps, start=1):
                 if eps == 0:
                     continue
                 term, d_term = s.power(exponent + j, need_grad)
-                loss.add_(term, alpha=eps)
+                loss = update.add(loss, term, eps)
                 if need_grad:
-                    dloss.add_(d_term, alpha=eps)
+                    dloss = update.add(dloss, d_term, eps)
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
             balance = torch.addcmul(1 - alpha, y, 2 * alpha - 1)  # alpha y + (1-alpha)(1-y)
-            loss.mul_(balance)
+            loss = update.scale(loss, balance)
             if need_grad:
-                dloss.mul_(balance)
+                dloss = update.scale(dloss, balance)
         elif isinstance(step, DensityStep):
             # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
-            seen = s.p if plan.margin == 0 else torch.lerp(s.negative()[0], s.p, y)
+            seen = s.p if plan.margin == 0 else torch.lerp((s.p - plan.margin).clamp_(min=0), s.p, y)
             reducer = sum_over_processes if step.synchronise else None
             density, new_accumulator = density_weights(
                 (seen - y).abs_(), valid, step.bins, step.momentum, accumulator, reducer
             )
-            loss.mul_(density)
+            loss = update.scale(loss, density)
             if need_grad:
-                dloss.mul_(density)
+                dloss = update.scale(dloss, density)
     if valid is not None:
-        loss.mul_(valid)
+        loss = update.scale(loss, valid)
         if need_grad:
-            dloss.mul_(valid)
+            dloss = update.scale(dloss, valid)
     return loss, dloss, new_accumulator
 
 

@@ -24,7 +24,7 @@ class SoftmaxInputs:
     target: Tensor  # long class indices [N, d1, ...] or float32 probabilities [N, C, d1, ...]
     is_index: bool
     valid: Tensor | None  # bool [N, d1, ...] for index targets
-    positives: Tensor | None  # valid positions (pos_mean only)
+    positives: Tensor | int | None  # valid positions (pos_mean only)
 
 
 class SoftmaxTerm(TermModule):
@@ -89,7 +89,7 @@ class SoftmaxTerm(TermModule):
             self.check_probabilities(probabilities, "probability targets")
             positives = None
             if self.reduction == "pos_mean":
-                positives = torch.tensor(probabilities.numel() // num_classes, device=input.device)
+                positives = probabilities.numel() // num_classes  # every position has a target
             return SoftmaxInputs(input.float(), probabilities, False, None, positives)
         if tuple(target.shape) == index_shape:
             raise self.fail(
