@@ -53,7 +53,7 @@ def load(source: Any, key: str | None = None) -> LossSpec:
 
 def _located(source: Any) -> tuple[Located, str | None]:
     if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_file(source)):
-        path = Path(source)
+        path = Path(source.strip() if isinstance(source, str) else source)
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -69,7 +69,9 @@ def _located(source: Any) -> tuple[Located, str | None]:
 
 
 def _looks_like_file(text: str) -> bool:
-    return "\n" not in text and text.endswith((".yaml", ".yml", ".json")) and Path(text).is_file()
+    # No is_file() check: a mistyped path must say the file cannot be read, not that '.' is an
+    # unexpected character (such a string is no valid expression or YAML loss anyway).
+    return "\n" not in text and text.strip().endswith((".yaml", ".yml", ".json"))
 
 
 def compile(source: Source, *, check_values: bool = True) -> CompiledLoss:  # noqa: A001

@@ -29,7 +29,8 @@ def _load_source(source: str, key: str | None):
 
     from .api import load, parse
 
-    if Path(source).is_file():
+    # A name ending in .yaml/.yml/.json is a file even when missing: the error says it cannot be read.
+    if Path(source).is_file() or source.endswith((".yaml", ".yml", ".json")):
         return load(Path(source), key=key)
     if key:
         raise LossDSLError("--key applies to files; SOURCE is not a file")

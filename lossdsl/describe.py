@@ -13,7 +13,10 @@ def spec_tree(spec: LossSpec, *, expand: bool = False) -> str:
         spec = spec.expand()
     lines = [f"loss: {spec.to_expr()}"]
     for index, term in enumerate(spec.terms, 1):
-        head = term.loss.head or ("none (regression)" if term.loss.is_regression else "none")
+        # getattr: a plug-in node need not declare a head (catalogue.head_of treats it as None).
+        head = getattr(term.loss, "head", None) or (
+            "none (regression)" if term.loss.is_regression else "none"
+        )
         lines.append(
             f"term {index}: weight {format_number(term.weight)}, reduction {term.reduction}, head {head}"
         )
@@ -23,7 +26,7 @@ def spec_tree(spec: LossSpec, *, expand: bool = False) -> str:
 
 def _node_lines(node: LossNode, depth: int) -> list[str]:
     params = []
-    for name in node.model_fields:
+    for name in type(node).model_fields:  # on the class: the instance attribute is deprecated
         if name == "kind" or name in node.loss_fields:
             continue
         value = getattr(node, name)

@@ -106,14 +106,18 @@ class LossDSLError(ValueError):
     def excerpt(self) -> str:
         if self.source is None or self.line is None:
             return ""
-        lines = self.source.splitlines() or [""]
+        # Lines are split on "\n" only, as offset_locator counts them: splitlines() also breaks at
+        # "\r", "\f", "\u2028"..., which put the caret under another line than the one counted.
+        lines = self.source.split("\n")
         if not 1 <= self.line <= len(lines):
             return ""
-        text = lines[self.line - 1]
+        text = lines[self.line - 1].rstrip("\r")
         # Long lines are cut around the caret so the excerpt stays readable in a terminal.
         column = max(1, self.column or 1)
         start = max(0, column - 60)
-        shown = text[start : start + 100].expandtabs(1)
+        # Tabs and other unprintable characters (a stray "\r", NUL) show as one space each, so the
+        # caret stays under the right character and the terminal is not disturbed.
+        shown = "".join(c if c.isprintable() else " " for c in text[start : start + 100])
         prefix = "..." if start else ""
         caret = " " * (len(prefix) + column - 1 - start) + "^"
         return f"    {prefix}{shown}\n    {caret}"

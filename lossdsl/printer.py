@@ -50,7 +50,9 @@ def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None) -> str:
     if node.positional and node.positional in params:
         args.append(format_value(params.pop(node.positional)))
     args += [f"{name}={format_value(value)}" for name, value in params.items()]
-    args += [f"{name}={format_value(value)}" for name, value in (extra or {}).items()]
+    # Extras are the term's reduction, an enumerated name: printed bare, so reduction=none reads as
+    # written (format_value would quote "none" to keep it apart from the null value).
+    args += [f"{name}={value}" for name, value in (extra or {}).items()]
     return f"{node.kind_name()}({', '.join(args)})"
 
 

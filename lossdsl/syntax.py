@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 
 from lark import Lark, Token, Transformer_NonRecursive, UnexpectedInput, v_args
@@ -55,8 +57,17 @@ _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH"}
 
 @functools.lru_cache(maxsize=1)
 def _parser() -> Lark:
-    grammar = resources.files("lossdsl.grammar").joinpath("lossdsl.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return Lark(_grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+def _grammar_text() -> str:
+    """The grammar installed inside the package, or, in a source checkout that was never
+    installed, the repository's grammar/ folder beside the package."""
+    try:
+        return resources.files("lossdsl.grammar").joinpath("lossdsl.lark").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        source = Path(__file__).resolve().parent.parent / "grammar" / "lossdsl.lark"
+        return source.read_text(encoding="utf-8")
 
 
 # -- intermediate values of the arithmetic ------------------------------------------------------------
@@ -131,7 +142,10 @@ class _Build(Transformer_NonRecursive):
             if not math.isfinite(value):
                 raise self._error(f"number {text} is too large", token.start_pos)
         else:
-            value = int(text)
+            try:
+                value = int(text)
+            except ValueError:  # Python refuses int() of more than 4300 digits; keep it a LossDSLError
+                raise self._error(f"number {text[:20]}... is too long", token.start_pos) from None
         return sign * value
 
     def word(self, children: list[Token]) -> Located:
@@ -246,7 +260,10 @@ class _Build(Transformer_NonRecursive):
     def mul(self, children: list[Any]) -> Any:
         left, right = children
         if isinstance(left, _Number) and isinstance(right, _Number):
-            return _Number(left.value * right.value, left.offset)
+            try:  # 0.5 * 10**400: a float times a huge integer overflows instead of giving inf
+                return _Number(left.value * right.value, left.offset)
+            except OverflowError:
+                raise self._error("number is too large", right.offset) from None
         if not isinstance(left, _Number) and not isinstance(right, _Number):
             raise self._error(
                 "cannot multiply two losses; only a number can weight a loss", _offset_of(right),
@@ -261,9 +278,12 @@ class _Build(Transformer_NonRecursive):
             raise self._error("cannot divide by a loss; only by a number", _offset_of(right))
         if right.value == 0:
             raise self._error("division by zero", right.offset)
-        if isinstance(left, _Number):
-            return _Number(left.value / right.value, left.offset)
-        return self._scale(left, 1.0 / right.value)
+        try:  # huge integers (10**400 / 3) overflow a float division: an error, not an OverflowError
+            if isinstance(left, _Number):
+                return _Number(left.value / right.value, left.offset)
+            return self._scale(left, 1.0 / right.value)
+        except OverflowError:
+            raise self._error("number is too large", right.offset) from None
 
     def neg(self, children: list[Any]) -> Any:
         value = children[0]
@@ -272,10 +292,16 @@ class _Build(Transformer_NonRecursive):
         return self._scale(value, -1.0)
 
     def _scale(self, value: Any, factor: float) -> _Terms:
-        if not math.isfinite(factor):
-            raise self._error("weight is too large", _offset_of(value))
+        try:
+            factor = float(factor)  # an integer weight of 400 digits does not fit a float
+        except OverflowError:
+            factor = math.inf
         terms = _as_terms(value)
-        terms.items = [(factor * w, loss) for w, loss in terms.items]
+        items = [(factor * w, loss) for w, loss in terms.items]
+        # Check the products too: each factor of ce()*2*2*...*2 is finite, the weight is not.
+        if not all(math.isfinite(w) for w, _ in items):
+            raise self._error("weight is too large", _offset_of(value))
+        terms.items = items
         return terms
 
     def _loss(self, value: Any) -> Located:
@@ -400,10 +426,16 @@ def _syntax_error(
         reason = f"expected a loss or a number after '{previous}', got {got}"
     elif previous == ",":
         reason = f"expected an argument after ',', got {got}"
+    elif token is not None and token.type == "LPAR" and re.search(r"\w\s*=\s*[A-Za-z_]\w*$", before):
+        # poly(loss=bce()): keyword values are literals, so the parser stops at the '(' of the call.
+        reason = "a parameter value cannot be a call; the wrapped loss is the positional argument"
+        hint = "for example poly(focal(gamma=2), eps=1)"
     elif token is not None and token.type == "EQUAL":
         reason = "'=' must follow a parameter name, as in gamma=2"
     elif "RPAR" in expected and "COMMA" in expected:
-        reason = f"expected ',' or ')', got {got}"
+        # LALR merges look-ahead sets, so ',' and ')' are "expected" even outside any call (after
+        # `ce()` in `ce() bce()`): name what the brackets open at this point really allow.
+        reason = f"expected {_join_words(_allowed_here(text, offset, locate, expected))}, got {got}"
     elif {"NAME", "NUMBER"} <= expected:
         reason = f"expected a loss, a parameter or a number, got {got}"
     elif expected:
@@ -414,6 +446,25 @@ def _syntax_error(
     else:
         reason = f"unexpected {got}"
     return LossSyntaxError(reason, hint=hint).located(locate(offset))
+
+
+def _allowed_here(text: str, offset: int, locate: Locate, expected: set[str]) -> list[str]:
+    """What may follow a complete value at ``offset``, from the brackets still open there."""
+    try:
+        still_open = _check_brackets(text[:offset], locate)
+    except LossSyntaxError:
+        still_open = []
+    operator = ["an operator"] if expected & _OPERATORS else []
+    if not still_open:
+        return operator + ["the end of the expression"]
+    opener, where = still_open[-1]
+    closer = f"'{_OPENERS[opener]}'"
+    if opener == "[":
+        return ["','", closer]
+    is_call = opener == "(" and text[:where].rstrip()[-1:].isidentifier()
+    if opener == "(" and not is_call:  # a group: (a + b)
+        return operator + [closer]
+    return ["','", closer] if not operator else ["','", *operator, closer]
 
 
 def _join_words(words: list[str]) -> str:

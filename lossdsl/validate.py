@@ -51,6 +51,8 @@ def build_node_from_plain(data: dict[str, Any]) -> LossNode:
 class _Walker:
     def __init__(self) -> None:
         self.defines: list[dict[str, Located]] = []
+        # Where each define: block sits, so errors inside a definition name its full path.
+        self.define_paths: list[str] = []
         self.resolving: list[str] = []
 
     # -- errors
@@ -114,7 +116,9 @@ class _Walker:
     def _expr_form(self, item, path, weight, reduction, depth):
         value = item.value
         self._check_keys(item, _EXPR_KEYS, path, "an expression mapping")
-        reduction = self._reduction_of(item, path, reduction)
+        own = self._reduction_of(item, path, None)
+        if own is not None:  # the mapping's reduction is the default for terms that set none
+            reduction = _DefaultReduction(own)
         defines = {}
         if "define" in value:
             block = value["define"]
@@ -139,10 +143,12 @@ class _Walker:
                 defines[name] = definition
         expr = value["expr"]
         self.defines.append(defines)
+        self.define_paths.append(_join(path, "define"))
         try:
             return self.terms(expr, _join(path, "expr"), weight, reduction, depth + 1)
         finally:
             self.defines.pop()
+            self.define_paths.pop()
 
     def _terms_form(self, item, path, weight, reduction, depth):
         self._check_keys(item, ("terms",), path, "a sum")
@@ -170,7 +176,10 @@ class _Walker:
     def _ref(self, item, path, weight, reduction, depth):
         name_item = item.value["ref"]
         name = name_item.value
-        for scope in reversed(self.defines):
+        if not isinstance(name, str):  # {ref: ...} can also come from a mapping, holding anything
+            raise self._fail(f"ref must be a name, got {_describe_value(name)}", name_item.location,
+                             _join(path, "ref"), cls=LossConfigError)
+        for scope, scope_path in zip(reversed(self.defines), reversed(self.define_paths)):
             if name in scope:
                 if name in self.resolving:
                     cycle = " -> ".join(self.resolving[self.resolving.index(name):] + [name])
@@ -178,7 +187,7 @@ class _Walker:
                                      name_item.location, path, cls=LossConfigError)
                 self.resolving.append(name)
                 try:
-                    return self.terms(scope[name], _join("define", name), weight, reduction, depth + 1)
+                    return self.terms(scope[name], _join(scope_path, name), weight, reduction, depth + 1)
                 finally:
                     self.resolving.pop()
         from .catalogue.base import CATALOGUE
@@ -195,14 +204,19 @@ class _Walker:
     def _node_term(self, item, path, weight, reduction, depth) -> tuple[Term, Located]:
         own = item.value.get("reduction")
         if own is not None:
-            if reduction is not None and own.value != reduction:
+            # Compare the normalised name (the bare word none reads as the null value), and let a
+            # term's own reduction override the default an `expr:` mapping gives (README: "default
+            # for terms that do not set one"); only two explicit, different reductions conflict.
+            value = self._reduction_value(own, _join(path, "reduction"))
+            explicit = reduction is not None and not isinstance(reduction, _DefaultReduction)
+            if explicit and value != reduction:
                 raise self._fail(
                     "reduction is given twice for this term", own.location, _join(path, "reduction")
                 )
-            reduction = self._reduction_value(own, _join(path, "reduction"))
+            reduction = value
         node = self.node(item, path, depth, allow_reduction=True)
         try:
-            term = Term(loss=node, weight=weight, reduction=reduction or "mean")
+            term = Term(loss=node, weight=weight, reduction=str(reduction or "mean"))
         except ValidationError:
             raise self._fail("term weight must be a finite number", item.location, path) from None
         return term, item
@@ -300,9 +314,14 @@ class _Walker:
         weight = term.value.get("weight")
         if weight is None:
             return 1.0
-        number = weight.value
+        number = given = weight.value
+        if isinstance(number, int) and not isinstance(number, bool):
+            try:  # an integer beyond float range (10**400) is not a finite weight; no OverflowError
+                number = float(number)
+            except OverflowError:
+                number = math.inf
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
-            raise self._fail(f"weight must be a finite number, got {_describe_value(number)}",
+            raise self._fail(f"weight must be a finite number, got {_describe_value(given)}",
                              weight.location, _join(path, "weight"), cls=LossConfigError)
         return float(number)
 
@@ -380,6 +399,10 @@ class _Walker:
         return self._fail(
             f"{name}(): {field} expects {_describe_type(annotation)}, got {given}", location, where
         )
+
+
+class _DefaultReduction(str):
+    """A reduction inherited from an ``expr:`` mapping: a default that a term's own one overrides."""
 
 
 _RANGE_ERRORS = {

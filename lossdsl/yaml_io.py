@@ -27,7 +27,16 @@ def located_yaml(text: str, filename: str | None = None) -> Located:
         raise LossConfigError(
             f"YAML text is {len(text)} characters long; the limit is {MAX_YAML_CHARS}"
         ).located(Location(1, 1, text, filename))
-    loader = yaml.SafeLoader(text)
+    try:
+        # Inside the try: the reader rejects characters such as NUL in its constructor already.
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise LossConfigError(
+            f"invalid YAML: the character {chr(exc.character)!r} is not allowed"
+            if isinstance(exc.character, int) else f"invalid YAML: {exc.reason}"
+        ).located(locate(exc.position)) from None
+    except yaml.YAMLError as exc:
+        raise LossConfigError(f"invalid YAML: {exc}", filename=filename) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -63,7 +72,9 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str, filename: str | None) -> L
             reason += f" ({exc.context})"
     error = LossConfigError(reason)
     if mark is not None:
-        error.located(Location(mark.line + 1, mark.column + 1, text, filename))
+        # From the mark's character index, not its line: PyYAML also breaks lines at a lone "\r",
+        # "\x85" or "\u2028", where every other location (and the excerpt) counts "\n" only.
+        error.located(offset_locator(text, filename)(mark.index))
     else:
         error.filename = filename
     return error
@@ -123,7 +134,19 @@ class _Builder:
         if node.style in ("|", ">"):  # skip the block indicator line
             newline = text.find("\n", j)
             j = end if newline < 0 else newline + 1
+        double_quoted = node.style == '"'
         for char in value:
+            if double_quoted and j < end and text[j] == "\\":
+                # An escape (\t, \x41, \u00e9, \\) is one character of the value but several of the
+                # file: without this, the search below runs to the end of the string.
+                while text.startswith(("\\\n", "\\\r"), j):  # a line continuation yields nothing
+                    j += 2
+                    while j < end and text[j] in " \t\r\n":
+                        j += 1
+                if j < end and text[j] == "\\":
+                    places.append(j)
+                    j += {"x": 4, "u": 6, "U": 10}.get(text[j + 1 : j + 2], 2)
+                    continue
             if char in " \n":
                 # Folding turns a line break plus indentation into one space (or a newline).
                 while j < end and text[j] in " \t\r\n" and text[j] != char:
