@@ -6,9 +6,11 @@ from __future__ import annotations
 from .catalogue.base import LossNode
 from .catalogue.likelihoods import BCE, CE
 from .catalogue.modifiers import Modifier
+from .catalogue.multitask import MultiTask
 from .catalogue.named import ZLPR
 from .errors import LossSpecError
 from .module import CompiledLoss
+from .multitask import MultiTaskLoss
 from .printer import term_to_expr
 from .spec import LossSpec, Term
 from .terms.base import TermModule
@@ -18,20 +20,31 @@ from .terms.softmax import SoftmaxTerm
 from .terms.zlpr import ZLPRTerm
 
 
-def compile_spec(spec: LossSpec, *, check_values: bool = True) -> CompiledLoss:
+def compile_spec(
+    spec: LossSpec, *, check_values: bool = True, distributed: bool = True
+) -> CompiledLoss | MultiTaskLoss:
+    """The module for a spec. ``distributed``: sum GHM-C's bin counts and dtp's indicators over the
+    process group when torch.distributed is initialised."""
+    first = spec.terms[0].loss
+    if isinstance(first, MultiTask):
+        tasks = {
+            name: compile_spec(task, check_values=check_values, distributed=distributed)
+            for name, task in first.tasks.items()
+        }
+        return MultiTaskLoss(spec, first, tasks, distributed=distributed)
     labels = _labels(spec)
     terms = [
-        compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values)
+        compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values, distributed)
         for term, label in zip(spec.terms, labels)
     ]
     return CompiledLoss(spec, terms)
 
 
-def compile_term(term: Term, label: str, check_values: bool) -> TermModule:
+def compile_term(term: Term, label: str, check_values: bool, distributed: bool = True) -> TermModule:
     """One term's module; ``term.loss`` is already expanded into primitive blocks."""
     base, blocks = _unwrap(term.loss)
     if isinstance(base, BCE):
-        return SigmoidTerm(term, label, check_values, base, blocks)
+        return SigmoidTerm(term, label, check_values, base, blocks, synchronise=distributed)
     if isinstance(base, CE):
         return SoftmaxTerm(term, label, check_values, base, blocks)
     if blocks:  # the validator already refuses this; kept as a guard for plug-ins

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from torch import Tensor, nn
 
@@ -30,8 +30,15 @@ class CompiledLoss(nn.Module):
         self.last_terms: dict[str, Tensor] = {}
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        # Check every term's inputs before any term runs, so a bad batch changes no running buffer.
-        prepared = [term.prepare(input, target) for term in self.terms]
+        return self.combine(self.prepare(input, target))
+
+    def prepare(self, input: Tensor, target: Tensor) -> list[Any]:
+        """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
+        checks of a call happen before any term touches a running buffer."""
+        return [term.prepare(input, target) for term in self.terms]
+
+    def combine(self, prepared: list[Any]) -> Tensor:
+        """Compute every term from its prepared inputs and add them with their weights."""
         values = [term.compute(inputs) for term, inputs in zip(self.terms, prepared)]
         if self.unreduced and len(values) > 1:
             self._check_same_shapes(values)

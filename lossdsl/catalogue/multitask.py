@@ -1,0 +1,90 @@
+"""Losses over named tasks: ``{seg: ce(), depth: 0.5 * l1()}`` and the two task-weighting schemes.
+
+A multi-task loss takes a mapping of predictions and a mapping of targets with the same keys and
+adds the tasks' losses, each with its weight:
+
+- ``tasks`` (the ``{...}`` syntax): weight 1 (each task's own expression carries its weights);
+- ``uncertainty``: learnable homoscedastic-uncertainty weights (Kendall, Gal and Cipolla 2018);
+- ``dtp``: dynamic task prioritization from each task's performance (Guo et al. 2018).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, Strict, field_validator
+
+from ..spec import LossSpec
+from .base import LossNode, NonNegative, register
+
+
+class MultiTask(LossNode):
+    category = "multitask"
+    positional = "tasks"
+    task_fields: ClassVar[tuple[str, ...]] = ("tasks",)
+
+    tasks: dict[str, LossSpec]
+
+    @field_validator("tasks")
+    @classmethod
+    def _named_tasks(cls, tasks: dict[str, Any]) -> dict[str, Any]:
+        if not tasks:
+            raise ValueError("needs at least one task")
+        for name in tasks:
+            if not name.isidentifier():
+                raise ValueError(f"task names must be identifiers, got {name!r}")
+        return tasks
+
+    @property
+    def head(self) -> None:  # a multi-task loss has no single probability to modify
+        return None
+
+    def expand(self) -> LossNode:
+        return self.model_copy(update={"tasks": {k: v.expand() for k, v in self.tasks.items()}})
+
+
+@register
+class Tasks(MultiTask):
+    """Named tasks added with weight 1: ``sum_t L_t(pred[t], target[t])``."""
+
+    kind: Literal["tasks"] = "tasks"
+    summary = "named tasks, each with its own loss, added: {seg: ce(), depth: 0.5 * l1()}"
+    paper = "multi-task learning (plain sum)"
+
+
+@register
+class Uncertainty(MultiTask):
+    """Uncertainty weighting (Kendall, Gal and Cipolla 2018), one learnable ``s_t`` per task.
+
+    - ``form=kendall`` (default), ``s_t = log sigma_t^2`` starting at 0: classification tasks
+      ``exp(-s) L + s/2``, regression tasks (``mse``, ``l1``, ``smooth_l1``) ``exp(-s) L / 2 + s/2``;
+    - ``form=simple``: ``exp(-s) L + s`` for every task (the widespread variant);
+    - ``form=positive`` (Liebel and Koerner 2018): a learnable ``c_t`` starting at 1,
+      ``L / (2 c^2) + log(1 + c^2)``, which keeps the regulariser positive.
+
+    The parameters live in the module: give ``loss.parameters()`` to the optimizer.
+    """
+
+    kind: Literal["uncertainty"] = "uncertainty"
+    form: Literal["kendall", "simple", "positive"] = "kendall"
+    summary = "learnable uncertainty weights per task: exp(-s) L + s/2 (Kendall et al.)"
+    paper = "Kendall, Gal and Cipolla 2018, Multi-Task Learning Using Uncertainty to Weigh Losses"
+
+
+@register
+class DTP(MultiTask):
+    """Dynamic task prioritization (Guo et al. 2018): harder tasks weigh more.
+
+    Each task's key performance indicator ``kpi`` (accuracy for a softmax task, ``1 - hamming loss``
+    at logit 0 for a sigmoid task, or a value given with ``loss.observe(task=value)``, required for
+    regression tasks) is averaged: the first observation starts ``k``, then
+    ``k <- alpha * kpi + (1 - alpha) * k``. The task's weight is ``-(1 - k)^gamma log(k)``, without
+    gradient, with ``k`` clamped to [1e-6, 1 - 1e-6]. The averages are buffers (in ``state_dict``)
+    updated in training mode only.
+    """
+
+    kind: Literal["dtp"] = "dtp"
+    gamma: NonNegative = 1.0
+    alpha: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.9
+    summary = "dynamic task prioritization: weight -(1-k)^gamma log k from each task's running KPI"
+    paper = "Guo et al. 2018, Dynamic Task Prioritization for Multitask Learning"

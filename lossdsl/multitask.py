@@ -1,0 +1,202 @@
+"""The compiled multi-task loss: ``loss(preds, targets)`` over mappings with the tasks' names.
+
+Each task is an ordinary compiled loss; this module adds them with weights that are constant
+(``tasks``), learnable (``uncertainty``: parameters of this module) or driven by running task
+performance (``dtp``: buffers of this module). Learnable weights and running statistics therefore
+travel with ``loss.parameters()`` and ``loss.state_dict()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
+from .errors import LossInputError, unknown_name_hint
+from .functional.distributed import sum_over_processes
+from .functional.targets import index_to_one_hot
+from .functional.tracing import is_compiling
+from .metrics import sigmoid_hits, softmax_hits
+from .module import CompiledLoss
+from .spec import LossSpec
+
+# dtp's k is kept inside [eps, 1 - eps] so that -(1-k)^gamma log k stays finite.
+DTP_EPS = 1e-6
+
+
+def task_is_regression(spec: LossSpec) -> bool:
+    """A task is a regression task when every term of its loss is (mse, l1, smooth_l1)."""
+    return all(term.loss.is_regression for term in spec.terms)
+
+
+def task_head(spec: LossSpec) -> str | None:
+    """The head of the task's first classification term (what its KPI is measured on)."""
+    for term in spec.expand().terms:
+        head = getattr(term.loss, "head", None)
+        if head is not None:
+            return head
+    return None
+
+
+class MultiTaskLoss(nn.Module):
+    """Weighted sum over named tasks. ``last_terms`` holds, per task ``t``, ``t`` (the raw loss),
+    ``t.weight`` and ``t.weighted``, detached, plus ``total``."""
+
+    def __init__(
+        self, spec: LossSpec, node: MultiTask, tasks: dict[str, CompiledLoss], distributed: bool = True
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.node = node
+        self.tasks = nn.ModuleDict(tasks)
+        self.names = list(tasks)
+        self.distributed = distributed
+        self.last_terms: dict[str, Tensor] = {}
+        self.regression = {name: task_is_regression(node.tasks[name]) for name in self.names}
+        if isinstance(node, Uncertainty):
+            start = 1.0 if node.form == "positive" else 0.0
+            name = "scale" if node.form == "positive" else "log_variance"
+            # One scalar parameter per task: ParameterDict keys are the task names.
+            setattr(self, name, nn.ParameterDict({t: nn.Parameter(torch.tensor(start)) for t in self.names}))
+        if isinstance(node, DTP):
+            self.heads = {name: task_head(node.tasks[name]) for name in self.names}
+            self.ignore_index = {
+                name: next((t.ignore_index for t in tasks[name].terms if hasattr(t, "ignore_index")), -100)
+                for name in self.names
+            }
+            self.register_buffer("kpi_average", torch.zeros(len(self.names)))
+            self.register_buffer("kpi_seen", torch.zeros(len(self.names), dtype=torch.bool))
+
+    # -- inputs
+    def _check_keys(self, preds: Any, targets: Any) -> None:
+        for what, mapping in (("predictions", preds), ("targets", targets)):
+            if not isinstance(mapping, Mapping):
+                raise LossInputError(
+                    f"a multi-task loss takes mappings of {what} by task name "
+                    f"({', '.join(self.names)}); got {type(mapping).__name__}"
+                )
+            missing = [name for name in self.names if name not in mapping]
+            if missing:
+                raise LossInputError(f"{what} have no entry for task '{missing[0]}'",
+                                     hint=f"tasks: {', '.join(self.names)}")
+            extra = [name for name in mapping if name not in self.tasks]
+            if extra:
+                raise LossInputError(
+                    f"{what} have an entry '{extra[0]}' that is not a task of this loss",
+                    hint=unknown_name_hint(str(extra[0]), self.names, "tasks"),
+                )
+
+    # -- the weighting schemes
+    def forward(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+        self._check_keys(preds, targets)
+        # Every task checks its inputs before any of them computes or updates a buffer.
+        prepared = {name: self.tasks[name].prepare(preds[name], targets[name]) for name in self.names}
+        raw = {name: self.tasks[name].combine(prepared[name]) for name in self.names}
+        if isinstance(self.node, DTP):
+            self._update_dtp(preds, targets)
+        total = None
+        logged: dict[str, Tensor] = {}
+        for name in self.names:
+            weighted, weight = self._weigh(name, raw[name])
+            total = weighted if total is None else total + weighted
+            logged[name] = raw[name].detach()
+            logged[f"{name}.weight"] = weight.detach() if isinstance(weight, Tensor) else torch.tensor(weight)
+            logged[f"{name}.weighted"] = weighted.detach()
+        if not is_compiling():
+            logged["total"] = total.detach()
+            self.last_terms = logged
+        return total
+
+    def _weigh(self, name: str, loss: Tensor) -> tuple[Tensor, Tensor | float]:
+        node = self.node
+        if isinstance(node, Tasks):
+            return loss, 1.0
+        if isinstance(node, Uncertainty):
+            if node.form == "positive":
+                c = self.scale[name]
+                weight = 1 / (2 * c * c)
+                return weight * loss + torch.log1p(c * c), weight
+            s = self.log_variance[name]
+            weight = torch.exp(-s)
+            if node.form == "simple":
+                return weight * loss + s, weight
+            if self.regression[name]:
+                weight = weight / 2
+            return weight * loss + s / 2, weight
+        # dtp: the weight follows the running KPI and carries no gradient.
+        index = self.names.index(name)
+        k = self.kpi_average[index].clamp(DTP_EPS, 1 - DTP_EPS)
+        weight = (-((1 - k) ** node.gamma) * torch.log(k)).detach()
+        return weight * loss, weight
+
+    # -- dtp's running indicators
+    def observe(self, **kpis: float | Tensor) -> None:
+        """Give dtp the key performance indicator of some tasks, e.g. ``loss.observe(depth=0.8)``.
+
+        Values are in [0, 1], higher is better. Required for regression tasks, optional for the
+        others (it replaces their measured indicator for this update). Explicit calls update the
+        running averages in any mode.
+        """
+        if not isinstance(self.node, DTP):
+            raise LossInputError("observe() belongs to dtp losses; this loss has no indicators")
+        for name, value in kpis.items():
+            if name not in self.tasks:
+                raise LossInputError(f"no task '{name}'", hint=unknown_name_hint(name, self.names, "tasks"))
+            value = torch.as_tensor(value, dtype=torch.float32, device=self.kpi_average.device)
+            if not is_compiling() and not bool((value >= 0) & (value <= 1)):
+                raise LossInputError(f"the indicator of task '{name}' must lie in [0, 1], got {float(value):g}")
+            self._average(self.names.index(name), value)
+
+    def _average(self, index: int, kpi: Tensor) -> None:
+        alpha = self.node.alpha
+        seen = self.kpi_seen[index]
+        # The first observation starts the average; later ones are blended in.
+        blended = torch.where(seen, alpha * kpi + (1 - alpha) * self.kpi_average[index], kpi)
+        self.kpi_average[index] = blended
+        self.kpi_seen[index] = True
+
+    def _update_dtp(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
+        measured = [name for name in self.names if not self.regression[name] and self.heads[name]]
+        unmeasured = [name for name in self.names if name not in measured]
+        for name in unmeasured:
+            if not is_compiling() and not bool(self.kpi_seen[self.names.index(name)]):
+                raise LossInputError(
+                    f"dtp needs an indicator for regression task '{name}' before its first step",
+                    hint=f"call loss.observe({name}=value) with a score in [0, 1], higher is better",
+                )
+        if not self.training or not measured:
+            return
+        counts = []
+        for name in measured:
+            counts += list(self._hits(name, preds[name], targets[name]))
+        # One all_reduce for every task's (hits, total): all processes see the whole batch.
+        stacked = torch.stack(counts)
+        if self.distributed:
+            stacked = sum_over_processes(stacked)
+        for i, name in enumerate(measured):
+            hits, total = stacked[2 * i], stacked[2 * i + 1]
+            kpi = (hits / total.clamp(min=1)).to(torch.float32)
+            self._average(self.names.index(name), kpi)
+
+    def _hits(self, name: str, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        logits = logits.detach()
+        ignore = self.ignore_index[name]
+        if self.heads[name] == "softmax":
+            if target.shape == logits.shape:  # probability targets: their argmax is the label
+                target = target.argmax(dim=1)
+            return softmax_hits(logits, target.long(), ignore)
+        if target.shape != logits.shape:  # class indices on a sigmoid head
+            one_hot, valid = index_to_one_hot(target, logits.shape[1], ignore)
+            agree = ((logits > 0) == (one_hot > 0.5)) & valid
+            counted = valid.sum().to(torch.float64) * logits.shape[1]
+            return agree.sum().to(torch.float64), counted
+        return sigmoid_hits(logits, target)
+
+    def __repr__(self) -> str:
+        return f"lossdsl.compile({self.spec.to_expr()!r})"
+
+
+__all__ = ["MultiTaskLoss", "task_is_regression", "task_head"]
