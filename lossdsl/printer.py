@@ -46,6 +46,8 @@ def format_value(value: Any) -> str:
 
 def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None) -> str:
     params = node.parameters()
+    if node.bare and not extra and list(params) == [node.positional]:
+        return format_value(params[node.positional])
     args = []
     if node.positional and node.positional in params:
         args.append(format_value(params.pop(node.positional)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .catalogue.base import CATALOGUE, NODE_SCHEMA_MARKER, REDUCTIONS
+from .catalogue.base import CATALOGUE, LOSS_SCHEMA_MARKER, NODE_SCHEMA_MARKER, REDUCTIONS
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 
@@ -24,6 +24,8 @@ def _swap_markers(value: Any) -> Any:
     if isinstance(value, dict):
         if value.get(NODE_SCHEMA_MARKER):
             return _ref("Node")
+        if value.get(LOSS_SCHEMA_MARKER):
+            return _ref("Loss")
         return {k: _swap_markers(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_swap_markers(v) for v in value]

@@ -25,6 +25,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
 from .catalogue.base import REDUCTIONS, LossNode, lookup
+from .catalogue.multitask import MultiTask
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value
@@ -64,8 +65,8 @@ class _Walker:
         return cls(reason, hint=hint).located(location, path=path or None)
 
     # -- whole losses
-    def spec(self, item: Located, path: str) -> LossSpec:
-        terms = self.terms(item, path, 1.0, None, 0)
+    def spec(self, item: Located, path: str, depth: int = 0) -> LossSpec:
+        terms = self.terms(item, path, 1.0, None, depth)
         self._check_sum(terms, item, path)
         return LossSpec(terms=tuple(term for term, _ in terms))
 
@@ -92,11 +93,10 @@ class _Walker:
             return self._ref(item, path, weight, reduction, depth)
         if "kind" in value:
             return [self._node_term(item, path, weight, reduction, depth)]
-        if "tasks" in value:
-            raise self._fail(
-                "task dictionaries need the multi-task support, which is not in this version",
-                item.location, path,
-            )
+        if "tasks" in value:  # {seg: ce(), depth: l1()}: named tasks added with weight 1
+            node = Located({"kind": Located("tasks", item.location), **value}, item.location,
+                           dict(item.key_locations))
+            return [self._node_term(node, path, weight, reduction, depth)]
         keys = ", ".join(repr(k) for k in value) or "none"
         raise self._fail(
             f"this mapping is not a loss (its keys: {keys})", item.location, path,
@@ -278,6 +278,8 @@ class _Walker:
                 )
             if key in cls.loss_fields:
                 params[key] = self.single_node(child, where, name, depth + 1)
+            elif key in getattr(cls, "task_fields", ()):
+                params[key] = self.task_specs(child, where, name, depth + 1)
             else:
                 params[key] = self.plain_value(child, where, depth + 1)
         try:
@@ -286,6 +288,28 @@ class _Walker:
             raise self._translate(cls, exc, item, path) from None
         except LossDSLError as exc:
             raise exc.located(item.location, path=path or None) from None
+
+    def task_specs(self, item: Located, path: str, owner: str, depth: int) -> dict[str, LossSpec]:
+        """``{name: loss, ...}`` -> one LossSpec per task (each an ordinary sum of terms)."""
+        if item.is_mapping() and set(item.value) == {"tasks"} and item.value["tasks"].is_mapping():
+            item = item.value["tasks"]  # the {...} syntax of an expression
+        is_loss = item.is_mapping() and bool({"kind", "terms", "expr", "ref"} & set(item.value))
+        if not item.is_mapping() or not item.value or is_loss or isinstance(item.value, str):
+            raise self._fail(
+                f"{owner}() expects named tasks, e.g. {owner}({{seg: ce(), depth: l1()}})",
+                item.location, path, cls=LossConfigError,
+            )
+        specs = {}
+        for name, task in item.value.items():
+            where = _join(path, name)
+            if not name.isidentifier():
+                raise self._fail(f"task name {name!r} is not an identifier", item.key_location(name),
+                                 where, cls=LossConfigError)
+            specs[name] = self.spec(task, where, depth=depth + 1)
+            if any(isinstance(term.loss, MultiTask) for term in specs[name].terms):
+                raise self._fail(f"task '{name}' is itself a multi-task loss; tasks do not nest",
+                                 task.location, where)
+        return specs
 
     def plain_value(self, item: Located, path: str, depth: int) -> Any:
         if depth > MAX_DEPTH:
@@ -344,6 +368,16 @@ class _Walker:
         return value
 
     def _check_sum(self, terms: list[tuple[Term, Located]], item: Located, path: str) -> None:
+        for term, source in terms:
+            if isinstance(term.loss, MultiTask) and (
+                len(terms) > 1 or term.weight != 1 or term.reduction != "mean"
+            ):
+                what = "a task dictionary" if term.loss.bare else f"{term.loss.kind_name()}()"
+                raise self._fail(
+                    f"{what} weighs whole tasks and must be the entire loss: it "
+                    "cannot be added to other terms, scaled or given a reduction", source.location,
+                    path, hint="put weights and reductions inside each task's loss",
+                )
         unreduced = [t.reduction == "none" for t, _ in terms]
         if any(unreduced) and not all(unreduced):
             term, source = terms[unreduced.index(False) if unreduced[0] else unreduced.index(True)]

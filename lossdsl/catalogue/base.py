@@ -31,6 +31,7 @@ Reduction = Literal["mean", "sum", "batchmean", "pos_mean", "none"]
 # Where a child loss sits in a node's JSON Schema; json_schema() swaps the marker for a reference to
 # the union of every registered name, so plug-ins appear in editors' completion too.
 NODE_SCHEMA_MARKER = "x-lossdsl-node"
+LOSS_SCHEMA_MARKER = "x-lossdsl-loss"
 
 
 class LossNode(BaseModel):
@@ -47,6 +48,10 @@ class LossNode(BaseModel):
     positional: ClassVar[str | None] = None
     # Fields holding one child loss (validated recursively by the validator).
     loss_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields holding named tasks, each a whole loss (multi-task weighting).
+    task_fields: ClassVar[tuple[str, ...]] = ()
+    # Print only the positional argument (the {...} of a plain task dictionary).
+    bare: ClassVar[bool] = False
 
     @classmethod
     def kind_name(cls) -> str:

@@ -10,20 +10,27 @@ adds the tasks' losses, each with its weight:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, Strict, field_validator
+from pydantic import Field, Strict, WithJsonSchema, field_validator
 
 from ..spec import LossSpec
-from .base import LossNode, NonNegative, register
+from .base import LOSS_SCHEMA_MARKER, LossNode, NonNegative, register
+
+# In YAML each task is any loss form (an expression string, a node, a sum); the schema says so.
+TaskLosses = Annotated[
+    dict[str, LossSpec],
+    WithJsonSchema({"type": "object", "minProperties": 1,
+                    "additionalProperties": {LOSS_SCHEMA_MARKER: True}}),
+]
 
 
 class MultiTask(LossNode):
     category = "multitask"
     positional = "tasks"
-    task_fields: ClassVar[tuple[str, ...]] = ("tasks",)
+    task_fields = ("tasks",)
 
-    tasks: dict[str, LossSpec]
+    tasks: TaskLosses
 
     @field_validator("tasks")
     @classmethod
@@ -48,6 +55,7 @@ class Tasks(MultiTask):
     """Named tasks added with weight 1: ``sum_t L_t(pred[t], target[t])``."""
 
     kind: Literal["tasks"] = "tasks"
+    bare = True
     summary = "named tasks, each with its own loss, added: {seg: ce(), depth: 0.5 * l1()}"
     paper = "multi-task learning (plain sum)"
 

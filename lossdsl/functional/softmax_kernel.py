@@ -87,7 +87,7 @@ def _target_column(
     num_classes = x.shape[1]
     log_p = torch.log_softmax(x, dim=1)
     valid = target != ignore_index
-    safe = torch.where(valid, target, torch.zeros_like(target))
+    safe = target.clamp(0, num_classes - 1)  # any class for ignored positions: they are masked
     log_pt = log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
     weight_t = None if class_weight is None else class_weight[safe]
     miss = -torch.expm1(log_pt)  # 1 - p of the target class
