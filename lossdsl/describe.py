@@ -1,33 +1,83 @@
-"""Human-readable views of a spec, for the command line."""
+"""Human-readable views for the command line: a spec's tree, the catalogue, one name explained."""
 
 from __future__ import annotations
 
-from .catalogue.base import LossNode
-from .printer import format_number, format_value
+import inspect
+from typing import Any
+
+from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, lookup
+from .catalogue.likelihoods import BCE, CE
+from .printer import format_number, format_value, node_to_expr
 from .spec import LossSpec
+from .typetext import bounds_text, describe_type
+
+CATEGORIES = [
+    ("likelihood", "base likelihoods"),
+    ("regression", "regression losses"),
+    ("modifier", "blocks (wrap a loss with a probability p_t)"),
+    ("named", "named losses (each exactly its expansion)"),
+    ("multitask", "multi-task weighting"),
+    ("plugin", "registered plug-ins"),
+]
+
+# What each kind of module state is, for the tree's last section.
+_STATE_NOTES = {
+    "ghm_accumulator": "GHM-C bin counts, momentum average (updated in training mode)",
+    "kpi_average": "dtp: running key performance indicator per task (training mode)",
+    "kpi_seen": "dtp: whether each task's indicator has been observed",
+    "log_variance": "uncertainty: log-variance s of the task, starts at 0",
+    "scale": "uncertainty (positive form): c of the task, starts at 1",
+}
+
+
+# -- the tree of one spec ------------------------------------------------------------------------
 
 
 def spec_tree(spec: LossSpec, *, expand: bool = False) -> str:
-    """Every term with its weight, reduction and head, then each node with all its parameters."""
+    """Each term with weight, reduction and head, each node with all its parameters (defaults
+    marked), then the learnable parameters and running buffers the compiled module holds."""
+    from .compiler import compile_spec
+
     if expand:
         spec = spec.expand()
     lines = [f"loss: {spec.to_expr()}"]
-    for index, term in enumerate(spec.terms, 1):
-        # getattr: a plug-in node need not declare a head (catalogue.head_of treats it as None).
-        head = getattr(term.loss, "head", None) or (
-            "none (regression)" if term.loss.is_regression else "none"
-        )
-        lines.append(
-            f"term {index}: weight {format_number(term.weight)}, reduction {term.reduction}, head {head}"
-        )
-        lines += _node_lines(term.loss, depth=1)
+    lines += _terms_lines(spec, depth=0)
+    module = compile_spec(spec)
+    lines.append("learnable parameters:" + ("" if any(True for _ in module.parameters()) else " none"))
+    for name, parameter in module.named_parameters():
+        lines.append(f"  {name}  {_shape(parameter)}  {_note(name)}")
+    buffers = [(name, buffer) for name, buffer in module.named_buffers() if _is_state(module, name)]
+    lines.append("running buffers:" + ("" if buffers else " none"))
+    for name, buffer in buffers:
+        lines.append(f"  {name}  {_shape(buffer)}  {_note(name)}")
     return "\n".join(lines)
+
+
+def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
+    pad = "  " * depth
+    lines = []
+    for index, term in enumerate(spec.terms, 1):
+        node = term.loss
+        tasks = getattr(node, "tasks", None)
+        if isinstance(tasks, dict):  # multi-task: the weighting, then each task's own terms
+            lines += _node_lines(node, depth + 1)
+            for name, task in tasks.items():
+                lines.append(f"{pad}  task {name}:")
+                lines += _terms_lines(task, depth + 2)
+            continue
+        head = getattr(node, "head", None) or ("none (regression)" if node.is_regression else "none")
+        lines.append(
+            f"{pad}term {index}: weight {format_number(term.weight)}, reduction {term.reduction}, "
+            f"head {head}"
+        )
+        lines += _node_lines(node, depth + 1)
+    return lines
 
 
 def _node_lines(node: LossNode, depth: int) -> list[str]:
     params = []
     for name in type(node).model_fields:  # on the class: the instance attribute is deprecated
-        if name == "kind" or name in node.loss_fields:
+        if name == "kind" or name in node.loss_fields or name in node.task_fields:
             continue
         value = getattr(node, name)
         shown = f"{name}={format_value(value)}"
@@ -39,3 +89,94 @@ def _node_lines(node: LossNode, depth: int) -> list[str]:
     for child in node.children():
         lines += _node_lines(child, depth + 1)
     return lines
+
+
+def _shape(tensor: Any) -> str:
+    dtype = str(tensor.dtype).replace("torch.", "")
+    return f"{dtype}[{', '.join(str(d) for d in tensor.shape)}]"
+
+
+def _note(name: str) -> str:
+    for key, note in _STATE_NOTES.items():
+        if key in name.split("."):
+            return note
+    return ""
+
+
+def _is_state(module: Any, name: str) -> bool:
+    """Running state is what state_dict saves; constants (class weights) are not listed."""
+    return name in module.state_dict()
+
+
+# -- the catalogue -------------------------------------------------------------------------------
+
+
+def catalogue_listing() -> str:
+    lines = []
+    for category, title in CATEGORIES:
+        names = sorted(n for n, cls in CATALOGUE.items() if cls.category == category)
+        if not names:
+            continue
+        lines.append(f"{title}:")
+        width = max(len(n) for n in names)
+        lines += [f"  {n.ljust(width)}  {CATALOGUE[n].summary}" for n in names]
+    return "\n".join(lines)
+
+
+def explain(name: str) -> str:
+    """Formula, parameters (type, range, default), expansion and paper of one catalogue name."""
+    cls = lookup(name)
+    example = _example(cls)
+    lines = [f"{name}: {cls.summary}"]
+    if cls.paper:
+        lines.append(f"paper: {cls.paper}")
+    lines += ["", inspect.cleandoc(cls.__doc__ or ""), "", "parameters:"]
+    rows = []
+    if cls.positional:
+        rows.append((f"<{cls.positional}>", "positional: " + (
+            "the loss it wraps" if cls.positional in cls.loss_fields else "named tasks {name: loss, ...}"
+        ), ""))
+    for field_name, field in cls.model_fields.items():
+        if field_name in ("kind", cls.positional):
+            continue
+        kind = describe_type(field.annotation)
+        bounds = bounds_text(field.annotation, field.metadata)
+        if bounds:
+            kind += f", {bounds}"
+        default = _default_text(cls, example, field_name)
+        rows.append((field_name, kind, default))
+    if cls.category != "multitask":
+        rows.append(("reduction", "one of " + ", ".join(REDUCTIONS) + " (outermost call of a term)",
+                     "mean"))
+    width = max(len(r[0]) for r in rows)
+    for field_name, kind, default in rows:
+        lines.append(f"  {field_name.ljust(width)}  {kind}" + (f"; default {default}" if default else ""))
+    if example is not None and cls.category == "named":
+        expanded = example.expand()
+        if expanded is not example:
+            lines += ["", f"expands to: {node_to_expr(expanded, full=True)}"]
+    return "\n".join(lines)
+
+
+def _example(cls: type[LossNode]) -> LossNode | None:
+    """An instance with default parameters (wrapping bce/ce, or one task, where one is needed)."""
+    from .spec import Term
+
+    for extra in ({}, {"loss": BCE()}, {"loss": CE()}, {"tasks": {"task": LossSpec(terms=(Term(loss=CE()),))}}):
+        try:
+            return cls.model_validate(extra)
+        except Exception:  # noqa: BLE001 - trying the next shape of example
+            continue
+    return None
+
+
+def _default_text(cls: type[LossNode], example: LossNode | None, field_name: str) -> str:
+    if "head" in cls.model_fields and field_name in ("alpha", "clip") and example is not None:
+        sigmoid = example.model_copy(update={"head": "sigmoid"}).default_for(field_name)
+        softmax = example.model_copy(update={"head": "softmax"}).default_for(field_name)
+        if sigmoid != softmax:  # the default follows the head
+            return f"{format_value(sigmoid)} (sigmoid), {format_value(softmax)} (softmax)"
+    value = example.default_for(field_name) if example is not None else cls.model_fields[field_name].default
+    if field_name == "gamma" and cls.kind_name() == "modulate":
+        return "2 (or gamma_pos and gamma_neg instead)"
+    return format_value(value)

@@ -44,13 +44,25 @@ def format_value(value: Any) -> str:
     raise TypeError(f"cannot print {type(value).__name__}")
 
 
-def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None) -> str:
+def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None, full: bool = False) -> str:
+    """``name(positional, key=value, ...)``; ``full`` also prints the numeric parameters of blocks
+    at their defaults (``gamma=2``), for explanations rather than canonical text."""
     params = node.parameters()
+    if full and node.category != "likelihood":
+        params = {
+            name: value for name in type(node).model_fields
+            if name != "kind" and (value := getattr(node, name)) is not None
+            and (name in params or (isinstance(value, (int, float)) and not isinstance(value, bool)))
+            # gamma is unused once gamma_pos/gamma_neg are given
+            and not (name == "gamma" and getattr(node, "gamma_pos", None) is not None)
+        }
     if node.bare and not extra and list(params) == [node.positional]:
         return format_value(params[node.positional])
     args = []
     if node.positional and node.positional in params:
-        args.append(format_value(params.pop(node.positional)))
+        child = params.pop(node.positional)
+        nested = full and isinstance(child, LossNode)
+        args.append(node_to_expr(child, full=True) if nested else format_value(child))
     args += [f"{name}={format_value(value)}" for name, value in params.items()]
     # Extras are the term's reduction, an enumerated name: printed bare, so reduction=none reads as
     # written (format_value would quote "none" to keep it apart from the null value).

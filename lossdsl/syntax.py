@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lark import Lark, Token, Transformer_NonRecursive, UnexpectedInput, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, VisitError
 
 from .errors import Location, LossDSLError, LossSyntaxError, offset_locator
 from .located import MAX_DEPTH, POSITIONAL, Located

@@ -17,11 +17,8 @@ loss, the parameter, the allowed range or type, and the closest valid spelling.
 from __future__ import annotations
 
 import math
-import types
-import typing
-from typing import Any, Literal
+from typing import Any
 
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
 
 from .catalogue.base import REDUCTIONS, LossNode, lookup
@@ -30,6 +27,7 @@ from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unkn
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value
 from .spec import LossSpec, Term
+from .typetext import bounds_text, describe_type, literal_values
 
 _TERM_KEYS = ("loss", "weight", "reduction")
 _EXPR_KEYS = ("expr", "define", "reduction")
@@ -415,23 +413,23 @@ class _Walker:
             error = range_errors[0]
             target, where = _navigate(item, list(error["loc"]), path)
             location = target.location if target is not None else location
-            bounds = _bounds_text(annotation, cls.model_fields[field].metadata) or _RANGE_ERRORS[error["type"]].format(**error.get("ctx", {}))
+            bounds = bounds_text(annotation, cls.model_fields[field].metadata) or _RANGE_ERRORS[error["type"]].format(**error.get("ctx", {}))
             return self._fail(
                 f"{name}(): {field}={_shown(error['input'])} is out of range; {field} must be {bounds}",
                 location, where,
             )
-        literal_values = _literal_values(annotation)
-        if literal_values and isinstance(first.get("input"), str):
+        allowed = literal_values(annotation)
+        if allowed and isinstance(first.get("input"), str):
             return self._fail(
-                f"{name}(): {field}={given} is not one of {', '.join(literal_values)}", location, where,
-                hint=unknown_name_hint(first["input"], literal_values, f"values of {field}"),
+                f"{name}(): {field}={given} is not one of {', '.join(allowed)}", location, where,
+                hint=unknown_name_hint(first["input"], allowed, f"values of {field}"),
             )
         value_errors = [e for e in field_errors if e["type"] == "value_error"]
         if value_errors:
             reason = str(value_errors[0].get("ctx", {}).get("error", value_errors[0]["msg"]))
             return self._fail(f"{name}(): {field}: {reason}", location, where)
         return self._fail(
-            f"{name}(): {field} expects {_describe_type(annotation)}, got {given}", location, where
+            f"{name}(): {field} expects {describe_type(annotation)}, got {given}", location, where
         )
 
 
@@ -485,107 +483,3 @@ def _describe_value(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return _shown(value)
-
-
-def _unwrap(annotation: Any) -> Any:
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    return annotation
-
-
-def _union_args(annotation: Any) -> tuple[Any, ...]:
-    annotation = _unwrap(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _describe_type(annotation: Any) -> str:
-    words = []
-    for arg in _union_args(annotation):
-        arg = _unwrap(arg)
-        origin = typing.get_origin(arg)
-        if arg is type(None):
-            words.append("none")
-        elif arg is bool:
-            words.append("true or false")
-        elif arg is int:
-            words.append("an integer")
-        elif arg is float:
-            words.append("a number")
-        elif arg is str:
-            words.append("a string")
-        elif origin is Literal:
-            words.append("one of " + ", ".join(map(str, typing.get_args(arg))))
-        elif origin is tuple:
-            inner = _describe_type(typing.get_args(arg)[0])
-            words.append(f"a list of {_plural(inner)}")
-        elif origin is dict:
-            words.append("a mapping")
-        elif isinstance(arg, type) and issubclass(arg, LossNode):
-            words.append("a loss")
-        else:
-            words.append(getattr(arg, "__name__", str(arg)))
-    if len(words) <= 1:
-        return "".join(words)
-    return ", ".join(words[:-1]) + " or " + words[-1]
-
-
-def _plural(text: str) -> str:
-    return {"a number": "numbers", "an integer": "integers", "a string": "strings"}.get(text, text)
-
-
-def _literal_values(annotation: Any) -> list[str]:
-    values: list[str] = []
-    for arg in _union_args(annotation):
-        arg = _unwrap(arg)
-        if typing.get_origin(arg) is Literal:
-            values += [str(v) for v in typing.get_args(arg)]
-    return values
-
-
-def _bounds_text(annotation: Any, field_metadata: list[Any] = ()) -> str | None:
-    """The allowed range declared on a field (or on the elements of its list), e.g. 'in [0, 1)'.
-
-    Pydantic moves a field's own constraints from its annotation into ``field_metadata``.
-    """
-    lower = upper = None
-    stack = [annotation]
-    pending = [list(field_metadata)]
-    while stack or pending:
-        if pending:
-            metadata = pending.pop()
-        else:
-            current = stack.pop()
-            if typing.get_origin(current) is not typing.Annotated:
-                stack.extend(typing.get_args(current))
-                continue
-            base, *metadata = typing.get_args(current)
-            stack.append(base)
-        for meta in _flatten_metadata(metadata):
-            if isinstance(meta, Ge):
-                lower = ("[", meta.ge)
-            elif isinstance(meta, Gt):
-                lower = ("(", meta.gt)
-            elif isinstance(meta, Le):
-                upper = ("]", meta.le)
-            elif isinstance(meta, Lt):
-                upper = (")", meta.lt)
-    if lower and upper:
-        return f"in {lower[0]}{format_value(lower[1])}, {format_value(upper[1])}{upper[0]}"
-    if lower:
-        return (">= " if lower[0] == "[" else "> ") + format_value(lower[1])
-    if upper:
-        return ("<= " if upper[0] == "]" else "< ") + format_value(upper[1])
-    return None
-
-
-def _flatten_metadata(metadata: list[Any]) -> list[Any]:
-    out = []
-    for meta in metadata:
-        nested = getattr(meta, "metadata", None)
-        if nested:
-            out += list(nested)
-        else:
-            out.append(meta)
-    return out
