@@ -22,6 +22,7 @@ venv: $(VENV)/.ready
 
 demo: venv
 	$(PY) examples/demo.py
+	$(PY) examples/train.py examples/tagging.yaml
 
 test: venv
 	$(PY) -m pytest -q

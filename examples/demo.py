@@ -1,7 +1,8 @@
-"""Compile and evaluate every example config and a few expressions on synthetic data.
+"""Compile and evaluate every example config on a synthetic batch, then show what errors look like.
 
-Run with `make demo`. For each loss it prints the canonical expression, the value on a random
-batch, each term's value (loss.last_terms) and checks that the gradient is finite.
+Run with `make demo` (which then trains a small model with examples/train.py). For each loss it
+prints the canonical expression, the value on a random batch, each term's value (``last_terms``)
+and whether the gradient is finite.
 """
 
 from __future__ import annotations
@@ -15,52 +16,54 @@ import lossdsl
 HERE = Path(__file__).resolve().parent
 
 
-def batch_for(spec: lossdsl.LossSpec, num_classes: int, generator: torch.Generator):
-    """Synthetic logits and targets shaped for the loss's head."""
-    head = spec.terms[0].loss.head
-    if head == "softmax":  # segmentation-shaped: [N, C, H, W] logits, [N, H, W] indices
-        logits = torch.randn(2, num_classes, 8, 8, generator=generator)
-        target = torch.randint(0, num_classes, (2, 8, 8), generator=generator)
-        ignore = {getattr(t.loss, "ignore_index", None) for t in spec.terms} - {None, -100}
-        if ignore:  # mark a strip of pixels as void, as segmentation labels do
-            target[0, :2] = ignore.pop()
-        return logits, target
-    if head == "sigmoid":  # multi-label: [N, C] logits, multi-hot targets with rare positives
-        logits = torch.randn(16, num_classes, generator=generator)
-        target = (torch.rand(16, num_classes, generator=generator) < 0.15).float()
-        return logits, target
-    predictions = torch.randn(16, 4, generator=generator)
-    return predictions, predictions + 0.3 * torch.randn(16, 4, generator=generator)
+def batch_for(loss, classes: int, generator: torch.Generator):
+    """Synthetic predictions and targets shaped for the loss's head (or heads, for multi-task)."""
+    if isinstance(loss, lossdsl.CompiledLoss):
+        heads = {getattr(t.loss, "head", None) for t in loss.spec.expand().terms}
+        if "softmax" in heads:  # segmentation-shaped: [N, C, H, W] logits, [N, H, W] indices
+            target = torch.randint(0, classes, (2, 8, 8), generator=generator)
+            target[0, :2] = 255  # a strip of void pixels, ignored by ignore_index=255
+            return torch.randn(2, classes, 8, 8, generator=generator), target
+        # multi-label: [N, C] logits, multi-hot targets with rare positives
+        return torch.randn(16, classes, generator=generator), (
+            torch.rand(16, classes, generator=generator) < 0.1
+        ).float()
+    preds = {"seg": torch.randn(2, 3, 8, 8, generator=generator),
+             "depth": torch.randn(2, 1, 8, 8, generator=generator)}
+    targets = {"seg": torch.randint(0, 3, (2, 8, 8), generator=generator),
+               "depth": torch.randn(2, 1, 8, 8, generator=generator)}
+    return preds, targets
 
 
-def show(title: str, spec: lossdsl.LossSpec, num_classes: int, generator: torch.Generator) -> None:
-    loss = lossdsl.compile(spec)
-    logits, target = batch_for(spec, num_classes, generator)
-    logits.requires_grad_(True)
-    value = loss(logits, target)
+def show(title: str, loss, classes: int, generator: torch.Generator) -> None:
+    inputs, target = batch_for(loss, classes, generator)
+    leaves = inputs.values() if isinstance(inputs, dict) else [inputs]
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+    value = loss(inputs, target)
     value.backward()
+    finite = all(bool(torch.isfinite(leaf.grad).all()) for leaf in leaves)
     print(f"== {title}")
     print(f"   {loss!r}")
-    print(f"   value {value.item():.4f}   grad finite: {bool(torch.isfinite(logits.grad).all())}")
+    print(f"   value {value.item():.4f}   gradient finite: {finite}")
     for name, term in loss.last_terms.items():
-        print(f"   term {name}: {term.item():.4f}")
+        print(f"   {name}: {term.item():.4f}")
 
 
 def main() -> None:
     generator = torch.Generator().manual_seed(0)
     for path in sorted(HERE.glob("*.yaml")):
-        key = "model.loss" if "model:" in path.read_text() else "loss"
-        spec = lossdsl.load(path, key=key)
-        show(f"{path.name} ({key})", spec, num_classes=4 if "segmentation" in path.name else 6,
-             generator=generator)
+        spec = lossdsl.load(path, key="model.loss")
+        classes = 4 if "segmentation" in path.name else 6
+        show(path.name, lossdsl.compile(spec), classes, generator)
     for expression in [
-        "0.7 * ce(smoothing=0.1) + 0.3 * bce(pos_weight=2)",
-        "bce(smoothing=0.05, reduction=pos_mean)",
+        "poly(focal(gamma=2), eps=1) + 0.5 * ghm(bins=30, momentum=0.75)",
+        "0.7 * ce(smoothing=0.1, ignore_index=255) + 0.3 * focal(head=softmax, gamma=2, ignore_index=255)",
     ]:
-        show(expression, lossdsl.parse(expression), num_classes=6, generator=generator)
+        show(expression, lossdsl.compile(expression), 6, generator)
     print("\nAn error points at the exact character:")
     try:
-        lossdsl.parse("0.5 * ce(smothing=0.1)")
+        lossdsl.parse("poly(focal(gama=2), eps=1)")
     except lossdsl.LossDSLError as error:
         print(error)
 
