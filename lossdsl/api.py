@@ -16,6 +16,7 @@ from .compiler import compile_spec
 from .errors import LossConfigError
 from .located import Located, wrap
 from .module import CompiledLoss
+from .multitask import MultiTaskLoss
 from .spec import LossSpec
 from .syntax import parse_text
 from .validate import build_spec
@@ -74,13 +75,17 @@ def _looks_like_file(text: str) -> bool:
     return "\n" not in text and text.strip().endswith((".yaml", ".yml", ".json"))
 
 
-def compile(source: Source, *, check_values: bool = True) -> CompiledLoss:  # noqa: A001
+def compile(  # noqa: A001
+    source: Source, *, check_values: bool = True, distributed: bool = True
+) -> CompiledLoss | MultiTaskLoss:
     """Build the nn.Module for a loss.
 
     Args:
         source: a LossSpec, an expression string, or a mapping (any form ``load`` accepts).
         check_values: check target values (class index range, probabilities in [0, 1]) on each call.
             Costs one host synchronisation per call; skipped automatically under torch.compile.
+        distributed: when torch.distributed is initialised, sum GHM-C's bin counts and dtp's
+            indicators over the process group (one all_reduce per use); False keeps them local.
     """
     if isinstance(source, LossSpec):
         spec = source
@@ -90,7 +95,9 @@ def compile(source: Source, *, check_values: bool = True) -> CompiledLoss:  # no
         spec = load(source)
     else:
         spec = load(source)
-    return compile_spec(spec, check_values=check_values)
+    # `distributed` was accepted by compile_spec but not threaded through here: the documented
+    # switch had no public entry point.
+    return compile_spec(spec, check_values=check_values, distributed=distributed)
 
 
 def json_schema() -> dict[str, Any]:

@@ -69,6 +69,11 @@ class MultiTaskLoss(nn.Module):
             }
             self.register_buffer("kpi_average", torch.zeros(len(self.names)))
             self.register_buffer("kpi_seen", torch.zeros(len(self.names), dtype=torch.bool))
+            # Tasks given to observe() since the last training step: their value replaces the
+            # measured indicator for that step (it was blended in twice before).
+            self.observed: set[str] = set()
+            # Tasks whose indicator is known to exist, so the check stops reading the buffer.
+            self._known_seen: set[str] = set()
 
     # -- inputs
     def _check_keys(self, preds: Any, targets: Any) -> None:
@@ -94,9 +99,12 @@ class MultiTaskLoss(nn.Module):
         self._check_keys(preds, targets)
         # Every task checks its inputs before any of them computes or updates a buffer.
         prepared = {name: self.tasks[name].prepare(preds[name], targets[name]) for name in self.names}
-        raw = {name: self.tasks[name].combine(prepared[name]) for name in self.names}
         if isinstance(self.node, DTP):
-            self._update_dtp(preds, targets)
+            # A missing indicator is an input error: raise it before any task updates a buffer
+            # (it used to be raised after combine(), once GHM-C's accumulators had moved).
+            self._require_indicators()
+        raw = {name: self.tasks[name].combine(prepared[name]) for name in self.names}
+        self._dtp_k = self._update_dtp(preds, targets) if isinstance(self.node, DTP) else None
         total = None
         logged: dict[str, Tensor] = {}
         for name in self.names:
@@ -128,7 +136,7 @@ class MultiTaskLoss(nn.Module):
             return weight * loss + s / 2, weight
         # dtp: the weight follows the running KPI and carries no gradient.
         index = self.names.index(name)
-        k = self.kpi_average[index].clamp(DTP_EPS, 1 - DTP_EPS)
+        k = self._dtp_k[index].clamp(DTP_EPS, 1 - DTP_EPS)
         weight = (-((1 - k) ** node.gamma) * torch.log(k)).detach()
         return weight * loss, weight
 
@@ -146,9 +154,14 @@ class MultiTaskLoss(nn.Module):
             if name not in self.tasks:
                 raise LossInputError(f"no task '{name}'", hint=unknown_name_hint(name, self.names, "tasks"))
             value = torch.as_tensor(value, dtype=torch.float32, device=self.kpi_average.device)
+            if value.dim() != 0:  # else the range check below fails with torch's RuntimeError
+                raise LossInputError(
+                    f"the indicator of task '{name}' must be one number, got shape {list(value.shape)}"
+                )
             if not is_compiling() and not bool((value >= 0) & (value <= 1)):
                 raise LossInputError(f"the indicator of task '{name}' must lie in [0, 1], got {float(value):g}")
             self._average(self.names.index(name), value)
+            self.observed.add(name)
 
     def _average(self, index: int, kpi: Tensor) -> None:
         alpha = self.node.alpha
@@ -158,17 +171,30 @@ class MultiTaskLoss(nn.Module):
         self.kpi_average[index] = blended
         self.kpi_seen[index] = True
 
-    def _update_dtp(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> None:
-        measured = [name for name in self.names if not self.regression[name] and self.heads[name]]
-        unmeasured = [name for name in self.names if name not in measured]
-        for name in unmeasured:
+    def _measured(self) -> list[str]:
+        return [name for name in self.names if not self.regression[name] and self.heads[name]]
+
+    def _require_indicators(self) -> None:
+        measured = self._measured()
+        for name in self.names:
+            if name in measured or name in self._known_seen:
+                continue
+            # Looks at the buffer (a host sync) only until the task's first indicator has been seen.
             if not is_compiling() and not bool(self.kpi_seen[self.names.index(name)]):
                 raise LossInputError(
                     f"dtp needs an indicator for regression task '{name}' before its first step",
                     hint=f"call loss.observe({name}=value) with a score in [0, 1], higher is better",
                 )
-        if not self.training or not measured:
-            return
+            self._known_seen.add(name)
+
+    def _update_dtp(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+        """Blend this batch's indicators into the averages (training mode) and return the ``k`` per
+        task that weighs this step. In eval mode nothing is stored; a task never seen yet is
+        weighed by this batch's indicator rather than by an empty average."""
+        measured = self._measured()
+        observed, self.observed = self.observed, set()
+        if not measured:
+            return self.kpi_average
         counts = []
         for name in measured:
             counts += list(self._hits(name, preds[name], targets[name]))
@@ -176,10 +202,19 @@ class MultiTaskLoss(nn.Module):
         stacked = torch.stack(counts)
         if self.distributed:
             stacked = sum_over_processes(stacked)
+        batch_k = self.kpi_average.clone()
         for i, name in enumerate(measured):
+            # Observed tasks are still counted above, so every process reduces the same shape.
+            if name in observed:
+                continue
             hits, total = stacked[2 * i], stacked[2 * i + 1]
             kpi = (hits / total.clamp(min=1)).to(torch.float32)
-            self._average(self.names.index(name), kpi)
+            index = self.names.index(name)
+            if self.training:
+                self._average(index, kpi)
+            else:
+                batch_k[index] = torch.where(self.kpi_seen[index], self.kpi_average[index], kpi)
+        return self.kpi_average if self.training else batch_k
 
     def _hits(self, name: str, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         logits = logits.detach()

@@ -293,10 +293,10 @@ class _Walker:
             item = item.value["tasks"]  # the {...} syntax of an expression
         is_loss = item.is_mapping() and bool({"kind", "terms", "expr", "ref"} & set(item.value))
         if not item.is_mapping() or not item.value or is_loss or isinstance(item.value, str):
-            raise self._fail(
-                f"{owner}() expects named tasks, e.g. {owner}({{seg: ce(), depth: l1()}})",
-                item.location, path, cls=LossConfigError,
-            )
+            example = "{seg: ce(), depth: l1()}"
+            reason = (f"a task dictionary needs named tasks, e.g. {example}" if owner == "tasks"
+                      else f"{owner}() expects named tasks, e.g. {owner}({example})")
+            raise self._fail(reason, item.location, path, cls=LossConfigError)
         specs = {}
         for name, task in item.value.items():
             where = _join(path, name)
