@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, Strict, model_validator
 
@@ -18,6 +18,23 @@ Alpha = Probability | tuple[Probability, ...] | None
 
 class Named(LossNode):
     category = "named"
+    # Parameters whose default follows the head: name -> (sigmoid default, softmax default).
+    head_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_head(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.head_defaults:
+            on_sigmoid = data.get("head", "sigmoid") == "sigmoid"
+            missing = {k: v[0] if on_sigmoid else v[1] for k, v in cls.head_defaults.items() if k not in data}
+            data = {**data, **missing}
+        return data
+
+    def default_for(self, name: str) -> Any:
+        if name in self.head_defaults:
+            sigmoid, softmax = self.head_defaults[name]
+            return sigmoid if getattr(self, "head", "sigmoid") == "sigmoid" else softmax
+        return super().default_for(name)
 
     def expand(self) -> LossNode:  # pragma: no cover - every subclass overrides
         raise NotImplementedError
@@ -47,18 +64,7 @@ class Focal(Named):
 
     summary = "focal loss -alpha_t (1-p_t)^gamma log p_t, sigmoid or softmax"
     paper = "Lin et al. 2017, Focal Loss for Dense Object Detection"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_alpha(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "alpha" not in data:
-            data = {**data, "alpha": 0.25 if data.get("head", "sigmoid") == "sigmoid" else None}
-        return data
-
-    def default_for(self, name: str) -> Any:
-        if name == "alpha":
-            return 0.25 if self.head == "sigmoid" else None
-        return super().default_for(name)
+    head_defaults = {"alpha": (0.25, None)}  # torchvision's default on the sigmoid head
 
     def expand(self) -> LossNode:
         node: LossNode = Modulate(loss=_base(self.head, self.ignore_index), gamma=self.gamma)
@@ -88,24 +94,13 @@ class ASL(Named):
 
     summary = "asymmetric loss: asymmetric focusing plus probability clipping of negatives"
     paper = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_clip(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "clip" not in data:
-            data = {**data, "clip": 0.05 if data.get("head", "sigmoid") == "sigmoid" else 0.0}
-        return data
+    head_defaults = {"clip": (0.05, 0.0)}  # a softmax head has no clip
 
     @model_validator(mode="after")
     def _no_clip_on_softmax(self):
         if self.head == "softmax" and self.clip > 0:
             raise ValueError("clip shifts sigmoid probabilities; asl(head=softmax) takes no clip")
         return self
-
-    def default_for(self, name: str) -> Any:
-        if name == "clip":
-            return 0.05 if self.head == "sigmoid" else 0.0
-        return super().default_for(name)
 
     def expand(self) -> LossNode:
         node = _base(self.head, self.ignore_index, self.smoothing)

@@ -34,6 +34,7 @@ class TermModule(nn.Module):
         self.label = label
         self.reduction = term.reduction
         self.check_values = check_values
+        self.alpha_names: list[str] = []  # buffers of the balance blocks, in step order
 
     # -- to implement
     def prepare(self, input: Tensor, target: Tensor) -> Any:
@@ -99,6 +100,23 @@ class TermModule(nn.Module):
         tensor = None if values is None else torch.tensor(values, dtype=torch.float32)
         # Constants come from the spec, so they stay out of state_dict (only running state goes there).
         self.register_buffer(name, tensor, persistent=False)
+
+    def lower_block(self, block: Any) -> Any:
+        """The kernel step for a focusing, polynomial or balancing block (shared by both heads);
+        None for a block the head handles itself. Balance weights become constant buffers."""
+        from ..catalogue.modifiers import Balance, Modulate, Poly
+        from ..functional.sigmoid_kernel import BalanceStep, ModulateStep, PolyStep
+
+        if isinstance(block, Modulate):
+            return ModulateStep(*block.exponents, block.detach)
+        if isinstance(block, Poly):
+            return PolyStep(block.coefficients)
+        if isinstance(block, Balance):
+            name = f"alpha{len(self.alpha_names)}"
+            self.class_values(name, block.alpha)
+            self.alpha_names.append(name)
+            return BalanceStep(len(self.alpha_names) - 1)
+        return None
 
     def constant(self, name: str, like: Tensor) -> Tensor | None:
         """A constant buffer on the computation's device and dtype (the module may have been moved

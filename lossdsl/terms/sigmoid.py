@@ -9,17 +9,10 @@ from torch import Tensor
 
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import BCE
-from ..catalogue.modifiers import Balance, Clip, Density, Modulate, Poly
+from ..catalogue.modifiers import Clip, Density
 from ..functional.likelihoods import bce
 from ..functional.reduce import reduce_loss, reduce_total
-from ..functional.sigmoid_kernel import (
-    BalanceStep,
-    DensityStep,
-    ModulateStep,
-    PolyStep,
-    SigmoidPlan,
-    sigmoid_term_elementwise,
-)
+from ..functional.sigmoid_kernel import DensityStep, SigmoidPlan, sigmoid_term_elementwise
 from ..functional.targets import index_to_one_hot, per_class, smooth_binary
 from ..spec import Term
 from .base import TermModule, shape_of, shape_text
@@ -52,26 +45,18 @@ class SigmoidTerm(TermModule):
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
         self.class_values("pos_weight", base.pos_weight)
-        self.alpha_names: list[str] = []
         steps = []
         margin = 0.0
         for block in blocks:
             if isinstance(block, Clip):
                 margin = block.margin
-            elif isinstance(block, Modulate):
-                steps.append(ModulateStep(*block.exponents, block.detach))
-            elif isinstance(block, Poly):
-                steps.append(PolyStep(block.coefficients))
-            elif isinstance(block, Balance):
-                name = f"alpha{len(self.alpha_names)}"
-                self.class_values(name, block.alpha)
-                steps.append(BalanceStep(len(self.alpha_names)))
-                self.alpha_names.append(name)
             elif isinstance(block, Density):
                 steps.append(DensityStep(block.bins, block.momentum, synchronise))
                 if block.momentum > 0:
                     # Running state: saved in state_dict, updated in training mode only.
                     self.register_buffer("ghm_accumulator", torch.zeros(block.bins))
+            else:
+                steps.append(self.lower_block(block))
         self.plan = SigmoidPlan(margin, tuple(steps))
         self.fused = bool(steps) or margin > 0
 

@@ -9,10 +9,9 @@ from torch import Tensor
 
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
-from ..catalogue.modifiers import Balance, Modulate, Poly
 from ..functional.likelihoods import ce
 from ..functional.reduce import reduce_loss, reduce_total
-from ..functional.sigmoid_kernel import BalanceStep, ModulateStep, PolyStep
+from ..functional.sigmoid_kernel import ModulateStep
 from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
 from ..spec import Term
 from .base import TermModule, shape_of, shape_text
@@ -42,18 +41,7 @@ class SoftmaxTerm(TermModule):
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
-        self.alpha_names: list[str] = []
-        steps = []
-        for block in blocks:
-            if isinstance(block, Modulate):
-                steps.append(ModulateStep(*block.exponents, block.detach))
-            elif isinstance(block, Poly):
-                steps.append(PolyStep(block.coefficients))
-            elif isinstance(block, Balance):
-                name = f"alpha{len(self.alpha_names)}"
-                self.class_values(name, block.alpha)
-                steps.append(BalanceStep(len(self.alpha_names)))
-                self.alpha_names.append(name)
+        steps = [self.lower_block(block) for block in blocks]
         self.plan = SoftmaxPlan(tuple(steps))
         # Focusing that weighs the non-target classes on their own (0 != gamma_neg != gamma_pos) needs
         # class indices to tell target from others; otherwise probability targets get (1-p_t)^gamma_pos.
