@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-        if step % 50 == 0 or step == 1:
+        # The last step too: with --steps 30 only step 1 was logged.
+        if step % 50 == 0 or step == 1 or step == steps:
             terms = "  ".join(f"{name} {float(term):.4f}" for name, term in loss.last_terms.items())
             print(f"step {step:4d}  loss {value.item():.4f}  |  {terms}")
     with torch.no_grad():

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad()
         value.backward()
         optimizer.step()
-        if step == 1 or step % 50 == 0:
+        # The last step too: with --steps 20 only step 1 was logged.
+        if step == 1 or step % 50 == 0 or step == args.steps:
             raw = "  ".join(f"{name} {float(loss.last_terms[name]):.3f}" for name in ("seg", "depth"))
             print(f"step {step:4d}  total {value.item():.3f}  |  {raw}  |  weights {weights_line(loss)}")
     return 0

@@ -84,7 +84,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _is_file_argument(source: str) -> bool:
     # A name ending in .yaml/.yml/.json is a file even when missing: the error says it cannot be read.
-    return Path(source).is_file() or source.endswith(_FILE_SUFFIXES)
+    return source.endswith(_FILE_SUFFIXES) or _is_file(Path(source))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a long expression is no file name: stat() raised ENAMETOOLONG (a traceback)
+        return False
 
 
 def _find_loss_key(path: Path) -> str | None:
@@ -92,7 +99,11 @@ def _find_loss_key(path: Path) -> str | None:
     named 'loss', searched breadth-first."""
     from .yaml_io import located_yaml
 
-    root = located_yaml(path.read_text(encoding="utf-8"), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # was a traceback (a binary file); load() says why
+        return None
+    root = located_yaml(text, str(path))
     if not root.is_mapping() or {"kind", "terms", "expr", "tasks"} & set(root.value):
         return None
     queue = [("", root)]
@@ -105,13 +116,15 @@ def _find_loss_key(path: Path) -> str | None:
             if key == "loss":
                 return dotted
             queue.append((dotted, child))
-    raise LossConfigError(f"{path}: no key named 'loss' found; give --key", filename=str(path))
+    # The filename is rendered by the error itself (and by `check` as FILE:LINE:COLUMN); repeating it
+    # in the reason printed it twice.
+    raise LossConfigError("no key named 'loss' found; give --key", filename=str(path))
 
 
 def _load_file(path: Path, key: str | None):
     from .api import load
 
-    if key is None and path.is_file():
+    if key is None and _is_file(path):
         key = _find_loss_key(path)
     return load(path, key=key)
 

@@ -8,6 +8,7 @@ matplotlib, an optional extra.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -122,5 +123,14 @@ def draw(curves: Sequence[Curves], out: str, title: str | None = None) -> None:
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    # The format follows the suffix, PNG without one: given explicitly, matplotlib writes to `out`
+    # itself (it appended ".png" to a bare name, so "wrote NAME" named a file that did not exist).
+    image_format = Path(out).suffix[1:].lower() or "png"
+    try:
+        figure.savefig(out, dpi=110, format=image_format)
+    except OSError as error:  # a missing folder or a read-only place: a user error, not a traceback
+        raise LossConfigError(f"cannot write {out}: {error.strerror or error}") from None
+    except ValueError as error:  # an unsupported suffix ("Format 'xyz' is not supported ...")
+        raise LossConfigError(f"cannot write {out}: {error}") from None
+    finally:
+        plt.close(figure)

@@ -19,6 +19,8 @@ from lossdsl.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
+# Every top-level example is an experiment file with its loss at model.loss.
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
 
 GOOD = "0.7 * ce(smoothing=0.1, ignore_index=255) + 0.3*mse(reduction=sum)"
 GOOD_TREE = [
@@ -27,6 +29,8 @@ GOOD_TREE = [
     "  ce: weight=none (default), ignore_index=255, smoothing=0.1",
     "term 2: weight 0.3, reduction sum, head none (regression)",
     "  mse",
+    "learnable parameters: none",
+    "running buffers: none",
 ]
 BAD = "0.5 * ce(smothing=0.1)"
 
@@ -97,13 +101,27 @@ def test_invalid_expression_exits_non_zero_with_the_caret_message_and_no_traceba
     assert "Traceback" not in result.stderr
 
 
+def term_lines(spec: lossdsl.LossSpec) -> list[str]:
+    """The "term N: weight W, reduction R" prefixes the tree shows for a single-task spec."""
+    from lossdsl.printer import format_number
+
+    return [
+        f"term {index}: weight {format_number(term.weight)}, reduction {term.reduction}, head "
+        for index, term in enumerate(spec.terms, 1)
+    ]
+
+
 def test_key_selects_the_loss_inside_an_example_file(ran):
-    result = result_of(ran, "module", "compile", str(EXAMPLES / "segmentation.yaml"), "--key", "model.loss")
+    path = EXAMPLES / "segmentation.yaml"
+    result = result_of(ran, "module", "compile", str(path), "--key", "model.loss")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == (
-        "loss: ce(weight=[0.5, 1, 2, 4], ignore_index=255) + 0.1 * ce(ignore_index=255, smoothing=0.1)"
-    )
-    assert "term 2: weight 0.1, reduction mean, head softmax" in result.stdout
+    spec = lossdsl.load(path, key="model.loss")
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"loss: {spec.to_expr()}"
+    assert len(spec.terms) == 2
+    for prefix in term_lines(spec):
+        assert any(line.startswith(prefix + "softmax") for line in lines), (prefix, lines)
+    assert lines[-2:] == ["learnable parameters: none", "running buffers: none"]
 
 
 def test_expand_rewrites_named_losses_into_primitive_blocks(ran):
@@ -131,11 +149,18 @@ def test_main_prints_the_same_tree(capsys):
     assert out.splitlines() == GOOD_TREE
 
 
-def test_key_on_the_regression_example(capsys):
-    code, out, _ = run_main(capsys, "compile", str(EXAMPLES / "regression.yaml"), "--key", "loss")
-    assert code == 0
-    assert out.splitlines()[0] == "loss: smooth_l1(beta=0.11) + 0.1 * l1()"
-    assert "term 2: weight 0.1, reduction mean, head none (regression)" in out
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda path: path.name)
+def test_key_on_every_example(capsys, path):
+    code, out, err = run_main(capsys, "compile", str(path), "--key", "model.loss")
+    assert code == 0, err
+    spec = lossdsl.load(path, key="model.loss")
+    lines = out.splitlines()
+    assert lines[0] == f"loss: {spec.to_expr()}"
+    if getattr(spec.terms[0].loss, "tasks", None) is None:  # multi-task trees show tasks instead
+        for prefix in term_lines(spec):
+            assert any(line.startswith(prefix) for line in lines), (prefix, lines)
+    assert any(line.startswith("learnable parameters:") for line in lines)
+    assert any(line.startswith("running buffers:") for line in lines)
 
 
 def test_wrong_key_names_the_file_and_suggests_the_key(capsys):
@@ -167,6 +192,8 @@ def test_tree_shows_every_parameter_with_its_default_marked(capsys):
     assert out.splitlines()[1:] == [
         "term 1: weight 1, reduction pos_mean, head sigmoid",
         "  bce: weight=none (default), pos_weight=2, smoothing=0 (default), ignore_index=-100 (default)",
+        "learnable parameters: none",
+        "running buffers: none",
     ]
 
 
