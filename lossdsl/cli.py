@@ -126,7 +126,36 @@ def _load_file(path: Path, key: str | None):
 
     if key is None and _is_file(path):
         key = _find_loss_key(path)
+    resolved = _resolve_interpolations(path, key)
+    if resolved is not None:
+        try:
+            return load(resolved)
+        except LossDSLError as error:  # no line numbers once resolved: name the file and the key
+            error.filename = error.filename or str(path)
+            error.path = f"{key}.{error.path}" if key and error.path else (error.path or key)
+            raise
     return load(path, key=key)
+
+
+def _resolve_interpolations(path: Path, key: str | None) -> Any:
+    """An OmegaConf/Hydra file with ``${...}`` interpolations, resolved at ``key`` (None when the
+    file has none, or OmegaConf is not installed: then the YAML is read as it is)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if "${" not in text:
+        return None
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        return None
+    try:
+        config = OmegaConf.create(text)
+        node = OmegaConf.select(config, key) if key else config
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+    except Exception as error:  # noqa: BLE001 - OmegaConf's own errors become one of ours
+        raise LossConfigError(f"cannot resolve the interpolations of {path}: {error}") from None
 
 
 def _load(source: str, key: str | None):

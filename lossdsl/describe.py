@@ -65,7 +65,9 @@ def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
                 lines.append(f"{pad}  task {name}:")
                 lines += _terms_lines(task, depth + 2)
             continue
-        head = getattr(node, "head", None) or ("none (regression)" if node.is_regression else "none")
+        head = getattr(node, "head", None) or (
+            "none (regression)" if node.is_regression else "none (no p_t: blocks cannot wrap it)"
+        )
         lines.append(
             f"{pad}term {index}: weight {format_number(term.weight)}, reduction {term.reduction}, "
             f"head {head}"

@@ -83,6 +83,8 @@ class _Walker:
                 f"expected a loss, got {_describe_value(value)}", item.location, path,
                 hint=_FORM_HINT, cls=LossConfigError,
             )
+        if _is_hydra_node(value):  # {_target_: lossdsl.compile, source: ...}: the loss is its source
+            return self.terms(value["source"], _join(path, "source"), weight, reduction, depth + 1)
         if "expr" in value:
             return self._expr_form(item, path, weight, reduction, depth)
         if "terms" in value:
@@ -445,6 +447,15 @@ _RANGE_ERRORS = {
     "too_short": "at least {min_length} long",
     "too_long": "at most {max_length} long",
 }
+
+
+_HYDRA_TARGETS = ("lossdsl.compile", "lossdsl.load", "lossdsl.api.compile", "lossdsl.api.load")
+
+
+def _is_hydra_node(value: dict[str, Located]) -> bool:
+    """A Hydra/OmegaConf instantiation of lossdsl (``_target_: lossdsl.compile``, ``source: ...``)."""
+    target = value.get("_target_")
+    return target is not None and target.value in _HYDRA_TARGETS and "source" in value
 
 
 def _join(path: str, key: str) -> str:
