@@ -23,8 +23,8 @@ import importlib.util
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -166,7 +166,9 @@ def _status_mib(key: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=65536)
     parser.add_argument("--c", type=int, default=80)
@@ -203,7 +205,9 @@ def main() -> None:
                      reference, y, "<= 0.8"))
     timm_zlpr = load_timm("zlpr_loss.py", "ZlprLoss")
     if timm_zlpr is not None:
-        rows.append(("zlpr()", lossdsl.compile("zlpr()"), "timm ZlprLoss", timm_zlpr().to(device), y, "<= 1.0"))
+        rows.append(
+            ("zlpr()", lossdsl.compile("zlpr()"), "timm ZlprLoss", timm_zlpr().to(device), y, "<= 1.0")
+        )
     if not args.no_compile:
         compiled_focal = torch.compile(lossdsl.compile("focal()"), fullgraph=True)
         rows.append(("compile(focal())", compiled_focal, "F.binary_cross_entropy_with_logits (eager)",

@@ -7,7 +7,8 @@
 A plain PyTorch loop: the loss is the only lossdsl object. Sigmoid-head losses train a multi-label
 tagger (a few labels per sample, rare classes rare); softmax-head losses train a single-label
 classifier on the same long-tailed classes. Every term is logged from ``loss.last_terms``; the
-test mAP (multi-label) or macro recall (single-label) at the end shows how the rare classes fared. Runs on the CPU in well under a minute.
+test mAP (multi-label) or macro recall (single-label) at the end shows how the rare classes fared.
+Runs on the CPU in well under a minute.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def per_class_quality(logits: torch.Tensor, target: torch.Tensor, multi_label: b
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("config", nargs="?", default=str(HERE / "tagging.yaml"))
     parser.add_argument("--key", default="model.loss", help="dotted key of the loss in the file")
     parser.add_argument("--steps", type=int, default=None, help="default: train.steps, else 300")

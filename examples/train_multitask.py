@@ -45,7 +45,8 @@ def synthetic(n: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[st
     depth_teacher = torch.randn(FEATURES, GRID * GRID, generator=generator) * 0.3
     seg = (x @ seg_teacher).view(n, CLASSES, GRID, GRID).argmax(dim=1)
     seg[:, 0, 0] = 255  # a void pixel per image, ignored by ce(ignore_index=255)
-    depth = ((x @ depth_teacher) + 0.5 * torch.randn(n, GRID * GRID, generator=generator)).view(n, 1, GRID, GRID)
+    noise = 0.5 * torch.randn(n, GRID * GRID, generator=generator)
+    depth = ((x @ depth_teacher) + noise).view(n, 1, GRID, GRID)
     return x, {"seg": seg, "depth": depth}
 
 
@@ -55,7 +56,9 @@ def weights_line(loss: nn.Module) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=str(HERE / "multitask.yaml"))
     parser.add_argument("--key", default="model.loss")
     parser.add_argument("--loss", help="an expression instead of the config's loss")

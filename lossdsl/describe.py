@@ -164,7 +164,8 @@ def _example(cls: type[LossNode]) -> LossNode | None:
     """An instance with default parameters (wrapping bce/ce, or one task, where one is needed)."""
     from .spec import Term
 
-    for extra in ({}, {"loss": BCE()}, {"loss": CE()}, {"tasks": {"task": LossSpec(terms=(Term(loss=CE()),))}}):
+    one_task = {"task": LossSpec(terms=(Term(loss=CE()),))}
+    for extra in ({}, {"loss": BCE()}, {"loss": CE()}, {"tasks": one_task}):
         try:
             return cls.model_validate(extra)
         except Exception:  # noqa: BLE001 - trying the next shape of example

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import bisect
 import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class LossDSLError(ValueError):
         self.hint = hint
         super().__init__(reason)
 
-    def located(self, location: Location | None = None, *, path: str | None = None) -> "LossDSLError":
+    def located(self, location: Location | None = None, *, path: str | None = None) -> LossDSLError:
         """Fill in location details that are still missing (the innermost, most precise one wins)."""
         if self.line is None and location is not None:
             self.line, self.column = location.line, location.column

@@ -10,9 +10,9 @@ dotted path instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .errors import Location, LossConfigError
 
@@ -43,7 +43,7 @@ class Located:
     def is_list(self) -> bool:
         return isinstance(self.value, list)
 
-    def get(self, key: str) -> "Located | None":
+    def get(self, key: str) -> Located | None:
         return self.value.get(key) if isinstance(self.value, dict) else None
 
     def key_location(self, key: str) -> Location | None:

@@ -159,7 +159,9 @@ class MultiTaskLoss(nn.Module):
                     f"the indicator of task '{name}' must be one number, got shape {list(value.shape)}"
                 )
             if not is_compiling() and not bool((value >= 0) & (value <= 1)):
-                raise LossInputError(f"the indicator of task '{name}' must lie in [0, 1], got {float(value):g}")
+                raise LossInputError(
+                    f"the indicator of task '{name}' must lie in [0, 1], got {float(value):g}"
+                )
             self._average(self.names.index(name), value)
             self.observed.add(name)
 

@@ -49,7 +49,7 @@ class LossSpec(BaseModel):
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
-    def expand(self) -> "LossSpec":
+    def expand(self) -> LossSpec:
         """Every named loss rewritten into its primitive blocks (a pure rewrite; same numbers)."""
         return LossSpec(terms=tuple(t.model_copy(update={"loss": t.loss.expand()}) for t in self.terms))
 

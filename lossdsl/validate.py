@@ -415,7 +415,8 @@ class _Walker:
             error = range_errors[0]
             target, where = _navigate(item, list(error["loc"]), path)
             location = target.location if target is not None else location
-            bounds = bounds_text(annotation, cls.model_fields[field].metadata) or _RANGE_ERRORS[error["type"]].format(**error.get("ctx", {}))
+            bounds = bounds_text(annotation, cls.model_fields[field].metadata)
+            bounds = bounds or _RANGE_ERRORS[error["type"]].format(**error.get("ctx", {}))
             return self._fail(
                 f"{name}(): {field}={_shown(error['input'])} is out of range; {field} must be {bounds}",
                 location, where,

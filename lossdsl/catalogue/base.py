@@ -64,10 +64,10 @@ class LossNode(BaseModel):
     def is_regression(self) -> bool:
         return False
 
-    def children(self) -> tuple["LossNode", ...]:
+    def children(self) -> tuple[LossNode, ...]:
         return tuple(getattr(self, name) for name in self.loss_fields)
 
-    def expand(self) -> "LossNode":
+    def expand(self) -> LossNode:
         """This node rewritten into primitive blocks (named losses override; others recurse)."""
         if not self.loss_fields:
             return self

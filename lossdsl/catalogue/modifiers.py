@@ -12,7 +12,8 @@ formulas, with ``q = 1 - p_t``:
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Iterator, Literal
+from collections.abc import Iterator
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, Strict, model_validator
 

@@ -7,7 +7,6 @@ initialised.
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 

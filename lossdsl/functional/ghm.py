@@ -7,7 +7,7 @@ nothing waits for the host.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -62,7 +62,8 @@ def density_weights(
     new_accumulator = None
     denominator = counts
     if momentum > 0 and accumulator is not None:
-        new_accumulator = torch.where(non_empty, momentum * accumulator + (1 - momentum) * counts, accumulator)
+        blended = momentum * accumulator + (1 - momentum) * counts
+        new_accumulator = torch.where(non_empty, blended, accumulator)
         denominator = new_accumulator
     used_bins = non_empty.sum().to(torch.float32).clamp(min=1.0)
     safe = torch.where(non_empty, denominator, torch.ones_like(denominator))

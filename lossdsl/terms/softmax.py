@@ -61,7 +61,8 @@ class SoftmaxTerm(TermModule):
             self.check_class_count("alpha", getattr(self, name), input)
         num_classes = input.shape[1]
         index_shape = (input.shape[0], *input.shape[2:])
-        if tuple(target.shape) == index_shape and not target.is_floating_point() and target.dtype != torch.bool:
+        integer = not target.is_floating_point() and target.dtype != torch.bool
+        if tuple(target.shape) == index_shape and integer:
             self.check_indices(target, num_classes, self.ignore_index)
             target = target.long()
             valid = target != self.ignore_index
@@ -70,8 +71,9 @@ class SoftmaxTerm(TermModule):
         if target.shape == input.shape:
             if self.needs_indices:
                 raise self.fail(
-                    "asymmetric focusing (gamma_neg other than 0 or gamma_pos) on the softmax head needs class-index "
-                    f"targets of shape {shape_of(index_shape)}; got probabilities {shape_text(target)}"
+                    "asymmetric focusing (gamma_neg other than 0 or gamma_pos) on the softmax head "
+                    f"needs class-index targets of shape {shape_of(index_shape)}; "
+                    f"got probabilities {shape_text(target)}"
                 )
             probabilities = target.float()
             self.check_probabilities(probabilities, "probability targets")
