@@ -84,21 +84,29 @@ class _Shared:
         self.x = x
         self.y = y
         self.margin = margin
-        self.p = torch.sigmoid(x)
-        self.softplus = F.softplus(x)  # -log(1 - p)
         self._one_minus_p: Tensor | None = None
+        if is_compiling():
+            # One exponential for all three (a fused kernel pays per transcendental, not per op):
+            # with e = exp(-|x|), p and 1 - p are 1/(1+e) and e/(1+e), softplus is max(x,0) + log1p(e).
+            e = torch.exp(-x.abs())
+            big, small = 1 / (1 + e), e / (1 + e)
+            positive = x >= 0
+            self.p = torch.where(positive, big, small)
+            self._one_minus_p = torch.where(positive, small, big)
+            self.softplus = x.clamp(min=0) + torch.log1p(e)
+        else:
+            self.p = torch.sigmoid(x)
+            self.softplus = F.softplus(x)  # -log(1 - p)
         self._p_dp: Tensor | None = None
         self._negative: tuple[Tensor, Tensor] | None = None
         self._q: tuple[Tensor, Tensor] | None = None
         self._log_q: tuple[Tensor, Tensor] | None = None
 
-    def release(self, keep_probability: bool) -> None:
+    def release(self) -> None:
         """Drop what only the base loss and ``q`` needed, so the peak memory stays low; ``q``,
-        ``dq/dx``, ``log q`` (and ``p``, if asked) stay."""
-        self.softplus = None  # type: ignore[assignment]
+        ``dq/dx`` and ``log q`` stay."""
+        self.p = self.softplus = None  # type: ignore[assignment]
         self._one_minus_p = self._p_dp = self._negative = None
-        if not keep_probability:
-            self.p = None  # type: ignore[assignment]
 
     @property
     def one_minus_p(self) -> Tensor:
@@ -259,11 +267,22 @@ def sigmoid_loss_and_grad(
         constants: per-block tensors addressed by the plan's slots (alpha).
     """
     s = _Shared(x, y, plan.margin)
-    new_accumulator = None
+    # GHM-C's weights need only p: build them first, before the loss and its derivative exist,
+    # so that the binning's temporaries never coexist with them (a lower peak of memory).
+    density, new_accumulator = None, None
+    density_step = next((step for step in plan.steps if isinstance(step, DensityStep)), None)
+    if density_step is not None:
+        # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
+        seen = s.p if plan.margin == 0 else torch.lerp((s.p - plan.margin).clamp_(min=0), s.p, y)
+        reducer = sum_over_processes if density_step.synchronise else None
+        density, new_accumulator = density_weights(
+            (seen - y).abs_(), valid, density_step.bins, density_step.momentum, accumulator, reducer
+        )
+        del seen
     loss, dloss = _base_loss(s, pos_weight, need_grad)
     if plan.needs_q:
         s.q()  # built now, while its ingredients are alive
-    s.release(keep_probability=any(isinstance(step, DensityStep) for step in plan.steps))
+    s.release()
     # Eager mode updates the two running tensors in place (no allocation per block); a traced graph
     # is fused by the compiler anyway and stays purely functional.
     update = _InPlace() if not is_compiling() else _Functional()
@@ -303,12 +322,6 @@ def sigmoid_loss_and_grad(
             if need_grad:
                 dloss = update.scale(dloss, balance)
         elif isinstance(step, DensityStep):
-            # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
-            seen = s.p if plan.margin == 0 else torch.lerp((s.p - plan.margin).clamp_(min=0), s.p, y)
-            reducer = sum_over_processes if step.synchronise else None
-            density, new_accumulator = density_weights(
-                (seen - y).abs_(), valid, step.bins, step.momentum, accumulator, reducer
-            )
             loss = update.scale(loss, density)
             if need_grad:
                 dloss = update.scale(dloss, density)
