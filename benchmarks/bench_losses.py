@@ -122,6 +122,14 @@ def time_pair(ours: Loss, ref: Loss, x, y, repeat: int, device: str) -> tuple[fl
     for _ in range(2):
         step(ours, x, y)
         step(ref, x, y)
+    # Fast rows are noisier: repeat until both sides have run for about two seconds (50 at most).
+    sync(device)
+    start = time.perf_counter()
+    step(ours, x, y)
+    step(ref, x, y)
+    sync(device)
+    pair = time.perf_counter() - start
+    repeat = min(50, max(repeat, int(2.0 / max(pair, 1e-6))))
     ours_times, ref_times = [], []
     for _ in range(repeat):
         for fn, times in ((ours, ours_times), (ref, ref_times)):

@@ -41,10 +41,10 @@ def _power(q: Tensor, exponent: float) -> Tensor | float:
 def softmax_term_elementwise(
     x: Tensor,
     target: Tensor,
+    valid: Tensor | None,
     is_index: bool,
     plan: SoftmaxPlan,
     class_weight: Tensor | None,
-    ignore_index: int,
     smoothing: float,
     constants: tuple[Tensor, ...],
 ) -> Tensor:
@@ -53,6 +53,7 @@ def softmax_term_elementwise(
     Args:
         x: float32 logits ``[N, C, d1, ...]``.
         target: class indices ``[N, d1, ...]`` (long) or probabilities shaped like ``x``.
+        valid: bool mask of the positions that count (index targets), or None when all do.
         plan: blocks, innermost first.
         class_weight: ``ce``'s ``weight`` ``[C]`` or None.
         constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar).
@@ -62,16 +63,16 @@ def softmax_term_elementwise(
         isinstance(step, ModulateStep) and step.gamma_neg != 0 for step in plan.steps
     )
     if is_index and not others_weighted:
-        return _target_column(x, target, plan, class_weight, ignore_index, smoothing, constants)
-    return _all_classes(x, target, is_index, plan, class_weight, ignore_index, smoothing, constants)
+        return _target_column(x, target, valid, plan, class_weight, smoothing, constants)
+    return _all_classes(x, target, valid, is_index, plan, class_weight, smoothing, constants)
 
 
 def _target_column(
     x: Tensor,
     target: Tensor,
+    valid: Tensor | None,
     plan: SoftmaxPlan,
     class_weight: Tensor | None,
-    ignore_index: int,
     smoothing: float,
     constants: tuple[Tensor, ...],
 ) -> Tensor:
@@ -86,8 +87,8 @@ def _target_column(
     """
     num_classes = x.shape[1]
     log_p = torch.log_softmax(x, dim=1)
-    valid = target != ignore_index
-    safe = target.clamp(0, num_classes - 1)  # any class for ignored positions: they are masked
+    # Any class will do for ignored positions: they are masked at the end.
+    safe = target if valid is None else target.clamp(0, num_classes - 1)
     log_pt = log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
     weight_t = None if class_weight is None else class_weight[safe]
     miss = -torch.expm1(log_pt)  # 1 - p of the target class
@@ -130,16 +131,16 @@ def _target_column(
             loss = loss * (alpha if alpha.dim() == 0 else alpha[safe])
     if loss is None:
         loss = on_target if spread is None else on_target + spread
-    return loss * valid
+    return loss if valid is None else loss * valid
 
 
 def _all_classes(
     x: Tensor,
     target: Tensor,
+    valid: Tensor | None,
     is_index: bool,
     plan: SoftmaxPlan,
     class_weight: Tensor | None,
-    ignore_index: int,
     smoothing: float,
     constants: tuple[Tensor, ...],
 ) -> Tensor:
@@ -148,10 +149,8 @@ def _all_classes(
     view = (1, num_classes) + (1,) * (x.dim() - 2)
     log_p = torch.log_softmax(x, dim=1)
     p = torch.exp(log_p)
-    valid = None
     if is_index:
-        valid = target != ignore_index
-        safe = torch.where(valid, target, torch.zeros_like(target))
+        safe = target if valid is None else target.clamp(0, num_classes - 1)
         one_hot = torch.zeros_like(x).scatter_(1, safe.unsqueeze(1), 1.0)
         q = one_hot * (1 - smoothing) + smoothing / num_classes if smoothing else one_hot
         # 1 - p_target, summed from the other classes so that it stays accurate near p_target = 1.

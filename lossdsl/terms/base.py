@@ -75,17 +75,18 @@ class TermModule(nn.Module):
                 hint="pass check_values=False to lossdsl.compile to skip this check",
             )
 
-    def check_indices(self, index: Tensor, num_classes: int, ignore_index: int) -> None:
+    def check_indices(self, index: Tensor, num_classes: int, ignore_index: int) -> bool:
         """Value check: class indices lie in [0, C) or equal ignore_index (skippable).
 
         One pass and one host sync when every index is in range; a second look only when some
-        index is outside [0, C) (ignored positions, or an actual error).
+        index is outside [0, C) (ignored positions, or an actual error). Returns True when the
+        check proved that no position is ignored (then the caller can skip its mask).
         """
         if not self.values_checked() or index.numel() == 0:
-            return
+            return False
         low, high = (int(v) for v in torch.aminmax(index))
         if low >= 0 and high < num_classes:
-            return
+            return not 0 <= ignore_index < num_classes
         bad = ((index < 0) | (index >= num_classes)) & (index != ignore_index)
         if bool(bad.any()):
             value = int(index[bad][0])
@@ -94,6 +95,7 @@ class TermModule(nn.Module):
                 f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})",
                 hint="pass check_values=False to lossdsl.compile to skip this check",
             )
+        return False
 
     def class_values(self, name: str, values: tuple[float, ...] | float | None) -> None:
         """Register a per-class (or scalar) constant as a buffer that follows .to(device)."""

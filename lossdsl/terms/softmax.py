@@ -22,7 +22,7 @@ class SoftmaxInputs:
     x: Tensor  # float32 logits [N, C, d1, ...]
     target: Tensor  # long class indices [N, d1, ...] or float32 probabilities [N, C, d1, ...]
     is_index: bool
-    valid: Tensor | None  # bool [N, d1, ...] for index targets
+    valid: Tensor | None  # bool [N, d1, ...] for index targets; None when none is ignored
     positives: Tensor | int | None  # valid positions (pos_mean only)
 
 
@@ -63,10 +63,12 @@ class SoftmaxTerm(TermModule):
         index_shape = (input.shape[0], *input.shape[2:])
         integer = not target.is_floating_point() and target.dtype != torch.bool
         if tuple(target.shape) == index_shape and integer:
-            self.check_indices(target, num_classes, self.ignore_index)
+            nothing_ignored = self.check_indices(target, num_classes, self.ignore_index)
             target = target.long()
-            valid = target != self.ignore_index
-            positives = valid.sum() if self.reduction == "pos_mean" else None
+            valid = None if nothing_ignored else target != self.ignore_index
+            positives = None
+            if self.reduction == "pos_mean":
+                positives = target.numel() if valid is None else valid.sum()
             return SoftmaxInputs(input.float(), target, True, valid, positives)
         if target.shape == input.shape:
             if self.needs_indices:
@@ -100,7 +102,7 @@ class SoftmaxTerm(TermModule):
             return ce(inputs.x, inputs.target, weight, self.ignore_index, self.smoothing)
         alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
         return softmax_term_elementwise(
-            inputs.x, inputs.target, inputs.is_index, self.plan, weight, self.ignore_index,
+            inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, weight,
             self.smoothing, alphas,
         )
 
@@ -109,6 +111,8 @@ class SoftmaxTerm(TermModule):
         if not inputs.is_index:
             return inputs.target.numel() // inputs.x.shape[1]
         weight = self.class_weight(inputs.x)
+        if inputs.valid is None:
+            return inputs.target.numel() if weight is None else weight[inputs.target].sum()
         if weight is None:
             return inputs.valid.sum()
         safe = torch.where(inputs.valid, inputs.target, torch.zeros_like(inputs.target))
