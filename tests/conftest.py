@@ -17,3 +17,12 @@ settings.load_profile("ci")
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def caret_target(error) -> str:
+    """The character printed above the caret in ``str(error)`` (for error-location tests)."""
+    lines = str(error).split("\n")
+    for index, line in enumerate(lines[1:], 1):
+        if line.strip() == "^":
+            return lines[index - 1][line.index("^")]
+    raise AssertionError(f"no caret in:\n{error}")

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lossdsl
+from conftest import caret_target
 from lossdsl import LossConfigError, LossDSLError, LossSpecError, LossSyntaxError
 
 from strategies import specs
@@ -24,13 +25,6 @@ def error_of(text: str, cls: type[LossDSLError] = LossDSLError) -> LossDSLError:
     return info.value
 
 
-def caret_target(error: LossDSLError) -> str:
-    """The character printed above the caret in ``str(error)``."""
-    lines = str(error).split("\n")
-    for index, line in enumerate(lines[1:], 1):
-        if line.strip() == "^":
-            return lines[index - 1][line.index("^")]
-    raise AssertionError(f"no caret in:\n{error}")
 
 
 def assert_points_at(error: LossDSLError, text: str, line: int, column: int, char: str) -> None:

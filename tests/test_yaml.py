@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import lossdsl
+from conftest import caret_target
 from lossdsl import LossConfigError, LossDSLError, LossSpecError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -18,12 +19,6 @@ def yaml_text(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
 
 
-def caret_target(error: LossDSLError) -> str:
-    lines = str(error).split("\n")
-    for index, line in enumerate(lines[1:], 1):
-        if line.strip() == "^":
-            return lines[index - 1][line.index("^")]
-    raise AssertionError(f"no caret in:\n{error}")
 
 
 # -- the forms ----------------------------------------------------------------------------------------

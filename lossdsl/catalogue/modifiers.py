@@ -37,6 +37,8 @@ class Modifier(LossNode):
     loss_fields = ("loss",)
     # A term holds at most one of these kinds (the compiler's plan has one slot for each).
     unique_in_term: ClassVar[bool] = False
+    # Why the block needs a sigmoid head, for blocks that do (None: either head).
+    sigmoid_only: ClassVar[str | None] = None
 
     @property
     def head(self) -> str | None:
@@ -54,6 +56,8 @@ class Modifier(LossNode):
             isinstance(inner, type(self)) for inner in walk(self.loss.expand())
         ):
             raise ValueError(f"a term can hold one {self.kind_name()}() block; merge the nested ones")
+        if self.sigmoid_only and head_of(self.loss) != "sigmoid":
+            raise ValueError(self.sigmoid_only)
         return self
 
 
@@ -111,15 +115,9 @@ class Clip(Modifier):
     summary = "asymmetric probability shifting p_m = max(p - margin, 0) for negatives (sigmoid)"
     paper = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification"
     unique_in_term = True
-
-    @model_validator(mode="after")
-    def _sigmoid_only(self):
-        if head_of(self.loss) != "sigmoid":
-            raise ValueError(
-                "shifts sigmoid probabilities of negatives; a softmax head has no independent "
-                "negatives to shift"
-            )
-        return self
+    sigmoid_only = (
+        "shifts sigmoid probabilities of negatives; a softmax head has no independent negatives to shift"
+    )
 
 
 PolyCoefficient = Annotated[float, Strict(), Field(ge=-1)]
@@ -194,9 +192,4 @@ class Density(Modifier):
     summary = "GHM-C gradient-density weights over `bins` bins of |p - y|, with optional momentum"
     paper = "Li et al. 2019, Gradient Harmonized Single-stage Detector"
     unique_in_term = True
-
-    @model_validator(mode="after")
-    def _sigmoid_only(self):
-        if head_of(self.loss) != "sigmoid":
-            raise ValueError("bins each element's |p - y|, so it needs a sigmoid head (bce)")
-        return self
+    sigmoid_only = "bins each element's |p - y|, so it needs a sigmoid head (bce)"
