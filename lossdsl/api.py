@@ -91,12 +91,8 @@ def compile(  # noqa: A001
         spec = source
     elif isinstance(source, str):
         spec = parse(source)
-    elif isinstance(source, os.PathLike):
+    else:  # a path or a mapping
         spec = load(source)
-    else:
-        spec = load(source)
-    # `distributed` was accepted by compile_spec but not threaded through here: the documented
-    # switch had no public entry point.
     return compile_spec(spec, check_values=check_values, distributed=distributed)
 
 

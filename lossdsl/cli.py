@@ -102,7 +102,7 @@ def _find_loss_key(path: Path) -> str | None:
 
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):  # was a traceback (a binary file); load() says why
+    except (OSError, UnicodeDecodeError):  # unreadable or binary: load() reports why
         return None
     root = located_yaml(text, str(path))
     if not root.is_mapping() or {"kind", "terms", "expr", "tasks"} & set(root.value):

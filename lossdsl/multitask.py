@@ -100,8 +100,7 @@ class MultiTaskLoss(nn.Module):
         # Every task checks its inputs before any of them computes or updates a buffer.
         prepared = {name: self.tasks[name].prepare(preds[name], targets[name]) for name in self.names}
         if isinstance(self.node, DTP):
-            # A missing indicator is an input error: raise it before any task updates a buffer
-            # (it used to be raised after combine(), once GHM-C's accumulators had moved).
+            # A missing indicator is an input error: raise it before any task updates a buffer.
             self._require_indicators()
         raw = {name: self.tasks[name].combine(prepared[name]) for name in self.names}
         self._dtp_k = self._update_dtp(preds, targets) if isinstance(self.node, DTP) else None
