@@ -9,7 +9,7 @@ TIMM ?= timm==1.0.31
 
 .PHONY: demo test venv clean
 
-$(VENV)/.ready: pyproject.toml
+$(VENV)/.ready: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
