@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .errors import LossInputError
 from .spec import LossSpec
-from .terms.base import TermModule, is_compiling, shape_text
+from .terms.base import TermModule, is_compiling, shape_of
 
 
 class CompiledLoss(nn.Module):
@@ -36,13 +36,14 @@ class CompiledLoss(nn.Module):
     def prepare(self, input: Tensor, target: Tensor) -> list[Any]:
         """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
         checks of a call happen before any term touches a running buffer."""
-        return [term.prepare(input, target) for term in self.terms]
+        prepared = [term.prepare(input, target) for term in self.terms]
+        if self.unreduced and len(prepared) > 1:
+            self._check_same_shapes(prepared)
+        return prepared
 
     def combine(self, prepared: list[Any]) -> Tensor:
         """Compute every term from its prepared inputs and add them with their weights."""
         values = [term.compute(inputs) for term, inputs in zip(self.terms, prepared)]
-        if self.unreduced and len(values) > 1:
-            self._check_same_shapes(values)
         total = None
         for weight, value in zip(self.weights, values):
             weighted = value if weight == 1 else weight * value
@@ -51,13 +52,13 @@ class CompiledLoss(nn.Module):
             self.last_terms = {term.label: value.detach() for term, value in zip(self.terms, values)}
         return total
 
-    def _check_same_shapes(self, values: list[Tensor]) -> None:
-        first = values[0]
-        for term, value in zip(self.terms, values):
-            if value.shape != first.shape:
+    def _check_same_shapes(self, prepared: list[Any]) -> None:
+        shapes = [term.unreduced_shape(inputs) for term, inputs in zip(self.terms, prepared)]
+        for term, shape in zip(self.terms, shapes):
+            if shape != shapes[0]:
                 raise LossInputError(
                     f"reduction=none terms must have equal shapes to be added: "
-                    f"{self.terms[0].label} gives {shape_text(first)}, {term.label} gives {shape_text(value)}"
+                    f"{self.terms[0].label} gives {shape_of(shapes[0])}, {term.label} gives {shape_of(shape)}"
                 )
 
     def __repr__(self) -> str:

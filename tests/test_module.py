@@ -106,8 +106,10 @@ def test_each_compile_builds_fresh_modules():
 def test_changing_one_compiled_loss_leaves_another_untouched():
     a = lossdsl.compile("ce(weight=[1, 2, 3])")
     b = lossdsl.compile("ce(weight=[1, 2, 3])")
-    a.to(torch.float64)
-    assert all(buffer.dtype == torch.float32 for buffer in b.buffers())
+    before = [buffer.clone() for buffer in b.buffers()]
+    a.to("meta")
+    assert all(buffer.device.type == "cpu" for buffer in b.buffers())
+    assert all(torch.equal(x, y) for x, y in zip(before, b.buffers()))
 
 
 def test_compiling_the_same_spec_twice_builds_two_modules():
@@ -123,7 +125,7 @@ def test_parse_is_cached():
 
 
 # --------------------------------------------------------------------------------------------------
-# constants: not in state_dict, follow .to()
+# constants: not in state_dict, follow .to(device), keep their dtype
 
 
 @pytest.mark.parametrize(
@@ -141,12 +143,15 @@ def test_state_dict_of_a_fresh_compile_loads_into_another():
     b.load_state_dict(a.state_dict())
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_class_constants_follow_to_dtype(dtype):
-    loss = lossdsl.compile("ce(weight=[1, 2, 3]) + bce(weight=[1, 2, 3], pos_weight=[0.5, 1, 2])")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_class_constants_keep_their_dtype_under_to_dtype(dtype):
+    """Constants are float64 (cast to the computation's dtype when used): a .half() model must not
+    round a class weight of 0.3 to float16 for a float32 loss."""
+    loss = lossdsl.compile("ce(weight=[1, 2, 0.3]) + bce(weight=[1, 2, 3], pos_weight=[0.5, 1, 2])")
     loss.to(dtype)
     buffers = list(loss.buffers())
-    assert buffers and all(buffer.dtype == dtype for buffer in buffers)
+    assert buffers and all(buffer.dtype == torch.float64 for buffer in buffers)
+    assert loss.terms[0].weight[2].item() == 0.3
 
 
 def test_class_constants_follow_to_device():

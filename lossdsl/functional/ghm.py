@@ -33,7 +33,7 @@ def density_weights(
         valid: bool mask broadcastable to ``g`` (False for ignored elements), or None.
         bins: number of bins.
         momentum: 0 for plain counts, else the running-average factor of the accumulator.
-        accumulator: float32 ``[bins]`` running counts (the module's buffer), or None.
+        accumulator: ``[bins]`` running counts (the module's float32 buffer), or None.
         reduce_counts: sums the ``[bins + 1]`` counts over processes (see functional.distributed).
 
     Returns ``(weights, new_accumulator)``; weights are 0 on ignored elements. The caller decides
@@ -44,8 +44,9 @@ def density_weights(
     every float32 ``g``. mmdetection compares against float32-rounded edges instead, which can move
     an element whose ``g`` *equals* a rounded edge into the neighbouring bin; nothing else differs.
     """
-    # int32 bin indices (bins <= 10_000) halve the memory of the largest temporaries.
-    index = g.to(torch.float64).mul_(bins).to(torch.int32).clamp_(max=bins - 1)
+    # int32 bin indices (bins <= 10_000) halve the memory of the largest temporaries. The lower clamp
+    # keeps a NaN g (a NaN logit, when value checks are off) a valid index: its loss is NaN anyway.
+    index = g.to(torch.float64).mul_(bins).to(torch.int32).clamp_(0, bins - 1)
     if valid is not None:  # ignored elements go to an extra bin that weighs nothing
         index = torch.where(valid, index, torch.full_like(index, bins))
     flat = index.reshape(-1)
@@ -58,16 +59,19 @@ def density_weights(
         counts.scatter_add_(0, wide, wide.new_ones(()).expand(wide.shape))
     if reduce_counts is not None:
         counts = reduce_counts(counts)
-    counts = counts[:bins].to(torch.float32)
+    # The weights are computed in g's dtype (float64 stays float64); the running counts are float32
+    # buffers whatever the module's dtype, and the caller copies the new ones back into them.
+    dtype = g.dtype
+    counts = counts[:bins].to(dtype)
     total = counts.sum().clamp(min=1.0)  # tot = max(#valid, 1), over every process
     non_empty = counts > 0
     new_accumulator = None
     denominator = counts
     if momentum > 0 and accumulator is not None:
-        blended = momentum * accumulator + (1 - momentum) * counts
-        new_accumulator = torch.where(non_empty, blended, accumulator)
+        blended = momentum * accumulator.to(dtype) + (1 - momentum) * counts
+        new_accumulator = torch.where(non_empty, blended, accumulator.to(dtype))
         denominator = new_accumulator
-    used_bins = non_empty.sum().to(torch.float32).clamp(min=1.0)
+    used_bins = non_empty.sum().to(dtype).clamp(min=1.0)
     safe = torch.where(non_empty, denominator, torch.ones_like(denominator))
     table = torch.where(non_empty, total / safe, torch.zeros_like(safe)) / used_bins
     table = torch.cat([table, table.new_zeros(1)])

@@ -1,15 +1,20 @@
-"""One pass over a sigmoid-head term: the per-element loss and its derivative, for any block chain.
+"""One pass over a sigmoid-head term: the per-element loss and its exact derivatives, for any block chain.
 
 A term such as ``poly(balance(modulate(clip(bce()))))`` is evaluated from the logits in one sweep that
-shares every intermediate (``softplus(x)``, ``p``, ``1 - p``, ``q = 1 - p_t``, ``log q``) between the
-blocks, and carries the exact derivative ``dl/dx`` along with the value (forward-mode by hand: each
-block maps ``(l, dl)`` to its new ``(l, dl)``). The autograd Function saves only that derivative, so
-the backward pass is one multiplication and the memory held between the passes is one tensor.
+shares every intermediate (``softplus(x)``, ``softplus(-x)``, ``p``, ``1 - p``, ``q = 1 - p_t``,
+``log q``) between the blocks, and carries the exact derivatives ``dl/dx`` and, when the target requires
+grad (soft targets in distillation), ``dl/dy`` along with the value (forward mode by hand: each block
+maps ``(l, dl/dx, dl/dy)`` to its new triple). The autograd Function saves only those derivatives, so
+the backward pass is a multiplication and the memory held between the passes is one tensor per input.
 
-Numerics (SPEC section 6):
-- log-probabilities come from ``softplus`` (``log p = x - softplus(x)``, ``log(1-p) = -softplus(x)``),
-  never ``log(p)``, and ``1 - p = exp(-softplus(x))`` stays accurate where ``p`` rounds to 1;
-- powers ``q^g`` are ``exp(g log q)`` with ``q`` clamped to the smallest normal float, so
+Numerics (SPEC sections 2 and 6):
+- the likelihood is ``(1-y) softplus(x) + y softplus(-x)`` (``pw y`` with ``pos_weight``), mixed with
+  ``torch.lerp``, whose two-sided formula (``end - (end - start)(1 - w)`` for ``w >= 0.5``) keeps it
+  exact to rounding at every logit: a confident positive at ``x = 15`` costs ``3.06e-7``, not the 0
+  that ``softplus(x) - y x`` (and torch's own kernel, for confident negatives) gives;
+- ``1 - p`` is ``sigmoid(-x)``, never ``1 - sigmoid(x)``, so it stays accurate where ``p`` rounds to 1,
+  and the derivative ``(1-y) p - y (1-p)`` is mixed the same way (``p - y`` would round to 0);
+- powers ``q^g`` are ``exp(g log q)`` with ``q`` clamped to the smallest normal number of the dtype, so
   ``0 < g < 1`` has a finite derivative at ``p_t = 1``: ``d(q^g)/dx = g q^g (dq/dx) / q`` and
   ``(dq/dx) / q`` is bounded (``-p`` for a positive); integer exponents use ``pow`` directly;
 - where ``q`` is clamped, the loss and ``dq`` are 0 there too, so the clamp changes nothing that counts.
@@ -18,7 +23,6 @@ Numerics (SPEC section 6):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -26,38 +30,9 @@ from torch import Tensor
 
 from .distributed import sum_over_processes
 from .ghm import density_weights
+from .plan import BalanceStep, DensityStep, ModulateStep, PolyStep, Step, tiny
+from .targets import zero_ignored
 from .tracing import is_compiling
-
-# Smallest normal float32: q below it is 0 for every purpose, and its log stays finite.
-_TINY = torch.finfo(torch.float32).tiny
-
-
-@dataclass(frozen=True)
-class ModulateStep:
-    gamma_pos: float
-    gamma_neg: float
-    detach: bool
-
-
-@dataclass(frozen=True)
-class PolyStep:
-    eps: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class BalanceStep:
-    slot: int  # index of the alpha tensor among the constants
-
-
-@dataclass(frozen=True)
-class DensityStep:
-    bins: int
-    momentum: float
-    # Sum the bin counts over the process group (when torch.distributed is initialised).
-    synchronise: bool = True
-
-
-Step = Union[ModulateStep, PolyStep, BalanceStep, DensityStep]
 
 
 @dataclass(frozen=True)
@@ -72,48 +47,54 @@ class SigmoidPlan:
         return any(isinstance(step, (ModulateStep, PolyStep)) for step in self.steps)
 
 
+def _softplus(x: Tensor) -> Tensor:
+    """``log(1 + exp(x))``. torch returns ``x`` itself above ``threshold``; 20 is exact in float32
+    (``log1p(exp(-20))`` is below half an ulp of 20) but not in float64, which needs 40."""
+    return F.softplus(x, threshold=20.0 if x.dtype != torch.float64 else 40.0)
+
+
 class _Shared:
     """Quantities the blocks share, each computed at most once per call.
 
     Everything here is a fresh tensor owned by this call (the autograd Function runs without grad),
-    so the blocks update the loss and its derivative in place instead of allocating new tensors:
+    so the blocks update the loss and its derivatives in place instead of allocating new tensors:
     on a CPU each large allocation costs page faults, often more than the arithmetic itself.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, margin: float) -> None:
+    def __init__(self, x: Tensor, y: Tensor, margin: float, need_dy: bool) -> None:
         self.x = x
         self.y = y
         self.margin = margin
-        self._one_minus_p: Tensor | None = None
+        self.need_dy = need_dy  # derivatives w.r.t. y are built only when the target requires grad
         if is_compiling():
-            # One exponential for all three (a fused kernel pays per transcendental, not per op):
-            # with e = exp(-|x|), p and 1 - p are 1/(1+e) and e/(1+e), softplus is max(x,0) + log1p(e).
+            # One exponential for everything (a fused kernel pays per transcendental, not per op):
+            # with e = exp(-|x|), p and 1 - p are 1/(1+e) and e/(1+e), and the two softplus share
+            # log1p(e).
             e = torch.exp(-x.abs())
             big, small = 1 / (1 + e), e / (1 + e)
             positive = x >= 0
             self.p = torch.where(positive, big, small)
-            self._one_minus_p = torch.where(positive, small, big)
-            self.softplus = x.clamp(min=0) + torch.log1p(e)
+            self.one_minus_p = torch.where(positive, small, big)
+            log_term = torch.log1p(e)
+            self.softplus = x.clamp(min=0) + log_term  # -log(1 - p)
+            self.softplus_neg = (-x).clamp(min=0) + log_term  # -log p
         else:
+            negated = torch.neg(x)
             self.p = torch.sigmoid(x)
-            self.softplus = F.softplus(x)  # -log(1 - p)
+            self.one_minus_p = torch.sigmoid(negated)
+            self.softplus = _softplus(x)
+            self.softplus_neg = _softplus(negated)
+            del negated
         self._p_dp: Tensor | None = None
         self._negative: tuple[Tensor, Tensor] | None = None
-        self._q: tuple[Tensor, Tensor] | None = None
-        self._log_q: tuple[Tensor, Tensor] | None = None
+        self._q: tuple[Tensor, Tensor, Tensor | None] | None = None
+        self._log_q: tuple[Tensor, Tensor, Tensor | None] | None = None
 
     def release(self) -> None:
-        """Drop what only the base loss and ``q`` needed, so the peak memory stays low; ``q``,
-        ``dq/dx`` and ``log q`` stay."""
-        self.p = self.softplus = None  # type: ignore[assignment]
-        self._one_minus_p = self._p_dp = self._negative = None
-
-    @property
-    def one_minus_p(self) -> Tensor:
-        """``1 - p = exp(-softplus(x))``: accurate where ``p`` rounds to 1."""
-        if self._one_minus_p is None:
-            self._one_minus_p = torch.neg(self.softplus).exp_()
-        return self._one_minus_p
+        """Drop what only the base loss and ``q`` needed, so the peak memory stays low; ``q``, its
+        derivatives and ``log q`` stay."""
+        self.p = self.one_minus_p = self.softplus = self.softplus_neg = None  # type: ignore[assignment]
+        self._p_dp = self._negative = None
 
     @property
     def p_dp(self) -> Tensor:
@@ -133,51 +114,61 @@ class _Shared:
                 self._negative = (self.p, self.p_dp)
         return self._negative
 
-    def q(self) -> tuple[Tensor, Tensor]:
-        """``q = 1 - p_t = y (1-p) + (1-y) p_m`` and ``dq/dx``."""
+    def q(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``q = 1 - p_t = y (1-p) + (1-y) p_m``, ``dq/dx`` and ``dq/dy = (1-p) - p_m`` (None unless
+        the target requires grad)."""
         if self._q is None:
             y = self.y
             p_m, dp_m = self.negative()
-            q = torch.sub(self.one_minus_p, p_m).mul_(y).add_(p_m)
+            q = torch.lerp(p_m, self.one_minus_p, y)
             if self.margin > 0:
-                dq = torch.addcmul(dp_m, y, self.p_dp + dp_m, value=-1)
+                dq = torch.lerp(dp_m, torch.neg(self.p_dp), y)
             else:  # dq/dx = p(1-p)(1-2y)
                 dq = torch.addcmul(self.p_dp, y, self.p_dp, value=-2)
-            self._q = (q, dq)
+            self._q = (q, dq, torch.sub(self.one_minus_p, p_m) if self.need_dy else None)
         return self._q
 
-    def log_q(self) -> tuple[Tensor, Tensor]:
-        """``log q`` (q clamped to the smallest normal float) and ``(dq/dx) / q``."""
+    def log_q(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``log q`` (q clamped to the smallest normal number), ``(dq/dx) / q`` and ``(dq/dy) / q``."""
         if self._log_q is None:
-            q, dq = self.q()
-            safe = q.clamp(min=_TINY)
-            self._log_q = (torch.log(safe), dq / safe)
+            q, dq, dq_dy = self.q()
+            safe = q.clamp(min=tiny(q.dtype))
+            self._log_q = (torch.log(safe), dq / safe, None if dq_dy is None else dq_dy / safe)
         return self._log_q
 
-    def power(self, exponent: float | Tensor, need_grad: bool) -> tuple[Tensor | float, Tensor | None]:
-        """``q^exponent`` and its derivative (None when not needed). Callers must not modify the
-        returned tensors in place: ``q`` itself may be returned."""
+    def power(
+        self, exponent: float | Tensor, need_dx: bool, need_dy: bool, exponent_dy: float = 0.0
+    ) -> tuple[Tensor | float, Tensor | None, Tensor | None]:
+        """``q^exponent`` and its derivatives w.r.t. ``x`` and ``y`` (None when not needed).
+        ``exponent_dy`` is ``d(exponent)/dy`` (asymmetric focusing makes the exponent depend on the
+        target). Callers must not modify the returned tensors in place: ``q`` itself may be returned."""
         if isinstance(exponent, float) and exponent == 0:
-            return 1.0, None
-        if isinstance(exponent, float) and exponent.is_integer() and exponent <= 8:
-            q, dq = self.q()
+            return 1.0, None, None
+        q, dq, dq_dy = self.q()
+        if isinstance(exponent, float) and exponent.is_integer() and exponent <= 8 and not exponent_dy:
             k = int(exponent)
             value = q if k == 1 else (q * q if k == 2 else q.pow(k))
-            if not need_grad:
-                return value, None
-            if k == 1:
-                return value, dq
-            lower = q if k == 2 else q.pow(k - 1)
-            return value, torch.mul(lower, dq).mul_(k)
-        log_q, ratio = self.log_q()
+            if not (need_dx or need_dy):
+                return value, None, None
+            # d(q^k) = k q^(k-1) dq
+            slope = None if k == 1 else (torch.mul(q, k) if k == 2 else q.pow(k - 1).mul_(k))
+            dx = (dq if slope is None else slope * dq) if need_dx else None
+            dy = (dq_dy if slope is None else slope * dq_dy) if need_dy else None
+            return value, dx, dy
+        log_q, ratio, ratio_y = self.log_q()
         value = torch.mul(log_q, exponent).exp_()
-        if not need_grad:
-            return value, None
-        return value, torch.mul(value, ratio).mul_(exponent)
+        dx = torch.mul(value, ratio).mul_(exponent) if need_dx else None
+        dy = None
+        if need_dy:  # q^g (g dq/dy / q + dg/dy log q)
+            slope = torch.mul(ratio_y, exponent)
+            if exponent_dy:
+                slope.add_(log_q, alpha=exponent_dy)
+            dy = slope.mul_(value)
+        return value, dx, dy
 
 
 class _InPlace:
-    """Updates of the running loss and derivative that reuse their memory (eager mode)."""
+    """Updates of the running loss and derivatives that reuse their memory (eager mode)."""
 
     @staticmethod
     def scale(tensor: Tensor, factor: Tensor) -> Tensor:
@@ -188,8 +179,8 @@ class _InPlace:
         return tensor.add_(other, alpha=alpha)
 
     @staticmethod
-    def add_product(tensor: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return tensor.addcmul_(a, b)
+    def add_product(tensor: Tensor, a: Tensor, b: Tensor | float) -> Tensor:
+        return tensor.addcmul_(a, b) if isinstance(b, Tensor) else tensor.add_(a, alpha=b)
 
 
 class _Functional:
@@ -204,43 +195,76 @@ class _Functional:
         return tensor + alpha * other
 
     @staticmethod
-    def add_product(tensor: Tensor, a: Tensor, b: Tensor) -> Tensor:
-        return torch.addcmul(tensor, a, b)
+    def add_product(tensor: Tensor, a: Tensor, b: Tensor | float) -> Tensor:
+        return tensor + a * b
+
+
+class _Running:
+    """The loss and its derivatives so far, updated block by block: ``(l, dl/dx, dl/dy)``."""
+
+    def __init__(self, loss: Tensor, dx: Tensor | None, dy: Tensor | None, in_place: bool) -> None:
+        self.loss, self.dx, self.dy = loss, dx, dy
+        self.update = _InPlace() if in_place else _Functional()
+
+    def scale(self, factor: Tensor, d_factor_dy: Tensor | float | None = None) -> None:
+        """``l <- l f`` for a factor without an x-derivative (``d_factor_dy``: its y-derivative)."""
+        u = self.update
+        if self.dx is not None:
+            self.dx = u.scale(self.dx, factor)
+        if self.dy is not None:
+            self.dy = u.scale(self.dy, factor)
+            if d_factor_dy is not None:
+                self.dy = u.add_product(self.dy, self.loss, d_factor_dy)
+        self.loss = u.scale(self.loss, factor)
+
+    def multiply(self, factor: Tensor, dx: Tensor | None, dy: Tensor | None) -> None:
+        """``l <- l f`` with the product rule for the derivatives of ``f`` that are given."""
+        u = self.update
+        if self.dx is not None:
+            self.dx = u.scale(self.dx, factor)
+            if dx is not None:
+                self.dx = u.add_product(self.dx, self.loss, dx)
+        if self.dy is not None:
+            self.dy = u.scale(self.dy, factor)
+            if dy is not None:
+                self.dy = u.add_product(self.dy, self.loss, dy)
+        self.loss = u.scale(self.loss, factor)
+
+    def add(self, term: Tensor, dx: Tensor | None, dy: Tensor | None, coefficient: float) -> None:
+        u = self.update
+        self.loss = u.add(self.loss, term, coefficient)
+        if self.dx is not None and dx is not None:
+            self.dx = u.add(self.dx, dx, coefficient)
+        if self.dy is not None and dy is not None:
+            self.dy = u.add(self.dy, dy, coefficient)
 
 
 def _base_loss(
-    s: _Shared, pos_weight: Tensor | None, need_grad: bool
-) -> tuple[Tensor, Tensor | None]:
-    """bce per element, ``-(pw y log p + (1-y) log(1 - p_m))``, and its derivative."""
-    x, y = s.x, s.y
+    s: _Shared, pos_weight: Tensor | None, need_dx: bool, need_dy: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """bce per element, ``(1-y) (-log(1 - p_m)) + y (-pw log p)``, and its derivatives."""
+    y = s.y
+    negative_x = None  # d/dx of -log(1 - p_m)
     if s.margin == 0:
-        if pos_weight is None:
-            loss = torch.addcmul(s.softplus, y, x, value=-1)  # softplus(x) - y x
-            dloss = torch.sub(s.p, y) if need_grad else None
-        else:
-            # (1-y) softplus + pw y (softplus - x)
-            loss = torch.addcmul(s.softplus, y, (s.softplus - x).mul_(pos_weight).sub_(s.softplus))
-            dloss = (
-                torch.addcmul(s.p, y, torch.mul(s.one_minus_p, pos_weight).add_(s.p), value=-1)
-                if need_grad else None
-            )
-        return loss, dloss
-    # Clipped negatives: log(1 - p_m) = log(min(1 - p + margin, 1)); 1 - p_m >= margin > 0, so the
-    # subtraction loses nothing that matters and the log is finite.
-    p_m, dp_m = s.negative()
-    kept = torch.rsub(p_m, 1.0)  # 1 - p_m
-    minus_log_negative = torch.log(kept).neg_()
-    log_p = torch.sub(x, s.softplus)
-    if pos_weight is not None:
-        log_p.mul_(pos_weight)
-    # -(pw y log p + (1-y) log(1-p_m)) = -log(1-p_m) - y (pw log p - log(1-p_m))
-    loss = torch.addcmul(minus_log_negative, y, log_p.add_(minus_log_negative), value=-1)
-    dloss = None
-    if need_grad:
-        d_minus_log_negative = torch.div(dp_m, kept)  # d/dx of -log(1 - p_m)
-        d_positive = s.one_minus_p if pos_weight is None else s.one_minus_p * pos_weight
-        dloss = torch.addcmul(d_minus_log_negative, y, d_positive + d_minus_log_negative, value=-1)
-    return loss, dloss
+        negative = s.softplus
+        if need_dx:
+            negative_x = s.p
+    else:
+        # Clipped negatives: -log(1 - p_m) = -log(min(1 - p + margin, 1)); 1 - p_m >= margin > 0, so
+        # the log is finite and 1 - p (accurate) plus the margin loses nothing that matters.
+        p_m, dp_m = s.negative()
+        kept = torch.add(s.one_minus_p, s.margin).clamp_(max=1.0)
+        negative = torch.log(kept).neg_()
+        if need_dx:
+            negative_x = dp_m / kept
+    positive = s.softplus_neg if pos_weight is None else s.softplus_neg * pos_weight
+    loss = torch.lerp(negative, positive, y)
+    dx = None
+    if need_dx:  # d(-pw log p)/dx = -pw (1 - p)
+        positive_x = torch.neg(s.one_minus_p) if pos_weight is None else s.one_minus_p * -pos_weight
+        dx = torch.lerp(negative_x, positive_x, y)
+    dy = torch.sub(positive, negative) if need_dy else None
+    return loss, dx, dy
 
 
 def sigmoid_loss_and_grad(
@@ -252,22 +276,26 @@ def sigmoid_loss_and_grad(
     valid: Tensor | None,
     accumulator: Tensor | None,
     constants: tuple[Tensor, ...],
-    need_grad: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Per-element loss of a sigmoid term, its derivative w.r.t. ``x`` (if ``need_grad``), and the
-    updated GHM momentum accumulator (if the term has ``density`` with momentum).
+    need_dx: bool,
+    need_dy: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Per-element loss of a sigmoid term, its derivatives w.r.t. ``x`` and ``y`` (when asked for), and
+    the updated GHM momentum accumulator (if the term has ``density`` with momentum).
 
     Args:
-        x: float32 logits; y: float32 targets (already smoothed), same shape.
+        x: logits (float32 or float64); y: targets (already smoothed), same shape and dtype.
         plan: clip margin and blocks, innermost first.
         weight, pos_weight: bce's weights, broadcastable to x, or None.
-        valid: bool mask of the elements that count (broadcastable to x), or None; the result is 0
-            elsewhere and GHM-C counts only these.
+        valid: bool mask of the elements that count (broadcastable to x), or None; the result and its
+            derivatives are 0 elsewhere (selected with ``where``, so whatever an ignored element's
+            logit, even inf or NaN, nothing of it reaches the sum) and GHM-C counts only these.
         accumulator: GHM-C's running bin counts, or None.
         constants: per-block tensors addressed by the plan's slots (alpha).
     """
-    s = _Shared(x, y, plan.margin)
-    # GHM-C's weights need only p: build them first, before the loss and its derivative exist,
+    if valid is not None:  # an ignored logit may be inf or NaN: compute on 0 there, select it away below
+        x = zero_ignored(x, valid)
+    s = _Shared(x, y, plan.margin, need_dy)
+    # GHM-C's weights need only p: build them first, before the loss and its derivatives exist,
     # so that the binning's temporaries never coexist with them (a lower peak of memory).
     density, new_accumulator = None, None
     density_step = next((step for step in plan.steps if isinstance(step, DensityStep)), None)
@@ -279,61 +307,50 @@ def sigmoid_loss_and_grad(
             (seen - y).abs_(), valid, density_step.bins, density_step.momentum, accumulator, reducer
         )
         del seen
-    loss, dloss = _base_loss(s, pos_weight, need_grad)
+    running = _Running(*_base_loss(s, pos_weight, need_dx, need_dy), in_place=not is_compiling())
     if plan.needs_q:
         s.q()  # built now, while its ingredients are alive
     s.release()
-    # Eager mode updates the two running tensors in place (no allocation per block); a traced graph
-    # is fused by the compiler anyway and stays purely functional.
-    update = _InPlace() if not is_compiling() else _Functional()
     if weight is not None:
-        loss = update.scale(loss, weight)
-        if need_grad:
-            dloss = update.scale(dloss, weight)
+        running.scale(weight)
 
     exponent: float | Tensor = 0.0  # focusing exponent of the loss so far (poly's g)
+    exponent_dy = 0.0  # and its derivative w.r.t. y (asymmetric focusing)
     for step in plan.steps:
         if isinstance(step, ModulateStep):
-            if step.gamma_pos == step.gamma_neg:
-                gamma: float | Tensor = float(step.gamma_pos)
-            else:
-                gamma = torch.mul(y, step.gamma_pos - step.gamma_neg).add_(step.gamma_neg)
-            factor, d_factor = s.power(gamma, need_grad and not step.detach)
+            slope = step.gamma_pos - step.gamma_neg
+            gamma: float | Tensor = float(step.gamma_pos)
+            if slope:
+                gamma = torch.mul(y, slope).add_(step.gamma_neg)
+            # detach: the focusing weight carries no gradient at all (timm's disable_torch_grad).
+            wanted = not step.detach
+            factor, d_factor, d_factor_dy = s.power(
+                gamma, need_dx and wanted, need_dy and wanted, slope
+            )
             if isinstance(factor, Tensor):
-                if need_grad:
-                    dloss = update.scale(dloss, factor)
-                    if d_factor is not None:
-                        dloss = update.add_product(dloss, loss, d_factor)
-                loss = update.scale(loss, factor)
-            factor = d_factor = None  # free them before the next block allocates
+                running.multiply(factor, d_factor, d_factor_dy)
+            factor = d_factor = d_factor_dy = None  # free them before the next block allocates
             exponent = exponent + gamma
+            exponent_dy += slope
         elif isinstance(step, PolyStep):
             for j, eps in enumerate(step.eps, start=1):
-                if eps == 0:
-                    continue
-                term, d_term = s.power(exponent + j, need_grad)
-                loss = update.add(loss, term, eps)
-                if need_grad:
-                    dloss = update.add(dloss, d_term, eps)
+                if eps:
+                    running.add(*s.power(exponent + j, need_dx, need_dy, exponent_dy), eps)
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
-            balance = torch.addcmul(1 - alpha, y, 2 * alpha - 1)  # alpha y + (1-alpha)(1-y)
-            loss = update.scale(loss, balance)
-            if need_grad:
-                dloss = update.scale(dloss, balance)
+            slope = 2 * alpha - 1
+            running.scale(torch.addcmul(1 - alpha, y, slope), slope)  # alpha y + (1-alpha)(1-y)
         elif isinstance(step, DensityStep):
-            loss = update.scale(loss, density)
-            if need_grad:
-                dloss = update.scale(dloss, density)
+            running.scale(density)
+    loss, dx, dy = running.loss, running.dx, running.dy
     if valid is not None:
-        loss = update.scale(loss, valid)
-        if need_grad:
-            dloss = update.scale(dloss, valid)
-    return loss, dloss, new_accumulator
+        loss, dx, dy = (None if d is None else zero_ignored(d, valid) for d in (loss, dx, dy))
+    return loss, dx, dy, new_accumulator
 
 
 class SigmoidTermFunction(torch.autograd.Function):
-    """Autograd wrapper: forward keeps only dl/dx; backward multiplies it by the incoming gradient.
+    """Autograd wrapper: forward keeps only dl/dx (and dl/dy for targets that require grad);
+    backward multiplies them by the incoming gradient.
 
     Returns the loss and the new GHM accumulator (an empty tensor when there is none), the latter
     without gradient.
@@ -341,20 +358,23 @@ class SigmoidTermFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, y, plan, weight, pos_weight, valid, accumulator, *constants):  # type: ignore[override]
-        loss, dloss, new_accumulator = sigmoid_loss_and_grad(
-            x, y, plan, weight, pos_weight, valid, accumulator, constants, need_grad=True
+        need_dx, need_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        loss, dx, dy, new_accumulator = sigmoid_loss_and_grad(
+            x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy
         )
         if new_accumulator is None:
             new_accumulator = x.new_zeros(0)
         ctx.mark_non_differentiable(new_accumulator)
-        ctx.save_for_backward(dloss)
+        ctx.save_for_backward(*(d for d in (dx, dy) if d is not None))
         ctx.num_constants = len(constants)
         return loss, new_accumulator
 
     @staticmethod
     def backward(ctx, grad, _grad_accumulator):  # type: ignore[override]
-        (dloss,) = ctx.saved_tensors
-        return (grad * dloss,) + (None,) * (6 + ctx.num_constants)
+        saved = list(ctx.saved_tensors)
+        grad_x = grad * saved.pop(0) if ctx.needs_input_grad[0] else None
+        grad_y = grad * saved.pop(0) if ctx.needs_input_grad[1] else None
+        return (grad_x, grad_y) + (None,) * (5 + ctx.num_constants)
 
 
 def sigmoid_term_elementwise(
@@ -367,14 +387,14 @@ def sigmoid_term_elementwise(
     accumulator: Tensor | None = None,
     constants: tuple[Tensor, ...] = (),
 ) -> tuple[Tensor, Tensor | None]:
-    """The per-element loss (0 where not valid), differentiable w.r.t. ``x`` through the closed-form
-    derivative, and the updated GHM accumulator (None when the term keeps none)."""
-    if torch.is_grad_enabled() and x.requires_grad:
+    """The per-element loss (0 where not valid), differentiable w.r.t. ``x`` and ``y`` through the
+    closed-form derivatives, and the updated GHM accumulator (None when the term keeps none)."""
+    if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         loss, new_accumulator = SigmoidTermFunction.apply(
             x, y, plan, weight, pos_weight, valid, accumulator, *constants
         )
         return loss, (new_accumulator if new_accumulator.numel() else None)
-    loss, _, new_accumulator = sigmoid_loss_and_grad(
-        x, y, plan, weight, pos_weight, valid, accumulator, constants, need_grad=False
+    loss, _, _, new_accumulator = sigmoid_loss_and_grad(
+        x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx=False
     )
     return loss, new_accumulator

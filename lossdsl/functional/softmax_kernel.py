@@ -17,9 +17,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from .sigmoid_kernel import BalanceStep, ModulateStep, PolyStep
-
-_TINY = torch.finfo(torch.float32).tiny
+from .plan import BalanceStep, ModulateStep, PolyStep, tiny
+from .targets import zero_ignored
 
 SoftmaxStep = Union[ModulateStep, PolyStep, BalanceStep]
 
@@ -35,7 +34,7 @@ def _power(q: Tensor, exponent: float) -> Tensor | float:
         return 1.0
     if exponent >= 1:
         return q.pow(exponent)  # derivative exponent * q^(exponent-1) is finite at 0
-    return torch.exp(exponent * torch.log(q.clamp(min=_TINY)))
+    return torch.exp(exponent * torch.log(q.clamp(min=tiny(q.dtype))))
 
 
 def softmax_term_elementwise(
@@ -51,13 +50,15 @@ def softmax_term_elementwise(
     """Per-position loss ``[N, d1, ...]`` of ``ce`` wrapped in blocks; ignored positions are 0.
 
     Args:
-        x: float32 logits ``[N, C, d1, ...]``.
+        x: logits ``[N, C, d1, ...]`` (float32 or float64).
         target: class indices ``[N, d1, ...]`` (long) or probabilities shaped like ``x``.
         valid: bool mask of the positions that count (index targets), or None when all do.
         plan: blocks, innermost first.
         class_weight: ``ce``'s ``weight`` ``[C]`` or None.
         constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar).
     """
+    if valid is not None:  # an ignored position's logits may be inf or NaN (see zero_ignored)
+        x = zero_ignored(x, valid.unsqueeze(1))
     # Other classes' weights p_c^gamma_neg only matter where they have target mass: with smoothing.
     others_weighted = smoothing > 0 and any(
         isinstance(step, ModulateStep) and step.gamma_neg != 0 for step in plan.steps
@@ -131,7 +132,7 @@ def _target_column(
             loss = loss * (alpha if alpha.dim() == 0 else alpha[safe])
     if loss is None:
         loss = on_target if spread is None else on_target + spread
-    return loss if valid is None else loss * valid
+    return _select_valid(loss, valid)
 
 
 def _all_classes(
@@ -156,7 +157,8 @@ def _all_classes(
         # 1 - p_target, summed from the other classes so that it stays accurate near p_target = 1.
         miss = (p * (1 - one_hot)).sum(dim=1)
     else:
-        q = target
+        # Label smoothing rewrites probability targets as F.cross_entropy does: (1-s) y + s/C.
+        q = target * (1 - smoothing) + smoothing / num_classes if smoothing else target
         one_hot = None
         miss = (q * (1 - p)).sum(dim=1)
 
@@ -189,9 +191,11 @@ def _all_classes(
                 loss = loss * _alpha_per_position(constants[step.slot], q, one_hot, target, is_index, view)
     if loss is None:
         loss = -(per_class * log_p).sum(dim=1)
-    if valid is not None:
-        loss = loss * valid
-    return loss
+    return _select_valid(loss, valid)
+
+
+def _select_valid(loss: Tensor, valid: Tensor | None) -> Tensor:
+    return loss if valid is None else zero_ignored(loss, valid)
 
 
 def _unsqueeze(tensor: Tensor | float) -> Tensor | float:

@@ -6,8 +6,10 @@ import torch
 from torch import Tensor
 
 
-def index_to_one_hot(index: Tensor, num_classes: int, ignore_index: int) -> tuple[Tensor, Tensor]:
-    """Class indices ``[N, d1, ...]`` -> one-hot ``[N, C, d1, ...]`` (float32) and the valid mask.
+def index_to_one_hot(
+    index: Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """Class indices ``[N, d1, ...]`` -> one-hot ``[N, C, d1, ...]`` (``dtype``) and the valid mask.
 
     Positions equal to ``ignore_index`` get an all-zero row; the mask (``[N, 1, d1, ...]``, bool)
     marks the positions that count.
@@ -16,7 +18,7 @@ def index_to_one_hot(index: Tensor, num_classes: int, ignore_index: int) -> tupl
     valid = index != ignore_index
     safe = torch.where(valid, index, torch.zeros_like(index))
     one_hot = torch.zeros(
-        (index.shape[0], num_classes, *index.shape[1:]), dtype=torch.float32, device=index.device
+        (index.shape[0], num_classes, *index.shape[1:]), dtype=dtype, device=index.device
     )
     one_hot.scatter_(1, safe.unsqueeze(1), 1.0)
     valid = valid.unsqueeze(1)
@@ -35,3 +37,13 @@ def per_class(values: Tensor, ndim: int) -> Tensor:
     if values.dim() == 0 or ndim < 2:
         return values
     return values.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def zero_ignored(x: Tensor, valid: Tensor) -> Tensor:
+    """``x`` with 0 wherever ``valid`` (broadcastable to ``x``) is False.
+
+    An ignored position's logits may be anything, inf and NaN included; computing on 0 there and
+    selecting the result away with ``where`` keeps them out of the value and the gradient (a product
+    with the mask would still send ``0 * inf = NaN`` through the backward pass).
+    """
+    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))

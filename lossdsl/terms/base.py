@@ -17,6 +17,14 @@ from ..functional.tracing import is_compiling
 from ..spec import Term
 
 
+def holds_no_data(tensor: Tensor) -> bool:
+    """Meta and fake tensors (shape inference, torch.compile's tracing) carry shapes but no values."""
+    if tensor.device.type == "meta":
+        return True
+    fake = getattr(getattr(torch, "_subclasses", None), "fake_tensor", None)
+    return fake is not None and isinstance(tensor, fake.FakeTensor)
+
+
 def shape_text(tensor: Tensor) -> str:
     return "[" + ", ".join(str(d) for d in tensor.shape) + "]"
 
@@ -40,6 +48,11 @@ class TermModule(nn.Module):
     def prepare(self, input: Tensor, target: Tensor) -> Any:
         raise NotImplementedError
 
+    def unreduced_shape(self, prepared: Any) -> torch.Size:
+        """The shape of the per-element loss, known before anything is computed (a sum of
+        reduction=none terms checks that the shapes agree before any term updates a buffer)."""
+        raise NotImplementedError
+
     def compute(self, prepared: Any) -> Tensor:
         raise NotImplementedError
 
@@ -50,8 +63,22 @@ class TermModule(nn.Module):
     def fail(self, reason: str, hint: str | None = None) -> LossInputError:
         return LossInputError(f"{self.label}: {reason}", hint=hint)
 
-    def values_checked(self) -> bool:
-        return self.check_values and not is_compiling()
+    def values_checked(self, tensor: Tensor | None = None) -> bool:
+        """Whether to look at the data: on unless switched off, skipped while torch.compile traces
+        and on tensors that hold no data (meta or fake tensors, as shape inference passes)."""
+        if not self.check_values or is_compiling():
+            return False
+        return tensor is None or not holds_no_data(tensor)
+
+    def check_finite(self, tensor: Tensor, what: str) -> None:
+        """Value check: every element is finite (one pass, one host sync; skippable)."""
+        if not self.values_checked(tensor) or tensor.numel() == 0:
+            return
+        if not bool(torch.isfinite(tensor).all()):
+            raise self.fail(
+                f"{what} must be finite; found inf or NaN",
+                hint="pass check_values=False to lossdsl.compile to skip this check",
+            )
 
     def check_tensors(self, input: Any, target: Any) -> None:
         for name, value in (("input", input), ("target", target)):
@@ -66,7 +93,7 @@ class TermModule(nn.Module):
 
     def check_probabilities(self, target: Tensor, what: str = "targets") -> None:
         """Value check: soft or multi-hot targets lie in [0, 1] (one pass, one host sync; skippable)."""
-        if not self.values_checked() or not target.is_floating_point() or target.numel() == 0:
+        if not self.values_checked(target) or not target.is_floating_point() or target.numel() == 0:
             return
         low, high = (float(v) for v in torch.aminmax(target))
         if not (low >= 0 and high <= 1):  # also catches NaN, for which every comparison is False
@@ -82,7 +109,7 @@ class TermModule(nn.Module):
         index is outside [0, C) (ignored positions, or an actual error). Returns True when the
         check proved that no position is ignored (then the caller can skip its mask).
         """
-        if not self.values_checked() or index.numel() == 0:
+        if not self.values_checked(index) or index.numel() == 0:
             return False
         low, high = (int(v) for v in torch.aminmax(index))
         if low >= 0 and high < num_classes:
@@ -98,16 +125,34 @@ class TermModule(nn.Module):
         return False
 
     def class_values(self, name: str, values: tuple[float, ...] | float | None) -> None:
-        """Register a per-class (or scalar) constant as a buffer that follows .to(device)."""
-        tensor = None if values is None else torch.tensor(values, dtype=torch.float32)
+        """Register a per-class (or scalar) constant as a buffer that follows .to(device). Kept in
+        float64 (cast to the computation's dtype when used) so float64 losses see exact constants."""
+        tensor = None if values is None else torch.tensor(values, dtype=torch.float64)
         # Constants come from the spec, so they stay out of state_dict (only running state goes there).
         self.register_buffer(name, tensor, persistent=False)
+
+    def register_running_buffer(self, name: str, tensor: Tensor) -> None:
+        """Running state (saved in state_dict). Like every buffer of a term it keeps its dtype."""
+        self.register_buffer(name, tensor.to(torch.float32))
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # .half(), .double() and .to(dtype) convert buffers along with parameters; a term's buffers
+        # are constants and running statistics (GHM-C's counts would overflow float16 past 65504
+        # members and silently zero the loss), so they follow the device but keep their dtype.
+        # The originals are kept so that nothing is rounded through the other dtype on the way.
+        originals = {name: buffer for name, buffer in self._buffers.items() if buffer is not None}
+        super()._apply(fn, recurse)
+        for name, original in originals.items():
+            moved = self._buffers[name]
+            if moved is not None and moved.dtype != original.dtype:
+                self._buffers[name] = original.to(device=moved.device)
+        return self
 
     def lower_block(self, block: Any) -> Any:
         """The kernel step for a focusing, polynomial or balancing block (shared by both heads);
         None for a block the head handles itself. Balance weights become constant buffers."""
         from ..catalogue.modifiers import Balance, Modulate, Poly
-        from ..functional.sigmoid_kernel import BalanceStep, ModulateStep, PolyStep
+        from ..functional.plan import BalanceStep, ModulateStep, PolyStep
 
         if isinstance(block, Modulate):
             return ModulateStep(*block.exponents, block.detach)
@@ -121,8 +166,7 @@ class TermModule(nn.Module):
         return None
 
     def constant(self, name: str, like: Tensor) -> Tensor | None:
-        """A constant buffer on the computation's device and dtype (the module may have been moved
-        to another dtype with .half() or .double(); the arithmetic stays in float32)."""
+        """A constant buffer on the computation's device and dtype."""
         value = getattr(self, name)
         return None if value is None else value.to(device=like.device, dtype=like.dtype)
 

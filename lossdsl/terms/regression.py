@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
+from ..functional.plan import compute_dtype
 from ..functional.reduce import reduce_loss
 from ..functional.regression import regression_elementwise
 from ..spec import Term
@@ -31,7 +33,11 @@ class RegressionTerm(TermModule):
                 f"target shape {shape_text(target)} does not match input shape {shape_text(input)}",
                 hint="regression losses compare predictions and targets element by element",
             )
-        return RegressionInputs(input.float(), target.float())
+        dtype = compute_dtype(input)
+        return RegressionInputs(input.to(dtype), target.to(dtype))
+
+    def unreduced_shape(self, inputs: RegressionInputs) -> torch.Size:
+        return inputs.x.shape
 
     def compute(self, inputs: RegressionInputs) -> Tensor:
         loss = regression_elementwise(self.kind, inputs.x, inputs.y, self.beta)

@@ -10,9 +10,9 @@ from torch import Tensor
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import BCE
 from ..catalogue.modifiers import Clip, Density
-from ..functional.likelihoods import bce
-from ..functional.reduce import reduce_loss, reduce_total
-from ..functional.sigmoid_kernel import DensityStep, SigmoidPlan, sigmoid_term_elementwise
+from ..functional.plan import DensityStep, compute_dtype
+from ..functional.reduce import reduce_loss
+from ..functional.sigmoid_kernel import SigmoidPlan, sigmoid_term_elementwise
 from ..functional.targets import index_to_one_hot, per_class, smooth_binary
 from ..spec import Term
 from .base import TermModule, shape_of, shape_text
@@ -20,8 +20,8 @@ from .base import TermModule, shape_of, shape_text
 
 @dataclass
 class SigmoidInputs:
-    x: Tensor  # float32 logits
-    y: Tensor  # float32 targets, smoothed, same shape as x
+    x: Tensor  # logits in the computation dtype (float32, or float64)
+    y: Tensor  # targets in the same dtype, smoothed, same shape as x (they keep their autograd graph)
     valid: Tensor | None  # bool mask broadcastable to x, None when nothing is ignored
     count: Tensor | int  # number of elements that count (the mean's denominator)
     positives: Tensor | None  # number of positive targets (pos_mean only)
@@ -47,18 +47,19 @@ class SigmoidTerm(TermModule):
         self.class_values("pos_weight", base.pos_weight)
         steps = []
         margin = 0.0
+        self.has_density = False
         for block in blocks:
             if isinstance(block, Clip):
                 margin = block.margin
             elif isinstance(block, Density):
+                self.has_density = True
                 steps.append(DensityStep(block.bins, block.momentum, synchronise))
                 if block.momentum > 0:
                     # Running state: saved in state_dict, updated in training mode only.
-                    self.register_buffer("ghm_accumulator", torch.zeros(block.bins))
+                    self.register_running_buffer("ghm_accumulator", torch.zeros(block.bins))
             else:
                 steps.append(self.lower_block(block))
         self.plan = SigmoidPlan(margin, tuple(steps))
-        self.fused = bool(steps) or margin > 0
 
     def prepare(self, input: Tensor, target: Tensor) -> SigmoidInputs:
         self.check_tensors(input, target)
@@ -66,9 +67,10 @@ class SigmoidTerm(TermModule):
         self.check_class_count("pos_weight", self.pos_weight, input)
         for name in self.alpha_names:
             self.check_class_count("alpha", getattr(self, name), input)
+        dtype = compute_dtype(input)
         index_shape = (input.shape[0], *input.shape[2:]) if input.dim() >= 2 else None
         if target.shape == input.shape:
-            y = target.float()
+            y = target.to(dtype)
             self.check_probabilities(y)
             valid, count = None, y.numel()
         elif index_shape is not None and tuple(target.shape) == index_shape:
@@ -78,7 +80,7 @@ class SigmoidTerm(TermModule):
                     f"integers, got {target.dtype}"
                 )
             self.check_indices(target, input.shape[1], self.ignore_index)
-            y, valid = index_to_one_hot(target, input.shape[1], self.ignore_index)
+            y, valid = index_to_one_hot(target, input.shape[1], self.ignore_index, dtype)
             count = valid.sum() * input.shape[1]
         else:
             expected = f"{shape_text(input)} (multi-hot or soft targets)"
@@ -88,10 +90,15 @@ class SigmoidTerm(TermModule):
                 f"target shape {shape_text(target)} does not fit input shape {shape_text(input)}; "
                 f"expected {expected}"
             )
+        if self.has_density:
+            self.check_finite(input, "GHM-C bins |p - y| per element, so the logits")
         positives = None
-        if self.reduction == "pos_mean":
-            positives = (y > 0.5).sum()
-        return SigmoidInputs(input.float(), smooth_binary(y, self.smoothing), valid, count, positives)
+        if self.reduction == "pos_mean":  # a positive's target is > 0 before smoothing (IoU targets too)
+            positives = (y > 0).sum()
+        return SigmoidInputs(input.to(dtype), smooth_binary(y, self.smoothing), valid, count, positives)
+
+    def unreduced_shape(self, inputs: SigmoidInputs) -> torch.Size:
+        return inputs.x.shape
 
     def constants(self, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
         weight, pos_weight = self.constant("weight", x), self.constant("pos_weight", x)
@@ -101,28 +108,15 @@ class SigmoidTerm(TermModule):
 
     def compute(self, inputs: SigmoidInputs) -> Tensor:
         weight, pos_weight = self.constants(inputs.x)
-        if not self.fused and inputs.valid is None and self.reduction != "none":
-            # plain bce over every element: torch's kernel sums without a per-element tensor
-            total = bce(inputs.x, inputs.y, weight, pos_weight, reduction="sum")
-            return reduce_total(
-                total, self.reduction, count=inputs.count, positives=inputs.positives,
-                batch_size=inputs.x.shape[0],
-            )
-        if not self.fused:
-            loss = bce(inputs.x, inputs.y, weight, pos_weight)
-            if inputs.valid is not None:
-                loss = loss * inputs.valid
-        else:
-            alphas = tuple(
-                per_class(self.constant(name, inputs.x), inputs.x.dim())
-                for name in self.alpha_names
-            )
-            accumulator = getattr(self, "ghm_accumulator", None)
-            loss, new_accumulator = sigmoid_term_elementwise(
-                inputs.x, inputs.y, self.plan, weight, pos_weight, inputs.valid, accumulator, alphas
-            )
-            if new_accumulator is not None and self.training:
-                accumulator.copy_(new_accumulator)
+        alphas = tuple(
+            per_class(self.constant(name, inputs.x), inputs.x.dim()) for name in self.alpha_names
+        )
+        accumulator = getattr(self, "ghm_accumulator", None)
+        loss, new_accumulator = sigmoid_term_elementwise(
+            inputs.x, inputs.y, self.plan, weight, pos_weight, inputs.valid, accumulator, alphas
+        )
+        if new_accumulator is not None and self.training:
+            accumulator.copy_(new_accumulator)
         return reduce_loss(
             loss, self.reduction, count=inputs.count, positives=inputs.positives,
             batch_size=inputs.x.shape[0],

@@ -11,16 +11,17 @@ from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
 from ..functional.likelihoods import ce
 from ..functional.reduce import reduce_loss, reduce_total
-from ..functional.sigmoid_kernel import ModulateStep
+from ..functional.plan import ModulateStep, compute_dtype
 from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
+from ..functional.targets import zero_ignored
 from ..spec import Term
 from .base import TermModule, shape_of, shape_text
 
 
 @dataclass
 class SoftmaxInputs:
-    x: Tensor  # float32 logits [N, C, d1, ...]
-    target: Tensor  # long class indices [N, d1, ...] or float32 probabilities [N, C, d1, ...]
+    x: Tensor  # logits [N, C, d1, ...] in the computation dtype (float32, or float64)
+    target: Tensor  # long class indices [N, d1, ...] or probabilities [N, C, d1, ...] in x's dtype
     is_index: bool
     valid: Tensor | None  # bool [N, d1, ...] for index targets; None when none is ignored
     positives: Tensor | int | None  # valid positions (pos_mean only)
@@ -56,10 +57,13 @@ class SoftmaxTerm(TermModule):
                 f"softmax needs logits of shape [N, C, ...]; got {shape_text(input)}",
                 hint="for one logit per sample use a sigmoid loss such as bce()",
             )
+        if input.shape[1] == 0:
+            raise self.fail(f"softmax needs at least one class; got logits of shape {shape_text(input)}")
         self.check_class_count("weight", self.weight, input)
         for name in self.alpha_names:
             self.check_class_count("alpha", getattr(self, name), input)
         num_classes = input.shape[1]
+        x = input.to(compute_dtype(input))
         index_shape = (input.shape[0], *input.shape[2:])
         integer = not target.is_floating_point() and target.dtype != torch.bool
         if tuple(target.shape) == index_shape and integer:
@@ -69,7 +73,7 @@ class SoftmaxTerm(TermModule):
             positives = None
             if self.reduction == "pos_mean":
                 positives = target.numel() if valid is None else valid.sum()
-            return SoftmaxInputs(input.float(), target, True, valid, positives)
+            return SoftmaxInputs(x, target, True, valid, positives)
         if target.shape == input.shape:
             if self.needs_indices:
                 raise self.fail(
@@ -77,12 +81,12 @@ class SoftmaxTerm(TermModule):
                     f"needs class-index targets of shape {shape_of(index_shape)}; "
                     f"got probabilities {shape_text(target)}"
                 )
-            probabilities = target.float()
+            probabilities = target.to(x.dtype)
             self.check_probabilities(probabilities, "probability targets")
             positives = None
             if self.reduction == "pos_mean":
                 positives = probabilities.numel() // num_classes  # every position has a target
-            return SoftmaxInputs(input.float(), probabilities, False, None, positives)
+            return SoftmaxInputs(x, probabilities, False, None, positives)
         if tuple(target.shape) == index_shape:
             raise self.fail(
                 f"targets of shape {shape_text(target)} are read as class indices and must be "
@@ -93,13 +97,17 @@ class SoftmaxTerm(TermModule):
             f"{shape_of(index_shape)} (integer class indices) or {shape_text(input)} (probabilities)"
         )
 
+    def unreduced_shape(self, inputs: SoftmaxInputs) -> torch.Size:
+        return torch.Size((inputs.x.shape[0], *inputs.x.shape[2:]))
+
     def class_weight(self, x: Tensor) -> Tensor | None:
         return self.constant("weight", x)
 
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
         weight = self.class_weight(inputs.x)
-        if not self.plan.steps:  # plain ce: torch's fused kernel
-            return ce(inputs.x, inputs.target, weight, self.ignore_index, self.smoothing)
+        if not self.plan.steps:  # plain ce: torch's fused kernel (ignored positions give 0)
+            x = inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
+            return ce(x, inputs.target, weight, self.ignore_index, self.smoothing)
         alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
         return softmax_term_elementwise(
             inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, weight,
@@ -120,7 +128,8 @@ class SoftmaxTerm(TermModule):
 
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
         if not self.plan.steps and self.reduction != "none":  # torch's kernel sums for us
-            total = ce(inputs.x, inputs.target, self.class_weight(inputs.x), self.ignore_index,
+            x = inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
+            total = ce(x, inputs.target, self.class_weight(inputs.x), self.ignore_index,
                        self.smoothing, reduction="sum")
             return reduce_total(
                 total, self.reduction, count=self.mean_count(inputs), positives=inputs.positives,

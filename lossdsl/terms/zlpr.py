@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
+from ..functional.plan import compute_dtype
 from ..functional.reduce import reduce_loss
 from ..functional.zlpr import zlpr_elementwise
 from .base import TermModule, shape_text
@@ -20,16 +22,22 @@ class ZLPRInputs:
 class ZLPRTerm(TermModule):
     def prepare(self, input: Tensor, target: Tensor) -> ZLPRInputs:
         self.check_tensors(input, target)
-        if input.dim() < 2:
-            raise self.fail(f"zlpr needs logits of shape [N, C, ...]; got {shape_text(input)}")
+        if input.dim() < 2 or input.shape[1] == 0:
+            raise self.fail(
+                f"zlpr needs logits of shape [N, C, ...] with at least one class; got {shape_text(input)}"
+            )
         if target.shape != input.shape:
             raise self.fail(
                 f"target shape {shape_text(target)} does not match input shape {shape_text(input)}",
                 hint="zlpr takes multi-hot targets shaped like the logits",
             )
-        y = target.float()
+        dtype = compute_dtype(input)
+        y = target.to(dtype)
         self.check_probabilities(y)
-        return ZLPRInputs(input.float(), y > 0.5)
+        return ZLPRInputs(input.to(dtype), y > 0.5)
+
+    def unreduced_shape(self, inputs: ZLPRInputs) -> torch.Size:
+        return torch.Size((inputs.x.shape[0], *inputs.x.shape[2:]))
 
     def compute(self, inputs: ZLPRInputs) -> Tensor:
         loss = zlpr_elementwise(inputs.x, inputs.positive)

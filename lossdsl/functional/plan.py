@@ -1,0 +1,55 @@
+"""The steps a term's blocks lower to, shared by the sigmoid and the softmax kernels.
+
+A term such as ``poly(balance(modulate(bce())))`` is compiled into a plan: its base likelihood, then
+one step per block from the innermost outwards. Steps hold only hyper-parameters (constant tensors such
+as ``alpha`` live in the term module and are addressed by a slot), so a plan is hashable and can be
+passed through ``torch.autograd.Function`` and ``torch.compile`` as a constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ModulateStep:
+    gamma_pos: float
+    gamma_neg: float
+    detach: bool
+
+
+@dataclass(frozen=True)
+class PolyStep:
+    eps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class BalanceStep:
+    slot: int  # index of the alpha tensor among the constants
+
+
+@dataclass(frozen=True)
+class DensityStep:
+    bins: int
+    momentum: float
+    # Sum the bin counts over the process group (when torch.distributed is initialised).
+    synchronise: bool = True
+
+
+Step = Union[ModulateStep, PolyStep, BalanceStep, DensityStep]
+
+
+def compute_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype a loss is computed in, as torch does: float32 and float64 in their own dtype,
+    half precision (float16, bfloat16) in float32."""
+    return tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def tiny(dtype: torch.dtype) -> float:
+    """The smallest normal number of ``dtype``: a probability below it is 0 for every purpose, and
+    its logarithm stays finite."""
+    return torch.finfo(dtype).tiny
