@@ -17,7 +17,9 @@ from ..errors import LossSpecError, unknown_name_hint
 
 # Scalars are strict (no "2" -> 2.0, no true -> 1.0) but an int is accepted where a float is expected.
 Number = Annotated[float, Strict()]
-Integer = Annotated[int, Strict()]
+# Integers reach tensors (ignore_index is compared with int64 targets): bounded to int64 at parse time
+# rather than overflowing at call time.
+Integer = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
 Flag = Annotated[bool, Strict()]
 NonNegative = Annotated[float, Strict(), Field(ge=0)]
 Probability = Annotated[float, Strict(), Field(ge=0, le=1)]

@@ -160,7 +160,9 @@ def _all_classes(
         # Label smoothing rewrites probability targets as F.cross_entropy does: (1-s) y + s/C.
         q = target * (1 - smoothing) + smoothing / num_classes if smoothing else target
         one_hot = None
-        miss = (q * (1 - p)).sum(dim=1)
+        # 1 - p_t = 1 - sum_c q_c p_c, written as sum_c q_c (1 - p_c) + (1 - sum_c q_c): the same
+        # value and gradient (also w.r.t. q, off the simplex), accurate where p_t rounds to 1.
+        miss = (q * -torch.expm1(log_p)).sum(dim=1) + (1 - q.sum(dim=1))
 
     per_class = q if class_weight is None else q * class_weight.reshape(view)
     exponent = 0.0

@@ -70,11 +70,15 @@ class TermModule(nn.Module):
             return False
         return tensor is None or not holds_no_data(tensor)
 
-    def check_finite(self, tensor: Tensor, what: str) -> None:
-        """Value check: every element is finite (one pass, one host sync; skippable)."""
+    def check_finite(self, tensor: Tensor, what: str, valid: Tensor | None = None) -> None:
+        """Value check: every element that counts (``valid``, broadcastable, when some are ignored)
+        is finite (one pass, one host sync; skippable)."""
         if not self.values_checked(tensor) or tensor.numel() == 0:
             return
-        if not bool(torch.isfinite(tensor).all()):
+        finite = torch.isfinite(tensor)
+        if valid is not None:
+            finite = finite | ~valid
+        if not bool(finite.all()):
             raise self.fail(
                 f"{what} must be finite; found inf or NaN",
                 hint="pass check_values=False to lossdsl.compile to skip this check",
@@ -88,6 +92,13 @@ class TermModule(nn.Module):
             raise self.fail(f"input must be floating point (logits or predictions), got {input.dtype}")
         if input.device != target.device:
             raise self.fail(f"input is on {input.device} but target is on {target.device}")
+        for buffer in self.buffers(recurse=False):
+            # Constants are cast to the input's device when used; running state cannot be.
+            if buffer.device != input.device and self._is_running(buffer):
+                raise self.fail(
+                    f"the loss's running buffers are on {buffer.device} but the input is on {input.device}",
+                    hint="move the loss with the model: loss.to(device)",
+                )
         if input.dim() == 0:
             raise self.fail("input is a scalar; expected a batch of shape [N, ...]")
 
@@ -95,7 +106,7 @@ class TermModule(nn.Module):
         """Value check: soft or multi-hot targets lie in [0, 1] (one pass, one host sync; skippable)."""
         if not self.values_checked(target) or not target.is_floating_point() or target.numel() == 0:
             return
-        low, high = (float(v) for v in torch.aminmax(target))
+        low, high = (float(v) for v in torch.aminmax(target.detach()))
         if not (low >= 0 and high <= 1):  # also catches NaN, for which every comparison is False
             raise self.fail(
                 f"{what} must lie in [0, 1]; found values from {low:g} to {high:g}",
@@ -134,6 +145,10 @@ class TermModule(nn.Module):
     def register_running_buffer(self, name: str, tensor: Tensor) -> None:
         """Running state (saved in state_dict). Like every buffer of a term it keeps its dtype."""
         self.register_buffer(name, tensor.to(torch.float32))
+
+    def _is_running(self, buffer: Tensor) -> bool:
+        return any(buffer is self._buffers[name] for name in self._buffers
+                   if name not in self._non_persistent_buffers_set)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .half(), .double() and .to(dtype) convert buffers along with parameters; a term's buffers

@@ -91,7 +91,7 @@ class SigmoidTerm(TermModule):
                 f"expected {expected}"
             )
         if self.has_density:
-            self.check_finite(input, "GHM-C bins |p - y| per element, so the logits")
+            self.check_finite(input, "GHM-C bins |p - y| per element, so the logits", valid)
         positives = None
         if self.reduction == "pos_mean":  # a positive's target is > 0 before smoothing (IoU targets too)
             positives = (y > 0).sum()

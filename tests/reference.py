@@ -1,0 +1,98 @@
+"""SPEC's formulas coded plainly with torch autograd, as independent references for the tests.
+
+Nothing here shares code with lossdsl: every loss is the textbook expression (log-sigmoids and
+log-softmax from torch, powers with ``**``), differentiated by autograd w.r.t. logits and targets.
+They are meant for float64 and moderate logits, where the plain formulas are accurate.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def smooth_binary(y: Tensor, s: float) -> Tensor:
+    return y * (1 - s) + s / 2
+
+
+def bce(x: Tensor, y: Tensor, pos_weight: float = 1.0, margin: float = 0.0) -> Tensor:
+    """-(pw y log p + (1-y) log(1 - p_m)), p_m = max(p - margin, 0)."""
+    negative = F.logsigmoid(-x) if margin == 0 else torch.log(1 - (torch.sigmoid(x) - margin).clamp(min=0))
+    return -(pos_weight * y * F.logsigmoid(x) + (1 - y) * negative)
+
+
+def one_minus_pt(x: Tensor, y: Tensor, margin: float = 0.0) -> Tensor:
+    """q = 1 - p_t = y (1-p) + (1-y) p_m; 1 - p is sigmoid(-x), accurate where p rounds to 1."""
+    p = torch.sigmoid(x)
+    p_m = p if margin == 0 else (p - margin).clamp(min=0)
+    return y * torch.sigmoid(-x) + (1 - y) * p_m
+
+
+def focusing(x: Tensor, y: Tensor, gamma_pos: float, gamma_neg: float, margin: float = 0.0) -> Tensor:
+    q = one_minus_pt(x, y, margin)
+    return q ** (gamma_pos * y + gamma_neg * (1 - y))
+
+
+def alpha_t(y: Tensor, alpha: float) -> Tensor:
+    return alpha * y + (1 - alpha) * (1 - y)
+
+
+def focal(x: Tensor, y: Tensor, gamma: float = 2.0, alpha: float | None = 0.25) -> Tensor:
+    loss = bce(x, y) * one_minus_pt(x, y) ** gamma
+    return loss if alpha is None else loss * alpha_t(y, alpha)
+
+
+def asl(x: Tensor, y: Tensor, gamma_pos=1.0, gamma_neg=4.0, clip=0.05, smoothing=0.0) -> Tensor:
+    y = smooth_binary(y, smoothing)
+    return bce(x, y, margin=clip) * focusing(x, y, gamma_pos, gamma_neg, clip)
+
+
+def poly(loss: Tensor, q: Tensor, eps: list[float], gamma: Tensor | float = 0.0) -> Tensor:
+    return loss + sum(e * q ** (j + gamma) for j, e in enumerate(eps, start=1))
+
+
+def ghm_weights(x: Tensor, y: Tensor, bins: int, valid: Tensor | None = None) -> Tensor:
+    """mmdetection's GHMC weights (no momentum): a loop over bins, as in its source."""
+    edges = [i / bins for i in range(bins + 1)]
+    edges[-1] += 1e-6
+    g = (torch.sigmoid(x).detach() - y).abs()
+    valid = torch.ones_like(g, dtype=torch.bool) if valid is None else valid.expand_as(g)
+    weights = torch.zeros_like(g)
+    tot = max(float(valid.sum()), 1.0)
+    n = 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1]) & valid
+        num = int(inds.sum())
+        if num > 0:
+            weights[inds] = tot / num
+            n += 1
+    return weights / max(n, 1)
+
+
+def softmax_target(x: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
+    """The (smoothed) target distribution q, from class indices or probabilities."""
+    num_classes = x.shape[1]
+    if target.dtype == torch.long:
+        target = F.one_hot(target, num_classes).movedim(-1, 1).to(x.dtype)
+    return target * (1 - smoothing) + smoothing / num_classes
+
+
+def ce(x: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
+    """-sum_c q_c log p_c per position."""
+    return -(softmax_target(x, target, smoothing) * torch.log_softmax(x, 1)).sum(1)
+
+
+def softmax_focal(x: Tensor, target: Tensor, gamma: float = 2.0, smoothing: float = 0.0) -> Tensor:
+    """(1 - p_t)^gamma ce, p_t = sum_c q_c p_c (probability targets; one factor per position)."""
+    q = softmax_target(x, target, smoothing)
+    p_t = (q * torch.softmax(x, 1)).sum(1)
+    return (1 - p_t) ** gamma * ce(x, target, smoothing)
+
+
+def zlpr(x: Tensor, y: Tensor) -> Tensor:
+    positive = y > 0.5
+    zero = torch.zeros_like(x[:, :1])
+    negatives = torch.logsumexp(torch.cat([zero, x.masked_fill(positive, float("-inf"))], 1), 1)
+    positives = torch.logsumexp(torch.cat([zero, (-x).masked_fill(~positive, float("-inf"))], 1), 1)
+    return negatives + positives
