@@ -81,10 +81,9 @@ class _Shared:
         else:
             negated = torch.neg(x)
             self.p = torch.sigmoid(x)
-            self.one_minus_p = torch.sigmoid(negated)
             self.softplus = _softplus(x)
             self.softplus_neg = _softplus(negated)
-            del negated
+            self.one_minus_p = negated.sigmoid_()  # sigmoid(-x), in the memory of -x
         self._p_dp: Tensor | None = None
         self._negative: tuple[Tensor, Tensor] | None = None
         self._q: tuple[Tensor, Tensor, Tensor | None] | None = None
@@ -230,6 +229,13 @@ class _Running:
                 self.dy = u.add_product(self.dy, self.loss, dy)
         self.loss = u.scale(self.loss, factor)
 
+    def selected(self, valid: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The loss and its derivatives, 0 where ``valid`` is False (or all of them without a mask)."""
+        values = (self.loss, self.dx, self.dy)
+        if valid is None:
+            return values
+        return tuple(None if value is None else zero_ignored(value, valid) for value in values)
+
     def add(self, term: Tensor, dx: Tensor | None, dy: Tensor | None, coefficient: float) -> None:
         u = self.update
         self.loss = u.add(self.loss, term, coefficient)
@@ -267,6 +273,28 @@ def _base_loss(
     return loss, dx, dy
 
 
+def _plain_bce(
+    x: Tensor, y: Tensor, pos_weight: Tensor | None, need_dx: bool, need_dy: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """bce without blocks: the same formulas as ``_base_loss`` with as few passes and live tensors as
+    eager mode allows (three at most), since this is the path a plain ``bce()`` pays for."""
+    negated = torch.neg(x)
+    loss = _softplus(x)  # -log(1 - p)
+    positive = _softplus(negated)  # -log p
+    if pos_weight is not None:
+        positive = positive * pos_weight
+    dy = torch.sub(positive, loss) if need_dy else None
+    loss = loss.lerp_(positive, y)  # in place: x, y and so loss have the full shape
+    del positive
+    dx = None
+    if need_dx:  # (1-y) p - pw y (1-p)
+        one_minus_p = negated.sigmoid_().neg_()
+        if pos_weight is not None:
+            one_minus_p = one_minus_p * pos_weight
+        dx = torch.sigmoid(x).lerp_(one_minus_p, y)
+    return loss, dx, dy
+
+
 def sigmoid_loss_and_grad(
     x: Tensor,
     y: Tensor,
@@ -294,6 +322,11 @@ def sigmoid_loss_and_grad(
     """
     if valid is not None:  # an ignored logit may be inf or NaN: compute on 0 there, select it away below
         x = zero_ignored(x, valid)
+    if not plan.steps and plan.margin == 0 and not is_compiling():
+        running = _Running(*_plain_bce(x, y, pos_weight, need_dx, need_dy), in_place=True)
+        if weight is not None:
+            running.scale(weight)
+        return (*running.selected(valid), None)
     s = _Shared(x, y, plan.margin, need_dy)
     # GHM-C's weights need only p: build them first, before the loss and its derivatives exist,
     # so that the binning's temporaries never coexist with them (a lower peak of memory).
@@ -342,10 +375,7 @@ def sigmoid_loss_and_grad(
             running.scale(torch.addcmul(1 - alpha, y, slope), slope)  # alpha y + (1-alpha)(1-y)
         elif isinstance(step, DensityStep):
             running.scale(density)
-    loss, dx, dy = running.loss, running.dx, running.dy
-    if valid is not None:
-        loss, dx, dy = (None if d is None else zero_ignored(d, valid) for d in (loss, dx, dy))
-    return loss, dx, dy, new_accumulator
+    return (*running.selected(valid), new_accumulator)
 
 
 class SigmoidTermFunction(torch.autograd.Function):
