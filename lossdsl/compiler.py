@@ -46,13 +46,13 @@ def compile_term(term: Term, label: str, check_values: bool, distributed: bool =
     if isinstance(base, BCE):
         return SigmoidTerm(term, label, check_values, base, blocks, synchronise=distributed)
     if isinstance(base, CE):
-        return SoftmaxTerm(term, label, check_values, base, blocks)
+        return SoftmaxTerm(term, label, check_values, base, blocks, distributed)
     if blocks:  # the validator already refuses this; kept as a guard for plug-ins
         raise LossSpecError(f"{blocks[-1].kind_name()}() needs a loss with a probability")
     if isinstance(base, ZLPR):
-        return ZLPRTerm(term, label, check_values)
+        return ZLPRTerm(term, label, check_values, distributed)
     if base.is_regression:
-        return RegressionTerm(term, label, check_values)
+        return RegressionTerm(term, label, check_values, distributed)
     raise LossSpecError(f"{base.kind_name()}() has no compiled form")
 
 

@@ -30,13 +30,22 @@ class CompiledLoss(nn.Module):
         self.unreduced = all(term.reduction == "none" for term in spec.terms)
         self.last_terms: dict[str, Tensor] = {}
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return self.combine(self.prepare(input, target))
+    def forward(
+        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
+        avg_factor: Tensor | float | None = None,
+    ) -> Tensor:
+        """``weight`` multiplies every element term's per-element loss (broadcast from ``[N]``,
+        ``[N, C]`` or the full shape); ``avg_factor`` replaces the denominator of ``mean`` and
+        ``pos_mean`` (mmdetection's convention: ``sum / (avg_factor + eps)``)."""
+        return self.combine(self.prepare(input, target, weight, avg_factor))
 
-    def prepare(self, input: Tensor, target: Tensor) -> list[Any]:
+    def prepare(
+        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
+        avg_factor: Tensor | float | None = None,
+    ) -> list[Any]:
         """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
         checks of a call happen before any term touches a running buffer."""
-        prepared = [term.prepare(input, target) for term in self.terms]
+        prepared = [term.prepare_call(input, target, weight, avg_factor) for term in self.terms]
         if self.unreduced and len(prepared) > 1:
             self._check_same_shapes(prepared)
         return prepared

@@ -22,3 +22,10 @@ def sum_over_processes(tensor: Tensor) -> Tensor:
     summed = tensor.clone()
     dist.all_reduce(summed, op=dist.ReduceOp.SUM)
     return summed
+
+
+def mean_over_processes(tensor: Tensor) -> Tensor:
+    """The mean of ``tensor`` over the processes of the default group (mmdetection's reduce_mean)."""
+    if not is_distributed():
+        return tensor
+    return sum_over_processes(tensor) / dist.get_world_size()

@@ -1,9 +1,18 @@
-"""Reductions of a per-element loss to what a term contributes to the sum (SPEC section 4)."""
+"""Reductions of a per-element loss to what a term contributes to the sum (SPEC sections 4 and 4b)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+# mmdetection's weight_reduce_loss adds float32's eps to avg_factor so that 0 (every label ignored)
+# does not divide by zero; kept as is for parity.
+AVG_FACTOR_EPS = torch.finfo(torch.float32).eps
+
+# Averages a count over the process group (mmdetection's reduce_mean); identity when not distributed.
+CountAverage = Callable[[Tensor], Tensor]
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor | float) -> Tensor:
@@ -26,6 +35,8 @@ def reduce_loss(
     count: Tensor | float | None = None,
     positives: Tensor | int | None = None,
     batch_size: int = 1,
+    avg_factor: Tensor | float | None = None,
+    average_count: CountAverage | None = None,
 ) -> Tensor:
     """Reduce a per-element loss whose ignored positions are already 0.
 
@@ -36,12 +47,14 @@ def reduce_loss(
             positions); defaults to the number of elements.
         positives: the number of positive targets, for pos_mean.
         batch_size: N, for batchmean.
+        avg_factor: the call's denominator for mean and pos_mean (mmdetection's convention).
+        average_count: averages the positive count over the process group (SPEC 4b).
     """
     if reduction == "none":
         return loss
     return reduce_total(
         loss.sum(), reduction, count=loss.numel() if count is None else count,
-        positives=positives, batch_size=batch_size,
+        positives=positives, batch_size=batch_size, avg_factor=avg_factor, average_count=average_count,
     )
 
 
@@ -52,16 +65,21 @@ def reduce_total(
     count: Tensor | float,
     positives: Tensor | int | None = None,
     batch_size: int = 1,
+    avg_factor: Tensor | float | None = None,
+    average_count: CountAverage | None = None,
 ) -> Tensor:
     """The same reductions from an already summed loss (fused kernels can sum for us)."""
     if reduction == "sum":
         return total
     if reduction == "batchmean":
         return total / max(batch_size, 1)
+    if avg_factor is not None:  # mean and pos_mean: the caller's denominator replaces ours
+        return total / (avg_factor + AVG_FACTOR_EPS)
     if reduction == "pos_mean":
         if positives is None:
             raise ValueError("pos_mean needs the number of positive targets")
-        if not isinstance(positives, Tensor):
-            return total / max(positives, 1)
-        return total / positives.to(total.dtype).clamp(min=1)
+        positives = torch.as_tensor(positives, dtype=total.dtype, device=total.device)
+        if average_count is not None:
+            positives = average_count(positives)
+        return total / positives.clamp(min=1)
     return safe_divide(total, count)

@@ -7,14 +7,26 @@ running buffer (nothing is half-updated when the third term rejects its targets)
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import LossInputError
+from ..functional.distributed import mean_over_processes
+from ..functional.reduce import reduce_total
 from ..functional.tracing import is_compiling
 from ..spec import Term
+
+
+@dataclass(kw_only=True)
+class TermInputs:
+    """What every term's prepared inputs carry besides its tensors: the call-time options."""
+
+    weight: Tensor | None = None  # call-time weight, already shaped to broadcast to the loss
+    avg_factor: Tensor | float | None = None  # call-time denominator of mean and pos_mean
 
 
 def holds_no_data(tensor: Tensor) -> bool:
@@ -36,16 +48,21 @@ def shape_of(dims: Any) -> str:
 class TermModule(nn.Module):
     """One term of a loss: ``prepare(input, target)`` then ``compute(prepared)``."""
 
-    def __init__(self, term: Term, label: str, check_values: bool) -> None:
+    # Whether the term takes a call-time weight (region losses compare whole masks: they do not).
+    accepts_weight = True
+
+    def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
         super().__init__()
         self.term = term
         self.label = label
         self.reduction = term.reduction
         self.check_values = check_values
+        # pos_mean divides by the positive count averaged over the process group (SPEC 4b).
+        self.distributed = distributed
         self.alpha_names: list[str] = []  # buffers of the balance blocks, in step order
 
     # -- to implement
-    def prepare(self, input: Tensor, target: Tensor) -> Any:
+    def prepare(self, input: Tensor, target: Tensor) -> TermInputs:
         raise NotImplementedError
 
     def unreduced_shape(self, prepared: Any) -> torch.Size:
@@ -57,8 +74,87 @@ class TermModule(nn.Module):
         raise NotImplementedError
 
     # -- shared
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return self.compute(self.prepare(input, target))
+    def forward(
+        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
+        avg_factor: Tensor | float | None = None,
+    ) -> Tensor:
+        return self.compute(self.prepare_call(input, target, weight, avg_factor))
+
+    def prepare_call(
+        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
+        avg_factor: Tensor | float | None = None,
+    ) -> TermInputs:
+        """``prepare`` plus the call-time options (mmdetection's ``weight`` and ``avg_factor``)."""
+        prepared = self.prepare(input, target)
+        if weight is not None:
+            prepared.weight = self._call_weight(weight, self.unreduced_shape(prepared), input)
+        if avg_factor is not None:
+            prepared.avg_factor = self._avg_factor(avg_factor, input)
+        return prepared
+
+    def _call_weight(self, weight: Any, shape: torch.Size, input: Tensor) -> Tensor:
+        """The call's weight shaped to broadcast to the per-element loss: the full shape, a leading
+        part of it (``[N]``, ``[N, C]``: trailing dimensions are added), or, as mmdetection accepts,
+        the full shape flattened."""
+        if not self.accepts_weight:
+            raise self.fail(
+                "a region loss compares whole masks and takes no per-element weight",
+                hint="weigh the term in the expression instead, e.g. 0.5 * dice()",
+            )
+        if not isinstance(weight, Tensor) or not weight.is_floating_point():
+            got = type(weight).__name__ if not isinstance(weight, Tensor) else str(weight.dtype)
+            raise self.fail(f"weight must be a floating-point tensor, got {got}")
+        if weight.device != input.device:
+            raise self.fail(f"weight is on {weight.device} but the input is on {input.device}")
+        dims = tuple(weight.shape)
+        if dims == tuple(shape[: len(dims)]):
+            view = dims + (1,) * (len(shape) - len(dims))
+        elif weight.dim() == 1 and weight.numel() == math.prod(shape) and len(shape) > 1:
+            view = tuple(shape)
+        else:
+            raise self.fail(
+                f"weight of shape {shape_text(weight)} does not fit the per-element loss of shape "
+                f"{shape_of(shape)}",
+                hint=f"give the full shape {shape_of(shape)} or a leading part of it, such as "
+                f"{shape_of(shape[:1])}",
+            )
+        return weight.reshape(view)
+
+    def _avg_factor(self, avg_factor: Any, input: Tensor) -> Tensor | float:
+        if self.reduction in ("sum", "batchmean"):
+            raise self.fail(
+                f"avg_factor replaces the denominator of mean and pos_mean; this term's reduction is "
+                f"{self.reduction}",
+            )
+        if isinstance(avg_factor, Tensor):
+            if avg_factor.numel() != 1:
+                raise self.fail(f"avg_factor must be one number, got shape {shape_text(avg_factor)}")
+            return avg_factor.reshape(()).to(device=input.device)
+        if isinstance(avg_factor, bool) or not isinstance(avg_factor, (int, float)):
+            raise self.fail(f"avg_factor must be a number or a 0-d tensor, got {type(avg_factor).__name__}")
+        if not math.isfinite(avg_factor) or avg_factor < 0:
+            raise self.fail(f"avg_factor must be a finite number >= 0, got {avg_factor}")
+        return float(avg_factor)
+
+    def reduce(
+        self, loss: Tensor, inputs: TermInputs, *, count: Tensor | float | None = None,
+        positives: Tensor | int | None = None,
+    ) -> Tensor:
+        """The term's reduction of its per-element loss (already multiplied by the call weight)."""
+        if self.reduction == "none":
+            return loss
+        return self.reduce_sum(loss.sum(), inputs, batch_size=loss.shape[0],
+                               count=loss.numel() if count is None else count, positives=positives)
+
+    def reduce_sum(
+        self, total: Tensor, inputs: TermInputs, *, batch_size: int, count: Tensor | float,
+        positives: Tensor | int | None = None,
+    ) -> Tensor:
+        """The same reduction from an already summed loss (a fused kernel summed for us)."""
+        return reduce_total(
+            total, self.reduction, count=count, positives=positives, batch_size=batch_size,
+            avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.distributed else None,
+        )
 
     def fail(self, reason: str, hint: str | None = None) -> LossInputError:
         return LossInputError(f"{self.label}: {reason}", hint=hint)

@@ -8,21 +8,20 @@ import torch
 from torch import Tensor
 
 from ..functional.plan import compute_dtype
-from ..functional.reduce import reduce_loss
 from ..functional.regression import regression_elementwise
 from ..spec import Term
-from .base import TermModule, shape_text
+from .base import TermInputs, TermModule, shape_text
 
 
 @dataclass
-class RegressionInputs:
+class RegressionInputs(TermInputs):
     x: Tensor
     y: Tensor
 
 
 class RegressionTerm(TermModule):
-    def __init__(self, term: Term, label: str, check_values: bool) -> None:
-        super().__init__(term, label, check_values)
+    def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
+        super().__init__(term, label, check_values, distributed)
         self.kind = term.loss.kind_name()
         self.beta = float(getattr(term.loss, "beta", 1.0))
 
@@ -41,4 +40,6 @@ class RegressionTerm(TermModule):
 
     def compute(self, inputs: RegressionInputs) -> Tensor:
         loss = regression_elementwise(self.kind, inputs.x, inputs.y, self.beta)
-        return reduce_loss(loss, self.reduction, batch_size=inputs.x.shape[0])
+        if inputs.weight is not None:
+            loss = loss * inputs.weight
+        return self.reduce(loss, inputs)

@@ -11,15 +11,14 @@ from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import BCE
 from ..catalogue.modifiers import Clip, Density
 from ..functional.plan import DensityStep, compute_dtype
-from ..functional.reduce import reduce_loss
 from ..functional.sigmoid_kernel import SigmoidPlan, sigmoid_term_elementwise
 from ..functional.targets import index_to_one_hot, per_class, smooth_binary
 from ..spec import Term
-from .base import TermModule, shape_of, shape_text
+from .base import TermInputs, TermModule, shape_of, shape_text
 
 
 @dataclass
-class SigmoidInputs:
+class SigmoidInputs(TermInputs):
     x: Tensor  # logits in the computation dtype (float32, or float64)
     y: Tensor  # targets in the same dtype, smoothed, same shape as x (they keep their autograd graph)
     valid: Tensor | None  # bool mask broadcastable to x, None when nothing is ignored
@@ -40,7 +39,7 @@ class SigmoidTerm(TermModule):
         self, term: Term, label: str, check_values: bool, base: BCE,
         blocks: tuple[LossNode, ...] = (), synchronise: bool = True,
     ) -> None:
-        super().__init__(term, label, check_values)
+        super().__init__(term, label, check_values, synchronise)
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
@@ -108,6 +107,8 @@ class SigmoidTerm(TermModule):
 
     def compute(self, inputs: SigmoidInputs) -> Tensor:
         weight, pos_weight = self.constants(inputs.x)
+        if inputs.weight is not None:  # the call's weight multiplies the per-element loss, as bce's
+            weight = inputs.weight if weight is None else weight * inputs.weight
         alphas = tuple(
             per_class(self.constant(name, inputs.x), inputs.x.dim()) for name in self.alpha_names
         )
@@ -117,7 +118,4 @@ class SigmoidTerm(TermModule):
         )
         if new_accumulator is not None and self.training:
             accumulator.copy_(new_accumulator)
-        return reduce_loss(
-            loss, self.reduction, count=inputs.count, positives=inputs.positives,
-            batch_size=inputs.x.shape[0],
-        )
+        return self.reduce(loss, inputs, count=inputs.count, positives=inputs.positives)

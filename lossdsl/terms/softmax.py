@@ -10,16 +10,15 @@ from torch import Tensor
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
 from ..functional.likelihoods import ce
-from ..functional.reduce import reduce_loss, reduce_total
 from ..functional.plan import ModulateStep, compute_dtype
 from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
 from ..functional.targets import zero_ignored
 from ..spec import Term
-from .base import TermModule, shape_of, shape_text
+from .base import TermInputs, TermModule, shape_of, shape_text
 
 
 @dataclass
-class SoftmaxInputs:
+class SoftmaxInputs(TermInputs):
     x: Tensor  # logits [N, C, d1, ...] in the computation dtype (float32, or float64)
     target: Tensor  # long class indices [N, d1, ...] or probabilities [N, C, d1, ...] in x's dtype
     is_index: bool
@@ -36,9 +35,10 @@ class SoftmaxTerm(TermModule):
     """
 
     def __init__(
-        self, term: Term, label: str, check_values: bool, base: CE, blocks: tuple[LossNode, ...] = ()
+        self, term: Term, label: str, check_values: bool, base: CE, blocks: tuple[LossNode, ...] = (),
+        distributed: bool = True,
     ) -> None:
-        super().__init__(term, label, check_values)
+        super().__init__(term, label, check_values, distributed)
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
@@ -127,16 +127,14 @@ class SoftmaxTerm(TermModule):
         return (weight[safe] * inputs.valid).sum()
 
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
-        if not self.plan.steps and self.reduction != "none":  # torch's kernel sums for us
+        plain = not self.plan.steps and inputs.weight is None
+        if plain and self.reduction != "none":  # torch's kernel sums for us
             x = inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
             total = ce(x, inputs.target, self.class_weight(inputs.x), self.ignore_index,
                        self.smoothing, reduction="sum")
-            return reduce_total(
-                total, self.reduction, count=self.mean_count(inputs), positives=inputs.positives,
-                batch_size=inputs.x.shape[0],
-            )
+            return self.reduce_sum(total, inputs, batch_size=inputs.x.shape[0],
+                                   count=self.mean_count(inputs), positives=inputs.positives)
         loss = self.elementwise(inputs)
-        return reduce_loss(
-            loss, self.reduction, count=self.mean_count(inputs), positives=inputs.positives,
-            batch_size=inputs.x.shape[0],
-        )
+        if inputs.weight is not None:
+            loss = loss * inputs.weight
+        return self.reduce(loss, inputs, count=self.mean_count(inputs), positives=inputs.positives)

@@ -8,13 +8,12 @@ import torch
 from torch import Tensor
 
 from ..functional.plan import compute_dtype
-from ..functional.reduce import reduce_loss
 from ..functional.zlpr import zlpr_elementwise
-from .base import TermModule, shape_text
+from .base import TermInputs, TermModule, shape_text
 
 
 @dataclass
-class ZLPRInputs:
+class ZLPRInputs(TermInputs):
     x: Tensor
     positive: Tensor
 
@@ -41,5 +40,7 @@ class ZLPRTerm(TermModule):
 
     def compute(self, inputs: ZLPRInputs) -> Tensor:
         loss = zlpr_elementwise(inputs.x, inputs.positive)
+        if inputs.weight is not None:
+            loss = loss * inputs.weight
         positives = inputs.positive.sum() if self.reduction == "pos_mean" else None
-        return reduce_loss(loss, self.reduction, positives=positives, batch_size=inputs.x.shape[0])
+        return self.reduce(loss, inputs, positives=positives)

@@ -1,0 +1,139 @@
+"""Call-time ``weight`` and ``avg_factor`` (SPEC section 4; issue 10), mmdetection's convention.
+
+The reference is mmdetection 3.3.0's ``py_sigmoid_focal_loss`` and ``weight_reduce_loss``
+(mmdet/models/losses/focal_loss.py and utils.py), written out from their source: the loss times the
+weight (``[N]`` viewed as ``[N, 1]``, or a flattened ``[N*C]`` viewed as ``[N, C]``), then ``mean`` as
+``loss.mean()`` or, with ``avg_factor``, ``loss.sum() / (avg_factor + finfo(float32).eps)``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lossdsl
+from lossdsl import LossInputError
+
+EPS = torch.finfo(torch.float32).eps
+
+
+def mmdet_weight_reduce_loss(loss, weight=None, reduction="mean", avg_factor=None):
+    if weight is not None:
+        loss = loss * weight
+    if avg_factor is None:
+        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+    if reduction == "mean":
+        return loss.sum() / (avg_factor + EPS)
+    assert reduction == "none"
+    return loss
+
+
+def mmdet_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.25, reduction="mean",
+                                avg_factor=None):
+    pred_sigmoid = pred.sigmoid()
+    target = target.type_as(pred)
+    pt = (1 - pred_sigmoid) * target + pred_sigmoid * (1 - target)
+    focal_weight = (alpha * target + (1 - alpha) * (1 - target)) * pt.pow(gamma)
+    loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight
+    if weight is not None and weight.shape != loss.shape:
+        weight = weight.view(-1, 1) if weight.size(0) == loss.size(0) else weight.view(loss.size(0), -1)
+    return mmdet_weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+
+@pytest.mark.parametrize("weight_shape", [None, "N", "NC", "flat"])
+@pytest.mark.parametrize("avg_factor", [None, 7.0, 0.0])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_focal_weight_and_avg_factor_match_mmdetection(weight_shape, avg_factor, reduction):
+    x = torch.randn(12, 5, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(12, 5) > 0.8).double()
+    weight = {None: None, "N": torch.rand(12, dtype=torch.float64), "NC": torch.rand(12, 5, dtype=torch.float64),
+              "flat": torch.rand(60, dtype=torch.float64)}[weight_shape]
+    expr = "focal()" if reduction == "mean" else "focal(reduction=none)"
+    ours = lossdsl.compile(expr)(x, y, weight=weight, avg_factor=avg_factor)
+    expected = mmdet_py_sigmoid_focal_loss(x, y, weight, reduction=reduction, avg_factor=avg_factor)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    (g_ours,) = torch.autograd.grad(ours.sum(), x)
+    (g_ref,) = torch.autograd.grad(expected.sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_avg_factor_replaces_the_denominator_of_pos_mean():
+    x = torch.randn(10, 4)
+    y = (torch.rand(10, 4) > 0.7).float()
+    total = lossdsl.compile("focal(reduction=sum)")(x, y)
+    value = lossdsl.compile("focal(reduction=pos_mean)")(x, y, avg_factor=torch.tensor(3.0))
+    torch.testing.assert_close(value, total / (3.0 + EPS))
+
+
+@pytest.mark.parametrize("expr, target, weight", [
+    ("ce()", torch.tensor([0, 2, 1, 1]), torch.tensor([1.0, 0.0, 2.0, 0.5])),
+    ("poly(focal(head=softmax), eps=1)", torch.tensor([0, 2, 1, 1]), torch.tensor([1.0, 0.0, 2.0, 0.5])),
+    ("zlpr()", (torch.rand(4, 3) > 0.5).float(), torch.tensor([1.0, 0.0, 2.0, 0.5])),
+    ("smooth_l1()", torch.randn(4, 3), torch.rand(4, 3)),
+    ("bce(pos_weight=[1, 2, 3])", (torch.rand(4, 3) > 0.5).float(), torch.rand(4, 3)),
+])
+def test_weight_multiplies_the_per_element_loss_of_every_element_term(expr, target, weight):
+    x = torch.randn(4, 3)
+    unreduced = lossdsl.compile(expr[:-1] + (", " if not expr.endswith("()") else "") + "reduction=none)")
+    per_element = unreduced(x, target)
+    view = weight.reshape(weight.shape + (1,) * (per_element.dim() - weight.dim()))
+    expected_sum = (per_element * view).sum()
+    summed = lossdsl.compile(expr[:-1] + (", " if not expr.endswith("()") else "") + "reduction=sum)")
+    torch.testing.assert_close(summed(x, target, weight=weight), expected_sum)
+    torch.testing.assert_close(unreduced(x, target, weight=weight), per_element * view)
+    torch.testing.assert_close(lossdsl.compile(expr)(x, target, weight=weight, avg_factor=2.5),
+                               expected_sum / (2.5 + EPS))
+
+
+def test_ce_mean_with_a_call_weight_keeps_its_class_weighted_denominator():
+    x = torch.randn(6, 3)
+    t = torch.tensor([0, 1, 2, 2, 1, 0])
+    w = torch.rand(6)
+    class_weight = torch.tensor([1.0, 2.0, 0.5])
+    value = lossdsl.compile("ce(weight=[1, 2, 0.5])")(x, t, weight=w)
+    per = F.cross_entropy(x, t, weight=class_weight, reduction="none")
+    torch.testing.assert_close(value, (per * w).sum() / class_weight[t].sum())
+
+
+def test_a_weight_that_does_not_broadcast_names_both_shapes():
+    with pytest.raises(LossInputError) as error:
+        lossdsl.compile("focal()")(torch.randn(4, 3), torch.rand(4, 3), weight=torch.rand(3))
+    message = str(error.value)
+    assert "weight of shape [3] does not fit the per-element loss of shape [4, 3]" in message
+    assert "give the full shape [4, 3] or a leading part of it, such as [4]" in message
+
+
+@pytest.mark.parametrize("bad, expected", [
+    (torch.tensor([1, 2, 3, 4]), "weight must be a floating-point tensor, got torch.int64"),
+    ([1.0, 2.0, 3.0, 4.0], "weight must be a floating-point tensor, got list"),
+])
+def test_a_weight_must_be_a_float_tensor(bad, expected):
+    with pytest.raises(LossInputError, match=expected):
+        lossdsl.compile("focal()")(torch.randn(4, 3), torch.rand(4, 3), weight=bad)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "batchmean"])
+def test_avg_factor_with_sum_is_an_error(reduction):
+    with pytest.raises(LossInputError, match=f"avg_factor replaces the denominator of mean and pos_mean; "
+                                             f"this term's reduction is {reduction}"):
+        lossdsl.compile(f"focal(reduction={reduction})")(torch.randn(4, 3), torch.rand(4, 3), avg_factor=2)
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("3", "avg_factor must be a number or a 0-d tensor, got str"),
+    (-1.0, "avg_factor must be a finite number >= 0, got -1.0"),
+    (float("nan"), "avg_factor must be a finite number >= 0, got nan"),
+    (torch.ones(2), r"avg_factor must be one number, got shape \[2\]"),
+])
+def test_avg_factor_must_be_one_non_negative_number(bad, expected):
+    with pytest.raises(LossInputError, match=expected):
+        lossdsl.compile("focal()")(torch.randn(4, 3), torch.rand(4, 3), avg_factor=bad)
+
+
+def test_a_rejected_weight_updates_no_buffer():
+    loss = lossdsl.compile("ghm(momentum=0.5) + focal()")
+    before = loss.state_dict()["terms.0.ghm_accumulator"].clone()
+    with pytest.raises(LossInputError):
+        loss(torch.randn(4, 3), torch.rand(4, 3), weight=torch.rand(5))
+    assert torch.equal(loss.state_dict()["terms.0.ghm_accumulator"], before)
