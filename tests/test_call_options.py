@@ -137,3 +137,45 @@ def test_a_rejected_weight_updates_no_buffer():
     with pytest.raises(LossInputError):
         loss(torch.randn(4, 3), torch.rand(4, 3), weight=torch.rand(5))
     assert torch.equal(loss.state_dict()["terms.0.ghm_accumulator"], before)
+
+
+# -- background label on the sigmoid head (mmdetection's num_classes), an explicit opt-in ------------
+
+
+def mmdet_focal_with_labels(pred, labels, weight=None, avg_factor=None):
+    """mmdetection FocalLoss.forward with use_sigmoid=True and the py_ path: one-hot with
+    num_classes + 1 columns, the background column dropped."""
+    num_classes = pred.size(1)
+    target = F.one_hot(labels, num_classes=num_classes + 1)[:, :num_classes]
+    return mmdet_py_sigmoid_focal_loss(pred, target, weight, avg_factor=avg_factor)
+
+
+@pytest.mark.parametrize("expr", ["focal(background=true)", "balance(modulate(bce(background=true)))"])
+def test_background_label_is_an_all_negative_row_with_the_opt_in(expr):
+    x = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 4, 1, 4, 3, 2, 4, 0, 1])
+    weight = torch.rand(9, dtype=torch.float64)
+    ours = lossdsl.compile(expr)(x, labels, weight=weight, avg_factor=5)
+    expected = mmdet_focal_with_labels(x, labels, weight, avg_factor=5)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(*(torch.autograd.grad(v, x)[0] for v in (ours, expected)))
+
+
+def test_the_background_label_without_the_opt_in_is_an_error_that_names_it():
+    with pytest.raises(LossInputError) as error:
+        lossdsl.compile("focal()")(torch.randn(3, 4), torch.tensor([0, 4, 1]))
+    message = str(error.value)
+    assert "class index 4 is out of range for 4 classes (valid: 0..3, or ignore_index=-100)" in message
+    assert "index 4 is mmdetection's background label (num_classes)" in message
+    assert "give background=true to the loss" in message
+
+
+def test_background_beyond_c_is_still_an_error():
+    with pytest.raises(LossInputError, match=r"class index 5 is out of range for 4 classes \(valid: 0\.\.4 \(4 is "
+                                             r"the background\), or ignore_index=-100\)"):
+        lossdsl.compile("focal(background=true)")(torch.randn(3, 4), torch.tensor([0, 5, 1]))
+
+
+def test_background_is_a_sigmoid_option():
+    with pytest.raises(lossdsl.LossSpecError, match="a softmax head has a class of its own for background"):
+        lossdsl.parse("focal(head=softmax, background=true)")

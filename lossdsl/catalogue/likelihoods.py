@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, Strict
 
-from .base import Integer, LossNode, Smoothing, register
+from .base import Flag, Integer, LossNode, Smoothing, register
 
 NonNegativeNumber = Annotated[float, Strict(), Field(ge=0)]
 ClassWeights = tuple[NonNegativeNumber, ...]
@@ -42,8 +42,9 @@ class BCE(LossNode):
     Each element is independent. ``weight`` and ``pos_weight`` are a scalar or one value per class,
     broadcast on the class dimension 1. Smoothing moves targets towards 1/2: ``y' = y(1-s) + s/2``.
     Integer targets of the logits' shape without dimension 1 are class indices turned into one-hot,
-    with positions equal to ``ignore_index`` masked. Exactly
-    ``torch.nn.functional.binary_cross_entropy_with_logits``.
+    with positions equal to ``ignore_index`` masked; with ``background=true`` the index ``C``
+    (mmdetection's ``num_classes`` label) is an all-negative row. Exactly
+    ``torch.nn.functional.binary_cross_entropy_with_logits`` (computed exactly at every logit).
     """
 
     kind: Literal["bce"] = "bce"
@@ -51,6 +52,8 @@ class BCE(LossNode):
     pos_weight: NonNegativeNumber | ClassWeights | None = None
     smoothing: Smoothing = 0.0
     ignore_index: Integer = -100
+    # Opt-in, so that a 1-based label map cannot silently lose its last class.
+    background: Flag = False
 
     summary = "sigmoid binary cross-entropy (weight, pos_weight, label smoothing)"
     paper = "torch.nn.functional.binary_cross_entropy_with_logits"

@@ -36,14 +36,24 @@ class Named(LossNode):
             return sigmoid if getattr(self, "head", "sigmoid") == "sigmoid" else softmax
         return super().default_for(name)
 
+    @model_validator(mode="after")
+    def _background_on_the_sigmoid_head(self):
+        if getattr(self, "background", False) and getattr(self, "head", "sigmoid") == "softmax":
+            raise ValueError(
+                "background=true reads class index C as an all-negative row of a sigmoid head; "
+                "a softmax head has a class of its own for background"
+            )
+        return self
+
     def expand(self) -> LossNode:  # pragma: no cover - every subclass overrides
         raise NotImplementedError
 
-
-def _base(head: str, ignore_index: int, smoothing: float = 0.0) -> LossNode:
-    if head == "softmax":
-        return CE(ignore_index=ignore_index, smoothing=smoothing)
-    return BCE(ignore_index=ignore_index, smoothing=smoothing)
+    def base(self, smoothing: float = 0.0) -> LossNode:
+        """The likelihood at the bottom of the expansion, with the parameters passed down to it."""
+        ignore_index = getattr(self, "ignore_index", -100)
+        if getattr(self, "head", "sigmoid") == "softmax":
+            return CE(ignore_index=ignore_index, smoothing=smoothing)
+        return BCE(ignore_index=ignore_index, smoothing=smoothing, background=getattr(self, "background", False))
 
 
 @register
@@ -61,13 +71,14 @@ class Focal(Named):
     alpha: Alpha = None
     head: Head = "sigmoid"
     ignore_index: Integer = -100
+    background: Flag = False
 
     summary = "focal loss -alpha_t (1-p_t)^gamma log p_t, sigmoid or softmax"
     paper = "Lin et al. 2017, Focal Loss for Dense Object Detection"
     head_defaults = {"alpha": (0.25, None)}  # torchvision's default on the sigmoid head
 
     def expand(self) -> LossNode:
-        node: LossNode = Modulate(loss=_base(self.head, self.ignore_index), gamma=self.gamma)
+        node: LossNode = Modulate(loss=self.base(), gamma=self.gamma)
         if self.alpha is not None:
             node = Balance(loss=node, alpha=self.alpha)
         return node
@@ -91,6 +102,7 @@ class ASL(Named):
     head: Head = "sigmoid"
     smoothing: Smoothing = 0.0
     ignore_index: Integer = -100
+    background: Flag = False
 
     summary = "asymmetric loss: asymmetric focusing plus probability clipping of negatives"
     paper = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification"
@@ -103,7 +115,7 @@ class ASL(Named):
         return self
 
     def expand(self) -> LossNode:
-        node = _base(self.head, self.ignore_index, self.smoothing)
+        node = self.base(self.smoothing)
         if self.clip > 0:
             node = Clip(loss=node, margin=self.clip)
         return Modulate(loss=node, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, detach=self.detach)
@@ -120,6 +132,7 @@ class GHM(Named):
     bins: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 10
     momentum: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.0
     ignore_index: Integer = -100
+    background: Flag = False
 
     summary = "GHM-C: bce weighted by the inverse gradient density"
     paper = "Li et al. 2019, Gradient Harmonized Single-stage Detector"
@@ -129,7 +142,7 @@ class GHM(Named):
         return "sigmoid"
 
     def expand(self) -> LossNode:
-        return Density(loss=BCE(ignore_index=self.ignore_index), bins=self.bins, momentum=self.momentum)
+        return Density(loss=self.base(), bins=self.bins, momentum=self.momentum)
 
 
 @register

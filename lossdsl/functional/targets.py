@@ -7,20 +7,23 @@ from torch import Tensor
 
 
 def index_to_one_hot(
-    index: Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype = torch.float32
+    index: Tensor, num_classes: int, ignore_index: int, dtype: torch.dtype = torch.float32,
+    background: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Class indices ``[N, d1, ...]`` -> one-hot ``[N, C, d1, ...]`` (``dtype``) and the valid mask.
 
     Positions equal to ``ignore_index`` get an all-zero row; the mask (``[N, 1, d1, ...]``, bool)
-    marks the positions that count.
+    marks the positions that count. With ``background``, index ``C`` (mmdetection's ``num_classes``
+    label) is an all-negative row that counts: it is scattered into an extra column, then dropped.
     """
     index = index.long()
     valid = index != ignore_index
     safe = torch.where(valid, index, torch.zeros_like(index))
-    one_hot = torch.zeros(
-        (index.shape[0], num_classes, *index.shape[1:]), dtype=dtype, device=index.device
-    )
+    columns = num_classes + 1 if background else num_classes
+    one_hot = torch.zeros((index.shape[0], columns, *index.shape[1:]), dtype=dtype, device=index.device)
     one_hot.scatter_(1, safe.unsqueeze(1), 1.0)
+    if background:
+        one_hot = one_hot[:, :num_classes]
     valid = valid.unsqueeze(1)
     return one_hot * valid, valid
 

@@ -209,25 +209,35 @@ class TermModule(nn.Module):
                 hint="pass check_values=False to lossdsl.compile to skip this check",
             )
 
-    def check_indices(self, index: Tensor, num_classes: int, ignore_index: int) -> bool:
-        """Value check: class indices lie in [0, C) or equal ignore_index (skippable).
+    def check_indices(
+        self, index: Tensor, num_classes: int, ignore_index: int, background: bool = False
+    ) -> bool:
+        """Value check: class indices lie in [0, C) (or [0, C] with the background opt-in, C being
+        the all-negative background label) or equal ignore_index (skippable).
 
         One pass and one host sync when every index is in range; a second look only when some
-        index is outside [0, C) (ignored positions, or an actual error). Returns True when the
+        index is outside the range (ignored positions, or an actual error). Returns True when the
         check proved that no position is ignored (then the caller can skip its mask).
         """
         if not self.values_checked(index) or index.numel() == 0:
             return False
+        limit = num_classes + 1 if background else num_classes
         low, high = (int(v) for v in torch.aminmax(index))
-        if low >= 0 and high < num_classes:
-            return not 0 <= ignore_index < num_classes
-        bad = ((index < 0) | (index >= num_classes)) & (index != ignore_index)
+        if low >= 0 and high < limit:
+            return not 0 <= ignore_index < limit
+        bad = ((index < 0) | (index >= limit)) & (index != ignore_index)
         if bool(bad.any()):
             value = int(index[bad][0])
+            valid = f"0..{limit - 1}" + (f" ({num_classes} is the background)" if background else "")
+            hint = "pass check_values=False to lossdsl.compile to skip this check"
+            if value == num_classes and not background:
+                hint = (
+                    f"index {num_classes} is mmdetection's background label (num_classes); to read "
+                    "it as an all-negative row give background=true to the loss"
+                )
             raise self.fail(
                 f"class index {value} is out of range for {num_classes} classes "
-                f"(valid: 0..{num_classes - 1}, or ignore_index={ignore_index})",
-                hint="pass check_values=False to lossdsl.compile to skip this check",
+                f"(valid: {valid}, or ignore_index={ignore_index})", hint=hint,
             )
         return False
 

@@ -42,6 +42,7 @@ class SigmoidTerm(TermModule):
         super().__init__(term, label, check_values, synchronise)
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
+        self.background = base.background
         self.class_values("weight", base.weight)
         self.class_values("pos_weight", base.pos_weight)
         steps = []
@@ -78,8 +79,8 @@ class SigmoidTerm(TermModule):
                     f"targets of shape {shape_text(target)} are read as class indices and must be "
                     f"integers, got {target.dtype}"
                 )
-            self.check_indices(target, input.shape[1], self.ignore_index)
-            y, valid = index_to_one_hot(target, input.shape[1], self.ignore_index, dtype)
+            self.check_indices(target, input.shape[1], self.ignore_index, self.background)
+            y, valid = index_to_one_hot(target, input.shape[1], self.ignore_index, dtype, self.background)
             count = valid.sum() * input.shape[1]
         else:
             expected = f"{shape_text(input)} (multi-hot or soft targets)"
