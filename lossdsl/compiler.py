@@ -4,6 +4,7 @@ to the same module and give the same numbers."""
 from __future__ import annotations
 
 from .catalogue.base import LossNode
+from .catalogue.detection import Varifocal
 from .catalogue.likelihoods import BCE, CE
 from .catalogue.modifiers import Modifier
 from .catalogue.multitask import MultiTask
@@ -43,6 +44,8 @@ def compile_spec(
 def compile_term(term: Term, label: str, check_values: bool, distributed: bool = True) -> TermModule:
     """One term's module; ``term.loss`` is already expanded into primitive blocks."""
     base, blocks = _unwrap(term.loss)
+    if isinstance(base, Varifocal):  # bce with VarifocalNet's weight: the sigmoid kernel computes it
+        return SigmoidTerm(term, label, check_values, BCE(), (base,), synchronise=distributed)
     if isinstance(base, BCE):
         return SigmoidTerm(term, label, check_values, base, blocks, synchronise=distributed)
     if isinstance(base, CE):

@@ -52,6 +52,25 @@ def poly(loss: Tensor, q: Tensor, eps: list[float], gamma: Tensor | float = 0.0)
     return loss + sum(e * q ** (j + gamma) for j, e in enumerate(eps, start=1))
 
 
+def distance(x: Tensor, y: Tensor) -> Tensor:
+    """|y - p|, written y (1-p) - (1-y) p with 1 - p = sigmoid(-x) so that it stays accurate in
+    float64 where p rounds to 1 (the references are compared with float32 at confident logits)."""
+    return (y * torch.sigmoid(-x) - (1 - y) * torch.sigmoid(x)).abs()
+
+
+def qfocal(x: Tensor, y: Tensor, beta: float = 2.0) -> Tensor:
+    """GFL's quality focal loss (mmdetection gfocal_loss.py quality_focal_loss_tensor_target)."""
+    return bce(x, y) * distance(x, y) ** beta
+
+
+def varifocal(x: Tensor, y: Tensor, alpha=0.75, gamma=2.0, iou_weighted=True) -> Tensor:
+    """mmdetection varifocal_loss.py: the weight is y (or 1) where y > 0, alpha |p - y|^gamma else."""
+    positive = (y > 0).to(x.dtype)
+    on_positives = y * positive if iou_weighted else positive
+    weight = on_positives + alpha * distance(x, y) ** gamma * (1 - positive)
+    return bce(x, y) * weight
+
+
 def ghm_weights(x: Tensor, y: Tensor, bins: int, valid: Tensor | None = None) -> Tensor:
     """mmdetection's GHMC weights (no momentum): a loop over bins, as in its source."""
     edges = [i / bins for i in range(bins + 1)]

@@ -48,6 +48,11 @@ SIGMOID = {
     "poly(modulate(clip(bce(), margin=0.05), gamma_pos=1, gamma_neg=2), eps=1)":
         lambda x, y: ref.poly(ref.bce(x, y, margin=0.05) * ref.focusing(x, y, 1, 2, 0.05),
                               _q(x, y, 0.05), [1], 1 * y + 2 * (1 - y)),
+    "qfocal(beta=1.5)": lambda x, y: ref.qfocal(x, y, 1.5),
+    "poly(modulate(bce(), gamma=1, focus=quality), eps=0.5)":
+        lambda x, y: ref.qfocal(x, y, 1) + 0.5 * ref.distance(x, y) ** 2,
+    "varifocal()": lambda x, y: ref.varifocal(x, y),
+    "varifocal(alpha=0.5, gamma=1.5, iou_weighted=false)": lambda x, y: ref.varifocal(x, y, 0.5, 1.5, False),
     "ghm(bins=7)": lambda x, y: ref.bce(x, y) * ref.ghm_weights(x, y, 7),
     "density(focal(), bins=5)": lambda x, y: ref.focal(x, y) * ref.ghm_weights(x, y, 5),
 }
@@ -96,6 +101,9 @@ def _probabilities(shape=(6, 5), dtype=torch.float64):
 
 
 def _target_for(expr: str, x):
+    if expr.startswith("varifocal"):  # IoU targets: mostly background (0), some positives
+        soft = torch.rand(x.shape, dtype=x.dtype) * 0.9 + 0.05
+        return torch.where(torch.rand(x.shape) < 0.6, 0.0, soft).requires_grad_(True)
     if expr in SOFTMAX:
         return _probabilities(tuple(x.shape), x.dtype)
     if expr == "zlpr()":
@@ -148,6 +156,8 @@ def test_gradcheck_in_float64_for_logits_and_soft_targets(expr):
     loss = lossdsl.compile(expr).eval()  # eval: GHM-C's running counts stay put between the probes
     x = _logits((4, 5), scale=2.0)
     y = _target_for(expr, x)
+    if expr.startswith("varifocal"):  # its weight jumps at y = 0: finite differences in y cross it
+        y = y.detach()
     inputs = (x, y) if y.requires_grad else (x,)
     function = (lambda a, b: loss(a, b)) if y.requires_grad else (lambda a: loss(a, y))
     assert torch_gradcheck(function, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)

@@ -54,6 +54,8 @@ class LossNode(BaseModel):
     task_fields: ClassVar[tuple[str, ...]] = ()
     # Print only the positional argument (the {...} of a plain task dictionary).
     bare: ClassVar[bool] = False
+    # Why no block may wrap this name (None: a block may, when the name has a probability).
+    unwrappable: ClassVar[str | None] = None
 
     @classmethod
     def kind_name(cls) -> str:

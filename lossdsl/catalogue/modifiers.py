@@ -51,6 +51,8 @@ class Modifier(LossNode):
                 f"needs a loss with a probability p_t (ce, bce, or a block around them); "
                 f"{self.loss.kind_name()}() has none"
             )
+        if getattr(self.loss.expand(), "unwrappable", None):
+            raise ValueError(f"{self.loss.expand().unwrappable}; no block can wrap it")
         # Named losses count as their expansion: clip(asl()) holds two clips.
         if type(self).unique_in_term and any(
             isinstance(inner, type(self)) for inner in walk(self.loss.expand())
@@ -69,6 +71,11 @@ class Modulate(Modifier):
     softmax with class-index targets weights every class: ``l = -sum_c q_c w_c log p_c`` with
     ``w_c = (1-p_c)^gamma_pos`` for the target class and ``p_c^gamma_neg`` for the others.
     ``detach=true`` computes the weight without gradient (ASL's ``disable_torch_grad_focal_loss``).
+
+    ``focus=quality`` (sigmoid head) focuses on the distance to a soft quality target instead:
+    ``q = |y - p|`` (Li et al. 2020, GFL's Quality Focal Loss, whose targets are the IoU of the box at
+    the label class and 0 elsewhere); for hard targets it equals ``1 - p_t``. ``poly`` in the same term
+    uses the same ``q``.
     """
 
     kind: Literal["modulate"] = "modulate"
@@ -77,6 +84,7 @@ class Modulate(Modifier):
     gamma_pos: NonNegative | None = None
     gamma_neg: NonNegative | None = None
     detach: Flag = False
+    focus: Literal["pt", "quality"] = "pt"
 
     summary = "focusing factor (1-p_t)^gamma, optionally asymmetric (gamma_pos / gamma_neg)"
     paper = "Lin et al. 2017 (focal loss); Ridnik et al. 2021 (asymmetric focusing)"
@@ -89,6 +97,10 @@ class Modulate(Modifier):
         if (self.gamma_pos is None) != (self.gamma_neg is None):
             missing = "gamma_neg" if self.gamma_neg is None else "gamma_pos"
             raise ValueError(f"gamma_pos and gamma_neg go together; {missing} is missing")
+        if self.focus == "quality" and head_of(self.loss) == "softmax":
+            raise ValueError(
+                "focus=quality weighs each element by |y - p|, so it needs a sigmoid head (bce)"
+            )
         return self
 
     @property

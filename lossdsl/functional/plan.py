@@ -40,7 +40,16 @@ class DensityStep:
     synchronise: bool = True
 
 
-Step = Union[ModulateStep, PolyStep, BalanceStep, DensityStep]
+@dataclass(frozen=True)
+class VarifocalStep:
+    """VarifocalNet's weight: ``y`` (or 1) on positives, ``alpha p^gamma`` on negatives."""
+
+    alpha: float
+    gamma: float
+    iou_weighted: bool
+
+
+Step = Union[ModulateStep, PolyStep, BalanceStep, DensityStep, VarifocalStep]
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .distributed import sum_over_processes
 from .ghm import density_weights
-from .plan import BalanceStep, DensityStep, ModulateStep, PolyStep, Step, tiny
+from .plan import BalanceStep, DensityStep, ModulateStep, PolyStep, Step, VarifocalStep, tiny
 from .targets import zero_ignored
 from .tracing import is_compiling
 
@@ -41,6 +41,8 @@ class SigmoidPlan:
 
     margin: float = 0.0
     steps: tuple[Step, ...] = ()
+    # q is |y - p| (focus=quality, GFL) instead of 1 - p_t; the two agree for hard targets.
+    quality: bool = False
 
     @property
     def needs_q(self) -> bool:
@@ -61,10 +63,11 @@ class _Shared:
     on a CPU each large allocation costs page faults, often more than the arithmetic itself.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, margin: float, need_dy: bool) -> None:
+    def __init__(self, x: Tensor, y: Tensor, margin: float, need_dy: bool, quality: bool = False) -> None:
         self.x = x
         self.y = y
         self.margin = margin
+        self.quality = quality
         self.need_dy = need_dy  # derivatives w.r.t. y are built only when the target requires grad
         if is_compiling():
             # One exponential for everything (a fused kernel pays per transcendental, not per op):
@@ -115,7 +118,9 @@ class _Shared:
 
     def q(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``q = 1 - p_t = y (1-p) + (1-y) p_m``, ``dq/dx`` and ``dq/dy = (1-p) - p_m`` (None unless
-        the target requires grad)."""
+        the target requires grad); with ``quality``, ``q = |y - p_m|`` and its derivatives."""
+        if self._q is None and self.quality:
+            self._q = self._quality()
         if self._q is None:
             y = self.y
             p_m, dp_m = self.negative()
@@ -126,6 +131,17 @@ class _Shared:
                 dq = torch.addcmul(self.p_dp, y, self.p_dp, value=-2)
             self._q = (q, dq, torch.sub(self.one_minus_p, p_m) if self.need_dy else None)
         return self._q
+
+    def _quality(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``q = |d|`` with ``d = y - p_m = y (1-p) - (1-y) p_m`` (mixed with lerp, so that ``d`` is
+        ``1 - p`` exactly, not ``1 - p`` rounded, for a positive), ``dq = sign(d) dd``."""
+        y = self.y
+        p_m, dp_m = self.negative()
+        d = torch.lerp(torch.neg(p_m), self.one_minus_p, y)
+        sign = torch.sign(d)
+        dq = torch.lerp(dp_m, self.p_dp, y).mul_(sign).neg_()  # dd/dx = -(y p(1-p) + (1-y) dp_m/dx)
+        dq_dy = torch.add(self.one_minus_p, p_m).mul_(sign) if self.need_dy else None
+        return d.abs_(), dq, dq_dy
 
     def log_q(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``log q`` (q clamped to the smallest normal number), ``(dq/dx) / q`` and ``(dq/dy) / q``."""
@@ -273,6 +289,31 @@ def _base_loss(
     return loss, dx, dy
 
 
+def _varifocal_weight(
+    s: _Shared, step: VarifocalStep, need_dx: bool, need_dy: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``w = y`` (or 1) where ``y > 0``, ``alpha p^gamma`` where ``y = 0``, and its derivatives.
+
+    ``p^gamma = exp(-gamma softplus(-x))`` stays accurate for tiny ``p``; its x-derivative is
+    ``gamma p^gamma (1 - p)``. W.r.t. ``y``: 1 on positives with ``iou_weighted`` (w = y); on
+    negatives mmdetection's weight is ``alpha |p - y|^gamma``, whose y-derivative at ``y = 0`` is
+    ``-alpha gamma p^(gamma - 1)``, kept for parity.
+    """
+    positive = s.y > 0
+    zero = torch.zeros((), dtype=s.y.dtype, device=s.y.device)
+    negative_weight = torch.mul(s.softplus_neg, -step.gamma).exp_().mul_(step.alpha)
+    on_positives = s.y if step.iou_weighted else torch.ones_like(s.y)
+    weight = torch.where(positive, on_positives, negative_weight)
+    dy = None
+    if need_dy:
+        slope = torch.div(negative_weight, s.p.clamp(min=tiny(s.p.dtype))).mul_(-step.gamma)
+        dy = torch.where(positive, positive.to(weight.dtype) if step.iou_weighted else zero, slope)
+    dx = None
+    if need_dx:
+        dx = torch.where(positive, zero, negative_weight.mul_(s.one_minus_p).mul_(step.gamma))
+    return weight, dx, dy
+
+
 def _plain_bce(
     x: Tensor, y: Tensor, pos_weight: Tensor | None, need_dx: bool, need_dy: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -327,7 +368,7 @@ def sigmoid_loss_and_grad(
         if weight is not None:
             running.scale(weight)
         return (*running.selected(valid), None)
-    s = _Shared(x, y, plan.margin, need_dy)
+    s = _Shared(x, y, plan.margin, need_dy, plan.quality)
     # GHM-C's weights need only p: build them first, before the loss and its derivatives exist,
     # so that the binning's temporaries never coexist with them (a lower peak of memory).
     density, new_accumulator = None, None
@@ -340,6 +381,9 @@ def sigmoid_loss_and_grad(
             (seen - y).abs_(), valid, density_step.bins, density_step.momentum, accumulator, reducer
         )
         del seen
+    varifocal = next((step for step in plan.steps if isinstance(step, VarifocalStep)), None)
+    if varifocal is not None:  # built while p and softplus(-x) are alive
+        varifocal_weight = _varifocal_weight(s, varifocal, need_dx, need_dy)
     running = _Running(*_base_loss(s, pos_weight, need_dx, need_dy), in_place=not is_compiling())
     if plan.needs_q:
         s.q()  # built now, while its ingredients are alive
@@ -375,6 +419,9 @@ def sigmoid_loss_and_grad(
             running.scale(torch.addcmul(1 - alpha, y, slope), slope)  # alpha y + (1-alpha)(1-y)
         elif isinstance(step, DensityStep):
             running.scale(density)
+        elif isinstance(step, VarifocalStep):
+            running.multiply(*varifocal_weight)
+            varifocal_weight = None
     return (*running.selected(valid), new_accumulator)
 
 

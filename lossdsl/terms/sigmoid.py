@@ -8,9 +8,10 @@ import torch
 from torch import Tensor
 
 from ..catalogue.base import LossNode
+from ..catalogue.detection import Varifocal
 from ..catalogue.likelihoods import BCE
-from ..catalogue.modifiers import Clip, Density
-from ..functional.plan import DensityStep, compute_dtype
+from ..catalogue.modifiers import Clip, Density, Modulate
+from ..functional.plan import DensityStep, VarifocalStep, compute_dtype
 from ..functional.sigmoid_kernel import SigmoidPlan, sigmoid_term_elementwise
 from ..functional.targets import index_to_one_hot, per_class, smooth_binary
 from ..spec import Term
@@ -48,9 +49,12 @@ class SigmoidTerm(TermModule):
         steps = []
         margin = 0.0
         self.has_density = False
+        quality = any(isinstance(block, Modulate) and block.focus == "quality" for block in blocks)
         for block in blocks:
             if isinstance(block, Clip):
                 margin = block.margin
+            elif isinstance(block, Varifocal):
+                steps.append(VarifocalStep(block.alpha, block.gamma, block.iou_weighted))
             elif isinstance(block, Density):
                 self.has_density = True
                 steps.append(DensityStep(block.bins, block.momentum, synchronise))
@@ -59,7 +63,7 @@ class SigmoidTerm(TermModule):
                     self.register_running_buffer("ghm_accumulator", torch.zeros(block.bins))
             else:
                 steps.append(self.lower_block(block))
-        self.plan = SigmoidPlan(margin, tuple(steps))
+        self.plan = SigmoidPlan(margin, tuple(steps), quality)
 
     def prepare(self, input: Tensor, target: Tensor) -> SigmoidInputs:
         self.check_tensors(input, target)
