@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import reference as ref
 import torch
 import torch.nn.functional as F
 
 import lossdsl
-import reference as ref
 from lossdsl.catalogue import CATALOGUE
 
 torch_gradcheck = torch.autograd.gradcheck

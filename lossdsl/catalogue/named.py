@@ -53,7 +53,8 @@ class Named(LossNode):
         ignore_index = getattr(self, "ignore_index", -100)
         if getattr(self, "head", "sigmoid") == "softmax":
             return CE(ignore_index=ignore_index, smoothing=smoothing)
-        return BCE(ignore_index=ignore_index, smoothing=smoothing, background=getattr(self, "background", False))
+        background = getattr(self, "background", False)
+        return BCE(ignore_index=ignore_index, smoothing=smoothing, background=background)
 
 
 @register

@@ -1,0 +1,26 @@
+"""Registers lossdsl in mmengine's ``MODELS`` registry as ``type='LossDSL'``.
+
+mmdetection's registries are children of mmengine's, so an mmdetection config can build it::
+
+    custom_imports = dict(imports=["lossdsl.integrations.mmengine"], allow_failed_imports=False)
+    model = dict(bbox_head=dict(loss_cls=dict(type="LossDSL", expr="poly(focal(), eps=1)", loss_weight=1.0)))
+
+The module is ``lossdsl.integrations.mmdet.MMDetLoss`` (mmdetection's calling convention and labels).
+"""
+
+from __future__ import annotations
+
+try:
+    from mmengine.registry import MODELS
+except ImportError as error:  # an optional extra: say how to get it
+    raise ImportError(
+        "lossdsl.integrations.mmengine needs mmengine: pip install 'lossdsl[mmengine]'"
+    ) from error
+
+from .mmdet import MMDetLoss
+
+MODELS.register_module(name="LossDSL", module=MMDetLoss, force=True)
+
+LossDSL = MMDetLoss
+
+__all__ = ["LossDSL", "MODELS"]

@@ -1,0 +1,106 @@
+"""The mmengine / mmdetection adapter (issue 10): ``dict(type='LossDSL', expr=..., loss_weight=...)``.
+
+mmdetection itself does not import here (compiled mmcv); its registries are children of mmengine's
+``MODELS``, which a child registry with scope 'mmdet' stands in for. The calling convention and label
+conventions follow mmdet/models/losses/focal_loss.py (FocalLoss.forward) and gfocal_loss.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lossdsl
+
+mmengine = pytest.importorskip("mmengine")
+from mmengine.registry import MODELS, Registry  # noqa: E402
+from test_call_options import mmdet_py_sigmoid_focal_loss  # noqa: E402
+from test_detection import mmdet_quality_focal_loss, weight_reduce_loss  # noqa: E402
+
+import lossdsl.integrations.mmengine  # noqa: E402,F401  (registers LossDSL)
+from lossdsl.integrations.mmdet import MMDetLoss  # noqa: E402
+
+MMDET_MODELS = Registry("model", parent=MODELS, scope="mmdet_standin")
+
+
+def build(**config):
+    return MMDET_MODELS.build(dict(type="LossDSL", **config))
+
+
+def mmdet_focal_loss_forward(pred, labels, weight=None, avg_factor=None, reduction="mean", loss_weight=1.0):
+    """FocalLoss.forward (use_sigmoid=True, the py_ path on the CPU): labels with background
+    num_classes one-hot encoded with num_classes + 1 columns, the last dropped."""
+    num_classes = pred.size(1)
+    target = F.one_hot(labels, num_classes=num_classes + 1)[:, :num_classes]
+    return loss_weight * mmdet_py_sigmoid_focal_loss(pred, target, weight, reduction=reduction,
+                                                     avg_factor=avg_factor)
+
+
+def batch(n=30, c=5):
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.randn(n, c, generator=generator, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, c + 1, (n,), generator=generator)
+    return pred, labels
+
+
+def test_the_registry_builds_lossdsl_from_an_mmdetection_style_config():
+    loss = build(expr="poly(focal(), eps=1)", loss_weight=1.0)
+    assert isinstance(loss, MMDetLoss)
+    assert loss.use_sigmoid is True
+    assert "bce(background=true)" in repr(loss)
+
+
+@pytest.mark.parametrize("reduction_override", [None, "mean", "sum", "none"])
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_focal_through_the_adapter_equals_mmdetection_focal_loss(reduction_override, with_weight):
+    pred, labels = batch()
+    weight = torch.rand(pred.shape[0], dtype=pred.dtype) if with_weight else None
+    avg_factor = 7.0 if reduction_override in (None, "mean", "none") else None
+    loss = build(expr="focal(gamma=2, alpha=0.25)", loss_weight=0.5)
+    ours = loss(pred, labels, weight=weight, avg_factor=avg_factor, reduction_override=reduction_override)
+    expected = mmdet_focal_loss_forward(pred, labels, weight, avg_factor, reduction_override or "mean", 0.5)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(*(torch.autograd.grad(v.sum(), pred)[0] for v in (ours, expected)))
+
+
+def test_reduction_override_is_for_one_call_and_shares_running_state():
+    loss = build(expr="ghm(bins=5, momentum=0.5)")
+    pred, labels = batch()
+    loss(pred.detach(), labels, reduction_override="none")
+    counts = loss.state_dict()["loss.terms.0.ghm_accumulator"].clone()
+    assert counts.sum() > 0  # the override's call updated the one accumulator
+    assert loss(pred.detach(), labels).dim() == 0  # and the next call is reduced again
+
+
+def test_qfl_takes_mmdetections_label_score_pair():
+    pred, labels = batch()
+    score = torch.rand(pred.shape[0], dtype=pred.dtype)
+    loss = build(expr="qfocal(beta=2, reduction=batchmean)")
+    torch.testing.assert_close(loss(pred, (labels, score)),
+                               weight_reduce_loss(mmdet_quality_focal_loss(pred, labels, score)), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_use_sigmoid_must_agree_with_the_expression():
+    with pytest.raises(lossdsl.LossConfigError, match="use_sigmoid=False contradicts the expression, whose head "
+                                                      "is sigmoid"):
+        build(expr="focal()", use_sigmoid=False)
+    assert build(expr="ce()").use_sigmoid is False
+
+
+def test_a_task_dictionary_is_refused_with_what_to_write_instead():
+    with pytest.raises(lossdsl.LossConfigError, match="give one loss per config entry"):
+        build(expr="{cls: focal(), box: l1()}")
+
+
+def test_a_bad_expression_in_a_config_is_a_lossdsl_error_with_a_caret():
+    with pytest.raises(lossdsl.LossDSLError) as error:
+        build(expr="focal(gama=2)")
+    assert "did you mean 'gamma'?" in str(error.value)
+
+
+def test_a_bad_reduction_override_is_an_input_error():
+    pred, labels = batch()
+    with pytest.raises(lossdsl.LossInputError, match="reduction_override must be one of none, mean, sum"):
+        build(expr="focal()")(pred, labels, reduction_override="batchmean")
