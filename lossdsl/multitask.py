@@ -8,14 +8,14 @@ travel with ``loss.parameters()`` and ``loss.state_dict()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
-from .errors import LossInputError, unknown_name_hint
+from .errors import LossDSLError, LossInputError, unknown_name_hint
 from .functional.distributed import sum_over_processes
 from .functional.targets import index_to_one_hot
 from .functional.tracing import is_compiling
@@ -39,6 +39,16 @@ def task_head(spec: LossSpec) -> str | None:
         if head is not None:
             return head
     return None
+
+
+def in_task(name: str, step: Callable[..., Any], *args: Any) -> Any:
+    """``step(*args)`` for task ``name``: an input error it raises says which task it comes from."""
+    try:
+        return step(*args)
+    except LossDSLError as error:
+        error.reason = f"task '{name}': {error.reason}"
+        error.args = (error.reason,)
+        raise
 
 
 class MultiTaskLoss(nn.Module):
@@ -98,11 +108,13 @@ class MultiTaskLoss(nn.Module):
     def forward(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
         self._check_keys(preds, targets)
         # Every task checks its inputs before any of them computes or updates a buffer.
-        prepared = {name: self.tasks[name].prepare(preds[name], targets[name]) for name in self.names}
+        prepared = {
+            name: in_task(name, self.tasks[name].prepare, preds[name], targets[name]) for name in self.names
+        }
         if isinstance(self.node, DTP):
             # A missing indicator is an input error: raise it before any task updates a buffer.
             self._require_indicators()
-        raw = {name: self.tasks[name].combine(prepared[name]) for name in self.names}
+        raw = {name: in_task(name, self.tasks[name].combine, prepared[name]) for name in self.names}
         self._dtp_k = self._update_dtp(preds, targets) if isinstance(self.node, DTP) else None
         total = None
         logged: dict[str, Tensor] = {}
