@@ -7,7 +7,9 @@ References are written from the formulas (dtp: ``k <- alpha kpi + (1 - alpha) k`
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -66,6 +68,178 @@ def assert_unchanged(loss, before):
     assert set(after) == set(before)
     for name, value in after.items():
         assert torch.equal(value, before[name]), name
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. state is stored by task name
+
+
+def test_dtp_state_dict_keys_name_the_tasks():
+    loss = lossdsl.compile(DTP3)
+    assert set(loss.state_dict()) == {f"kpi_{what}.{task}" for what in ("average", "seen")
+                                      for task in ("seg", "tags", "depth")}
+
+
+def test_dtp_state_loads_into_the_same_tasks_listed_in_another_order():
+    trained = train_dtp()
+    resumed = lossdsl.compile(DTP3_REORDERED)
+    assert resumed.spec == trained.spec  # the specs compare equal, so a resume must work
+    resumed.load_state_dict(trained.state_dict())
+    preds, targets = batch(9)
+    expected = trained(preds, targets)  # no observe: depth keeps its average
+    got = resumed(preds, targets)
+    for task in ("seg", "tags", "depth"):
+        assert torch.equal(resumed.last_terms[f"{task}.weight"], trained.last_terms[f"{task}.weight"]), task
+        assert torch.equal(resumed.kpi_average[task], trained.kpi_average[task]), task
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
+
+
+def test_dtp_resumed_in_another_order_continues_the_moving_average_of_each_task():
+    trained = train_dtp(steps=2)
+    average = {task: trained.kpi_average[task].item() for task in ("seg", "tags", "depth")}
+    resumed = lossdsl.compile(DTP3_REORDERED)
+    resumed.load_state_dict(trained.state_dict())
+    preds, targets = batch(5)
+    resumed.observe(depth=0.9)
+    resumed(preds, targets)
+    measured = {"seg": seg_accuracy(preds["seg"], targets["seg"]),
+                "tags": tags_agreement(preds["tags"], targets["tags"]), "depth": 0.9}
+    for task, kpi in measured.items():
+        k = 0.7 * kpi + 0.3 * average[task]
+        torch.testing.assert_close(resumed.kpi_average[task].item(), k, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(resumed.last_terms[f"{task}.weight"].item(), dtp_weight(k, 2),
+                                   rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("form", ["kendall", "simple", "positive"])
+def test_uncertainty_state_loads_into_the_same_tasks_listed_in_another_order(form):
+    trained = lossdsl.compile(UNCERTAINTY3.replace("FORM", form))
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.3)
+    for step in range(3):
+        optimizer.zero_grad()
+        trained(*batch(step)).backward()
+        optimizer.step()
+    resumed = lossdsl.compile(UNCERTAINTY3_REORDERED.replace("FORM", form))
+    resumed.load_state_dict(trained.state_dict())
+    name = "scale" if form == "positive" else "log_variance"
+    for task in ("seg", "tags", "depth"):
+        assert torch.equal(getattr(resumed, name)[task], getattr(trained, name)[task]), task
+    preds, targets = batch(9)
+    torch.testing.assert_close(resumed(preds, targets), trained(preds, targets), rtol=1e-6, atol=0)
+    assert torch.equal(resumed.tasks["tags"].terms[0].ghm_accumulator,
+                       trained.tasks["tags"].terms[0].ghm_accumulator)
+
+
+def test_an_optimizer_state_resumes_with_the_same_tasks_listed_in_another_order():
+    """Adam keeps its moments by parameter position: the order of loss.parameters() must not
+    depend on the order the tasks are written in."""
+    trained = lossdsl.compile(UNCERTAINTY3.replace("FORM", "kendall"))
+    optimizer = torch.optim.Adam(trained.parameters(), lr=0.1)
+    for step in range(3):
+        optimizer.zero_grad()
+        trained(*batch(step)).backward()
+        optimizer.step()
+    resumed = lossdsl.compile(UNCERTAINTY3_REORDERED.replace("FORM", "kendall"))
+    resumed.load_state_dict(trained.state_dict())
+    resumed_optimizer = torch.optim.Adam(resumed.parameters(), lr=0.1)
+    resumed_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as from a file
+    for loss, opt in ((trained, optimizer), (resumed, resumed_optimizer)):
+        opt.zero_grad()
+        loss(*batch(7)).backward()
+        opt.step()
+    for task in ("seg", "tags", "depth"):
+        torch.testing.assert_close(resumed.log_variance[task], trained.log_variance[task], rtol=1e-6, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# 11. every task name the language accepts compiles and works
+
+
+# Attributes of nn.Module, of lossdsl's containers (store, _entries), protocol methods that copy
+# and pickle look up on the instance, and the first parameter of observe().
+MODULE_ATTRIBUTE_NAMES = [
+    "type", "items", "keys", "values", "training", "float", "half", "forward", "parameters",
+    "state_dict", "cuda", "to", "_modules", "_parameters", "_buffers", "__dict__", "__class__",
+    "T_destination", "dump_patches", "register_buffer", "store", "_entries", "__deepcopy__",
+    "__getstate__", "__copy__", "self",
+]
+
+
+@pytest.mark.parametrize("name", MODULE_ATTRIBUTE_NAMES)
+def test_uncertainty_with_a_task_named_like_a_module_attribute_compiles_and_trains(name):
+    expr = f"uncertainty({{{name}: ghm(momentum=0.5), depth: l1()}})"
+    loss = lossdsl.compile(expr)
+    assert {f"log_variance.{name}", "log_variance.depth", f"tasks.{name}.terms.0.ghm_accumulator"} == set(
+        loss.state_dict()
+    )
+    tags, tags_t = torch.randn(4, 5, requires_grad=True), (torch.rand(4, 5) > 0.5).float()
+    preds, targets = {name: tags, "depth": torch.zeros(3)}, {name: tags_t, "depth": torch.ones(3)}
+    optimizer = torch.optim.SGD(loss.parameters(), lr=0.5)
+    loss(preds, targets).backward()
+    assert tags.grad is not None and loss.log_variance[name].grad is not None
+    optimizer.step()
+    assert loss.log_variance[name].item() != 0.0  # the optimizer reached the task's parameter
+    assert loss.tasks[name].terms[0].ghm_accumulator.sum() > 0
+
+    resumed = lossdsl.compile(expr)
+    resumed.load_state_dict(loss.state_dict())
+    assert torch.equal(resumed(preds, targets), loss(preds, targets))
+    loss.eval().train()
+    assert loss.tasks.training is True  # attributes of the containers are untouched
+    loss.to(torch.float64)
+    assert loss.log_variance[name].dtype == torch.float64
+    assert isinstance(loss.log_variance[name], torch.nn.Parameter)
+
+
+@pytest.mark.parametrize("name", MODULE_ATTRIBUTE_NAMES)
+def test_dtp_with_a_task_named_like_a_module_attribute_compiles_observes_and_resumes(name):
+    expr = f"dtp({{{name}: ce(), depth: l1()}}, alpha=0.5)"
+    loss = lossdsl.compile(expr)
+    assert set(loss.state_dict()) == {f"kpi_average.{name}", f"kpi_seen.{name}", "kpi_average.depth",
+                                      "kpi_seen.depth"}
+    loss.observe(**{name: 0.25, "depth": 0.5})
+    seg_t = torch.tensor([0, 1, 2, 0])
+    preds, targets = ({name: 10 * F.one_hot(seg_t, 3).float(), "depth": torch.zeros(4)},
+                      {name: seg_t, "depth": torch.ones(4)})
+    loss(preds, targets)
+    loss(preds, targets)  # measured: accuracy 1, blended into the observed 0.25
+    assert loss.kpi_average[name].item() == 0.5 * 1.0 + 0.5 * 0.25
+    resumed = lossdsl.compile(expr)
+    resumed.load_state_dict(loss.state_dict())
+    loss.eval(), resumed.eval()
+    assert torch.equal(resumed(preds, targets), loss(preds, targets))
+
+
+@pytest.mark.parametrize("name", ["training", "type", "to"])
+def test_assigning_load_keeps_the_containers_working(name):
+    trained = lossdsl.compile(f"uncertainty({{{name}: ce(), depth: l1()}})")
+    with torch.no_grad():
+        trained.log_variance[name].fill_(0.75)
+    resumed = lossdsl.compile(f"uncertainty({{{name}: ce(), depth: l1()}})")
+    resumed.load_state_dict(trained.state_dict(), assign=True)
+    resumed.eval().train()
+    assert resumed.log_variance[name].item() == 0.75
+    assert resumed.log_variance.training is True
+    names = [n for n, _ in resumed.named_parameters()]
+    assert names == sorted([f"log_variance.{name}", "log_variance.depth"])
+
+
+@pytest.mark.parametrize("name", ["type", "__deepcopy__", "__copy__", "__getstate__", "__reduce_ex__"])
+def test_a_task_named_like_a_module_attribute_can_be_copied_and_pickled(name):
+    loss = lossdsl.compile(f"dtp({{{name}: ce(), to: l1()}})")
+    loss.observe(**{"to": 0.5, name: 0.25})
+    for clone in (copy.deepcopy(loss), pickle.loads(pickle.dumps(loss)), copy.copy(loss)):
+        assert clone.kpi_average[name].item() == 0.25 and clone.kpi_average["to"].item() == 0.5
+        assert list(clone.tasks) == [name, "to"]
+
+
+def test_tasks_keep_the_order_written_and_parameters_are_sorted_by_name():
+    loss = lossdsl.compile("uncertainty({to: ce(), keys: l1(), items: mse()})")
+    assert list(loss.tasks) == ["to", "keys", "items"]
+    assert len(loss.tasks) == 3 and "keys" in loss.tasks and "depth" not in loss.tasks
+    assert list(loss.log_variance.keys()) == ["items", "keys", "to"]
+    assert [name for name, _ in loss.named_parameters()] == ["log_variance.items", "log_variance.keys",
+                                                             "log_variance.to"]
 
 
 # --------------------------------------------------------------------------------------------------
