@@ -114,6 +114,17 @@ class RunningState(ByTask):
 
     store = "_buffers"
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RunningState:
+        # Running statistics keep their dtype whatever the module's: in float16 an average keeps
+        # 3 digits and drifts, and a checkpoint should not depend on the dtype a model trains in.
+        # They still follow the module to its device: where ``fn`` changed the dtype, the
+        # original values are moved instead (converting there and back would round them).
+        for name, buffer in self._buffers.items():
+            applied = fn(buffer)
+            self._buffers[name] = applied if applied.dtype == buffer.dtype else buffer.to(applied.device)
+        return self
+
+
 
 def in_task(name: str, step: Callable[..., Any], *args: Any) -> Any:
     """``step(*args)`` for task ``name``: an input error it raises says which task it comes from."""

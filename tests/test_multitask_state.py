@@ -152,6 +152,66 @@ def test_an_optimizer_state_resumes_with_the_same_tasks_listed_in_another_order(
 
 
 # --------------------------------------------------------------------------------------------------
+# 7. running statistics stay float32 whatever the module's dtype
+
+
+@pytest.mark.parametrize(
+    "convert", [lambda m: m.half(), lambda m: m.to(torch.float16), lambda m: m.bfloat16(),
+                lambda m: m.double(), lambda m: m.to(torch.float64), lambda m: m.type(torch.float16)],
+    ids=["half", "to-float16", "bfloat16", "double", "to-float64", "type-float16"],
+)
+def test_dtp_averages_keep_float32_and_their_exact_values_when_the_module_changes_dtype(convert):
+    loss = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    loss.observe(seg=0.123456789, depth=0.987654321)  # neither is a float16 or bfloat16 number
+    before = snapshot(loss)
+    assert convert(loss) is loss
+    for task in ("seg", "depth"):
+        assert loss.kpi_average[task].dtype == torch.float32
+        assert loss.kpi_seen[task].dtype == torch.bool
+    assert_unchanged(loss, before)
+
+
+def test_dtp_averages_follow_the_module_to_another_device_and_stay_float32():
+    loss = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    loss.to("meta", torch.float16)
+    for task in ("seg", "depth"):
+        assert loss.kpi_average[task].device.type == "meta"
+        assert loss.kpi_average[task].dtype == torch.float32
+        assert loss.kpi_seen[task].device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dtp_averages_follow_the_module_to_cuda_in_float32():
+    loss = lossdsl.compile("dtp({seg: ce(), depth: l1()})").cuda().half()
+    loss.observe(depth=torch.tensor(0.3, device="cuda", dtype=torch.float16))
+    loss({"seg": torch.randn(4, 3, device="cuda"), "depth": torch.zeros(4, device="cuda")},
+         {"seg": torch.tensor([0, 1, 2, 0], device="cuda"), "depth": torch.ones(4, device="cuda")})
+    for task in ("seg", "depth"):
+        assert loss.kpi_average[task].device.type == "cuda"
+        assert loss.kpi_average[task].dtype == torch.float32
+
+
+def test_dtp_on_a_half_module_averages_in_float32_like_a_float32_module():
+    half, full = lossdsl.compile(DTP3), lossdsl.compile(DTP3)
+    half.half()
+    for step in range(4):
+        preds, targets = batch(step)
+        preds = {task: value.half() for task, value in preds.items()}
+        for loss in (half, full):
+            loss.observe(depth=0.1 + 0.2 * step)
+            loss(preds, targets)
+    for task in ("seg", "tags", "depth"):
+        assert half.kpi_average[task].dtype == torch.float32
+        torch.testing.assert_close(half.kpi_average[task], full.kpi_average[task], rtol=0, atol=0)
+
+
+def test_uncertainty_parameters_follow_the_module_dtype_like_any_parameter():
+    loss = lossdsl.compile("uncertainty({seg: ce(), depth: l1()})").double()
+    assert all(value.dtype == torch.float64 for value in loss.log_variance.values())
+    assert all(isinstance(value, torch.nn.Parameter) for value in loss.parameters())
+
+
+# --------------------------------------------------------------------------------------------------
 # 11. every task name the language accepts compiles and works
 
 
@@ -208,6 +268,8 @@ def test_dtp_with_a_task_named_like_a_module_attribute_compiles_observes_and_res
     resumed.load_state_dict(loss.state_dict())
     loss.eval(), resumed.eval()
     assert torch.equal(resumed(preds, targets), loss(preds, targets))
+    loss.half()
+    assert loss.kpi_average[name].dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", ["training", "type", "to"])
