@@ -8,6 +8,8 @@ travel with ``loss.parameters()`` and ``loss.state_dict()``.
 
 from __future__ import annotations
 
+import numbers
+import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -125,7 +127,6 @@ class RunningState(ByTask):
         return self
 
 
-
 def in_task(name: str, step: Callable[..., Any], *args: Any) -> Any:
     """``step(*args)`` for task ``name``: an input error it raises says which task it comes from."""
     try:
@@ -134,6 +135,17 @@ def in_task(name: str, step: Callable[..., Any], *args: Any) -> Any:
         error.reason = f"task '{name}': {error.reason}"
         error.args = (error.reason,)
         raise
+
+
+def describe_value(value: Any) -> str:
+    """What a user passed, in a few words, for error messages."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def out_of_range(name: str, shown: str) -> LossInputError:
+    return LossInputError(f"the indicator of task '{name}' must lie in [0, 1], got {shown}")
 
 
 class MultiTaskLoss(nn.Module):
@@ -243,30 +255,47 @@ class MultiTaskLoss(nn.Module):
     def observe(self, /, **kpis: float | Tensor) -> None:
         """Give dtp the key performance indicator of some tasks, e.g. ``loss.observe(depth=0.8)``.
 
-        Values are in [0, 1], higher is better. Required for regression tasks, optional for the
-        others (it replaces their measured indicator for this update). Explicit calls update the
-        running averages in any mode.
+        Values are numbers in [0, 1] (Python numbers or 0-d tensors of any dtype and device),
+        higher is better. Required for regression tasks, optional for the others (it replaces
+        their measured indicator for this update). Explicit calls update the running averages in
+        any mode. All values are checked before any is stored.
         """
         if not isinstance(self.node, DTP):
             raise LossInputError("observe() belongs to dtp losses; this loss has no indicators")
-        for name, value in kpis.items():
-            if name not in self.tasks:
-                raise LossInputError(f"no task '{name}'", hint=unknown_name_hint(name, self.names, "tasks"))
-            value = torch.as_tensor(value, dtype=torch.float32, device=self.kpi_average[name].device)
-            if value.dim() != 0:  # else the range check below fails with torch's RuntimeError
-                raise LossInputError(
-                    f"the indicator of task '{name}' must be one number, got shape {list(value.shape)}"
-                )
-            if not is_compiling() and not bool((value >= 0) & (value <= 1)):
-                raise LossInputError(
-                    f"the indicator of task '{name}' must lie in [0, 1], got {float(value):g}"
-                )
+        values = {name: self._indicator(name, value) for name, value in kpis.items()}
+        for name, value in values.items():
             self._average(name, value)
             self.observed.add(name)
+
+    def _indicator(self, name: str, value: Any) -> Tensor:
+        """One task's observed indicator as a float32 0-d tensor beside its average, detached."""
+        if name not in self.tasks:
+            raise LossInputError(f"no task '{name}'", hint=unknown_name_hint(name, self.names, "tasks"))
+        # bool is a Python int and a torch dtype, but True is no score: it is refused like a string.
+        if isinstance(value, Tensor):
+            is_number = value.dim() == 0 and value.dtype != torch.bool and not value.is_complex()
+        else:
+            is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not is_number:
+            raise LossInputError(
+                f"the indicator of task '{name}' must be one number in [0, 1] (a Python number or "
+                f"a 0-d tensor), got {describe_value(value)}"
+            )
+        device = self.kpi_average[name].device
+        if isinstance(value, Tensor):
+            value = value.detach().to(device=device, dtype=torch.float32)
+            if not is_compiling() and not bool((value >= 0) & (value <= 1)):  # NaN fails too
+                raise out_of_range(name, f"{float(value):g}")
+            return value
+        if not 0 <= value <= 1:  # compared before float(), which overflows on a huge int
+            raise out_of_range(name, reprlib.repr(value))
+        return torch.tensor(float(value), dtype=torch.float32, device=device)
 
     def _average(self, name: str, kpi: Tensor) -> None:
         alpha = self.node.alpha
         average, seen = self.kpi_average[name], self.kpi_seen[name]
+        # Running state never joins an autograd graph: it would keep every step's graph alive.
+        kpi = kpi.detach()
         # The first observation starts the average; later ones are blended in.
         average.copy_(torch.where(seen, alpha * kpi + (1 - alpha) * average, kpi))
         seen.fill_(True)

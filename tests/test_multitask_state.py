@@ -212,6 +212,91 @@ def test_uncertainty_parameters_follow_the_module_dtype_like_any_parameter():
 
 
 # --------------------------------------------------------------------------------------------------
+# 9. observe(): detached, one number per task, checked before anything is stored
+
+
+def test_observe_with_autograd_history_leaves_the_buffers_as_graph_leaves():
+    loss = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    score = torch.tensor(0.4, requires_grad=True)
+    loss.observe(depth=score * 1.5)
+    loss.observe(depth=torch.sigmoid(score))
+    for value in loss.state_dict().values():
+        assert value.is_leaf and not value.requires_grad and value.grad_fn is None
+    k = 0.9 * torch.sigmoid(torch.tensor(0.4)).item() + 0.1 * 0.6
+    torch.testing.assert_close(loss.kpi_average["depth"].item(), k, rtol=1e-6, atol=1e-7)
+
+
+def test_a_loss_that_observed_a_tensor_with_history_can_be_deep_copied_and_trained():
+    loss = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    depth = torch.zeros(4, requires_grad=True)
+    for _ in range(2):  # backward twice: nothing of the first step's graph is kept by the buffers
+        loss.observe(depth=torch.exp(-(depth - 1).abs().mean()))
+        loss({"seg": torch.randn(4, 3), "depth": depth}, {"seg": torch.tensor([0, 1, 2, 0]),
+                                                          "depth": torch.ones(4)}).backward()
+    clone = copy.deepcopy(loss)
+    assert torch.equal(clone.kpi_average["depth"], loss.kpi_average["depth"])
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0.25, 0.25), (1, 1.0), (0, 0.0), (torch.tensor(0.25, dtype=torch.float64), 0.25),
+     (torch.tensor(0.25, dtype=torch.float16), 0.25), (torch.tensor(1), 1.0),
+     (torch.tensor(0.25, dtype=torch.bfloat16), 0.25)],
+    ids=["float", "int-1", "int-0", "float64-tensor", "float16-tensor", "int-tensor", "bfloat16-tensor"],
+)
+def test_observe_accepts_numbers_and_zero_dimensional_tensors(value, expected):
+    loss = lossdsl.compile("dtp({depth: l1()})")
+    loss.observe(depth=value)
+    assert loss.kpi_average["depth"].dtype == torch.float32
+    assert loss.kpi_average["depth"].item() == expected
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [(None, "NoneType"), ("0.5", "str '0.5'"), ([0.5], "list [0.5]"), (True, "bool True"),
+     (0.5j, "complex"), (torch.tensor([0.5, 0.6]), "shape [2]"), (torch.tensor([0.5]), "shape [1]"),
+     (torch.tensor(True), "torch.bool"), ({"a": 0.5}, "dict")],
+    ids=["none", "string", "list", "bool", "complex", "vector", "one-element-vector", "bool-tensor", "dict"],
+)
+def test_observe_refuses_anything_but_one_number_naming_the_task_and_the_value(value, shown):
+    loss = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    with pytest.raises(lossdsl.LossDSLError) as caught:
+        loss.observe(depth=value)
+    assert isinstance(caught.value, lossdsl.LossDSLError)
+    message = str(caught.value)
+    assert "task 'depth'" in message and shown in message, message
+    assert not loss.kpi_seen["depth"]
+
+
+@pytest.mark.parametrize("value, shown", [(10**400, "1000"), (-(10**400), "-1000"), (float("inf"), "inf"),
+                                          (torch.tensor(float("nan")), "nan"), (torch.tensor(2), "2")])
+def test_observe_of_a_number_outside_zero_one_names_the_task_and_the_number(value, shown):
+    loss = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    with pytest.raises(lossdsl.LossDSLError, match=rf"task 'depth' must lie in \[0, 1\], got {shown}"):
+        loss.observe(depth=value)
+    assert not loss.kpi_seen["depth"]
+
+
+def test_observe_checks_every_indicator_before_storing_any():
+    loss = lossdsl.compile("dtp({seg: ce(), tags: bce(), depth: l1()})")
+    seg_t = torch.tensor([0, 1, 2, 0])
+    preds = {"seg": 10 * F.one_hot(seg_t, 3).float(), "tags": torch.ones(4, 2), "depth": torch.zeros(4)}
+    targets = {"seg": seg_t, "tags": torch.ones(4, 2), "depth": torch.ones(4)}
+    loss.observe(seg=0.5, tags=0.5, depth=0.5)
+    loss(preds, targets)  # the observed values start every average
+    before = snapshot(loss)
+    for bad in ({"seg": 0.9, "depth": 1.5}, {"tags": 0.2, "depth": None}, {"seg": 0.1, "normals": 0.2}):
+        with pytest.raises(lossdsl.LossDSLError):
+            loss.observe(**bad)
+        assert_unchanged(loss, before)
+    # Nothing is pending either: the next step measures seg and tags (both perfect) itself.
+    loss(preds, targets)
+    for task in ("seg", "tags"):
+        torch.testing.assert_close(loss.kpi_average[task].item(), 0.9 * 1.0 + 0.1 * 0.5)
+    assert loss.kpi_average["depth"].item() == 0.5
+
+
+# --------------------------------------------------------------------------------------------------
 # 11. every task name the language accepts compiles and works
 
 
