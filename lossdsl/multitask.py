@@ -8,14 +8,16 @@ travel with ``loss.parameters()`` and ``loss.state_dict()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import numbers
+import reprlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
-from .errors import LossInputError, unknown_name_hint
+from .errors import LossDSLError, LossInputError, unknown_name_hint
 from .functional.distributed import sum_over_processes
 from .functional.targets import index_to_one_hot
 from .functional.tracing import is_compiling
@@ -41,6 +43,111 @@ def task_head(spec: LossSpec) -> str | None:
     return None
 
 
+class ByTask(nn.Module):
+    """Modules, parameters or buffers stored under the users' task names: ``container[name]``.
+
+    ``nn.ModuleDict`` and ``nn.ParameterDict`` refuse keys that are attributes of ``nn.Module``
+    (``type``, ``to``, ``training``, ``keys``...), yet a task may be named by any identifier. The
+    entries go straight into ``_modules``, ``_parameters`` or ``_buffers``: those maps are all that
+    ``state_dict``, ``load_state_dict``, ``.to()`` and ``parameters()`` walk, so the entries keep
+    the task's name in their keys (``log_variance.type``). Read them as ``container[name]``, never
+    as attributes: ``container.to`` is the method whatever the tasks are called.
+    """
+
+    store = "_modules"  # which of nn.Module's maps holds the entries
+
+    def __init__(self, entries: Mapping[str, Any]) -> None:
+        super().__init__()
+        self._entries().update(entries)
+
+    def _entries(self) -> dict[str, Any]:
+        return self.__dict__[self.store]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        entries = self.__dict__.get(self.store)
+        if entries is None or name not in entries:
+            super().__setattr__(name, value)
+        elif isinstance(value, (Tensor, nn.Module)):
+            # torch assigning an entry (load_state_dict(assign=True)): nn.Module's route would
+            # first drop the instance attribute of the same name (a task named ``training``).
+            entries[name] = value
+        else:
+            # nn.Module's own attribute (``self.training = mode`` in train()), which its route
+            # would refuse because an entry has that name.
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # copy and pickle look up protocol methods on the instance (``__deepcopy__``); nn.Module
+        # would answer with the entry of a task named that way.
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(f"{type(self).__name__} has no attribute '{name}'")
+        return super().__getattr__(name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._entries()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    def keys(self) -> Any:
+        return self._entries().keys()
+
+    def values(self) -> Any:
+        return self._entries().values()
+
+    def items(self) -> Any:
+        return self._entries().items()
+
+
+class TaskParameters(ByTask):
+    """One learnable tensor per task; like any parameter it follows ``.to(dtype)``."""
+
+    store = "_parameters"
+
+
+class RunningState(ByTask):
+    """One running statistic per task (a buffer, saved in ``state_dict``)."""
+
+    store = "_buffers"
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RunningState:
+        # Running statistics keep their dtype whatever the module's: in float16 an average keeps
+        # 3 digits and drifts, and a checkpoint should not depend on the dtype a model trains in.
+        # They still follow the module to its device: where ``fn`` changed the dtype, the
+        # original values are moved instead (converting there and back would round them).
+        for name, buffer in self._buffers.items():
+            applied = fn(buffer)
+            self._buffers[name] = applied if applied.dtype == buffer.dtype else buffer.to(applied.device)
+        return self
+
+
+def in_task(name: str, step: Callable[..., Any], *args: Any) -> Any:
+    """``step(*args)`` for task ``name``: an input error it raises says which task it comes from."""
+    try:
+        return step(*args)
+    except LossDSLError as error:
+        error.reason = f"task '{name}': {error.reason}"
+        error.args = (error.reason,)
+        raise
+
+
+def describe_value(value: Any) -> str:
+    """What a user passed, in a few words, for error messages."""
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def out_of_range(name: str, shown: str) -> LossInputError:
+    return LossInputError(f"the indicator of task '{name}' must lie in [0, 1], got {shown}")
+
+
 class MultiTaskLoss(nn.Module):
     """Weighted sum over named tasks. ``last_terms`` holds, per task ``t``, ``t`` (the raw loss),
     ``t.weight`` and ``t.weighted``, detached, plus ``total``."""
@@ -51,7 +158,7 @@ class MultiTaskLoss(nn.Module):
         super().__init__()
         self.spec = spec
         self.node = node
-        self.tasks = nn.ModuleDict(tasks)
+        self.tasks = ByTask(tasks)
         self.names = list(tasks)
         self.distributed = distributed
         self.last_terms: dict[str, Tensor] = {}
@@ -59,16 +166,20 @@ class MultiTaskLoss(nn.Module):
         if isinstance(node, Uncertainty):
             start = 1.0 if node.form == "positive" else 0.0
             name = "scale" if node.form == "positive" else "log_variance"
-            # One scalar parameter per task: ParameterDict keys are the task names.
-            setattr(self, name, nn.ParameterDict({t: nn.Parameter(torch.tensor(start)) for t in self.names}))
+            # Sorted by name, as nn.ParameterDict sorts a dict: an optimizer matches its saved state
+            # to parameters by position, so their order must not depend on how tasks are listed.
+            parameters = {t: nn.Parameter(torch.tensor(start)) for t in sorted(self.names)}
+            setattr(self, name, TaskParameters(parameters))
         if isinstance(node, DTP):
             self.heads = {name: task_head(node.tasks[name]) for name in self.names}
             self.ignore_index = {
                 name: next((t.ignore_index for t in tasks[name].terms if hasattr(t, "ignore_index")), -100)
                 for name in self.names
             }
-            self.register_buffer("kpi_average", torch.zeros(len(self.names)))
-            self.register_buffer("kpi_seen", torch.zeros(len(self.names), dtype=torch.bool))
+            # By task name, not by position: the same tasks listed in another order are an equal
+            # spec, and a state_dict saved from one must resume the other.
+            self.kpi_average = RunningState({t: torch.zeros((), dtype=torch.float32) for t in self.names})
+            self.kpi_seen = RunningState({t: torch.zeros((), dtype=torch.bool) for t in self.names})
             # Tasks given to observe() since the last training step: their value replaces the
             # measured indicator for that step (it was blended in twice before).
             self.observed: set[str] = set()
@@ -98,16 +209,18 @@ class MultiTaskLoss(nn.Module):
     def forward(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
         self._check_keys(preds, targets)
         # Every task checks its inputs before any of them computes or updates a buffer.
-        prepared = {name: self.tasks[name].prepare(preds[name], targets[name]) for name in self.names}
+        prepared = {
+            name: in_task(name, self.tasks[name].prepare, preds[name], targets[name]) for name in self.names
+        }
         if isinstance(self.node, DTP):
             # A missing indicator is an input error: raise it before any task updates a buffer.
             self._require_indicators()
-        raw = {name: self.tasks[name].combine(prepared[name]) for name in self.names}
-        self._dtp_k = self._update_dtp(preds, targets) if isinstance(self.node, DTP) else None
+        raw = {name: in_task(name, self.tasks[name].combine, prepared[name]) for name in self.names}
+        k = self._update_dtp(preds, targets) if isinstance(self.node, DTP) else {}
         total = None
         logged: dict[str, Tensor] = {}
         for name in self.names:
-            weighted, weight = self._weigh(name, raw[name])
+            weighted, weight = self._weigh(name, raw[name], k)
             total = weighted if total is None else total + weighted
             logged[name] = raw[name].detach()
             logged[f"{name}.weight"] = weight.detach() if isinstance(weight, Tensor) else torch.tensor(weight)
@@ -117,7 +230,7 @@ class MultiTaskLoss(nn.Module):
             self.last_terms = logged
         return total
 
-    def _weigh(self, name: str, loss: Tensor) -> tuple[Tensor, Tensor | float]:
+    def _weigh(self, name: str, loss: Tensor, k: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | float]:
         node = self.node
         if isinstance(node, Tasks):
             return loss, 1.0
@@ -134,43 +247,58 @@ class MultiTaskLoss(nn.Module):
                 weight = weight / 2
             return weight * loss + s / 2, weight
         # dtp: the weight follows the running KPI and carries no gradient.
-        index = self.names.index(name)
-        k = self._dtp_k[index].clamp(DTP_EPS, 1 - DTP_EPS)
-        weight = (-((1 - k) ** node.gamma) * torch.log(k)).detach()
+        k_task = k[name].clamp(DTP_EPS, 1 - DTP_EPS)
+        weight = (-((1 - k_task) ** node.gamma) * torch.log(k_task)).detach()
         return weight * loss, weight
 
     # -- dtp's running indicators
-    def observe(self, **kpis: float | Tensor) -> None:
+    def observe(self, /, **kpis: float | Tensor) -> None:
         """Give dtp the key performance indicator of some tasks, e.g. ``loss.observe(depth=0.8)``.
 
-        Values are in [0, 1], higher is better. Required for regression tasks, optional for the
-        others (it replaces their measured indicator for this update). Explicit calls update the
-        running averages in any mode.
+        Values are numbers in [0, 1] (Python numbers or 0-d tensors of any dtype and device),
+        higher is better. Required for regression tasks, optional for the others (it replaces
+        their measured indicator for this update). Explicit calls update the running averages in
+        any mode. All values are checked before any is stored.
         """
         if not isinstance(self.node, DTP):
             raise LossInputError("observe() belongs to dtp losses; this loss has no indicators")
-        for name, value in kpis.items():
-            if name not in self.tasks:
-                raise LossInputError(f"no task '{name}'", hint=unknown_name_hint(name, self.names, "tasks"))
-            value = torch.as_tensor(value, dtype=torch.float32, device=self.kpi_average.device)
-            if value.dim() != 0:  # else the range check below fails with torch's RuntimeError
-                raise LossInputError(
-                    f"the indicator of task '{name}' must be one number, got shape {list(value.shape)}"
-                )
-            if not is_compiling() and not bool((value >= 0) & (value <= 1)):
-                raise LossInputError(
-                    f"the indicator of task '{name}' must lie in [0, 1], got {float(value):g}"
-                )
-            self._average(self.names.index(name), value)
+        values = {name: self._indicator(name, value) for name, value in kpis.items()}
+        for name, value in values.items():
+            self._average(name, value)
             self.observed.add(name)
 
-    def _average(self, index: int, kpi: Tensor) -> None:
+    def _indicator(self, name: str, value: Any) -> Tensor:
+        """One task's observed indicator as a float32 0-d tensor beside its average, detached."""
+        if name not in self.tasks:
+            raise LossInputError(f"no task '{name}'", hint=unknown_name_hint(name, self.names, "tasks"))
+        # bool is a Python int and a torch dtype, but True is no score: it is refused like a string.
+        if isinstance(value, Tensor):
+            is_number = value.dim() == 0 and value.dtype != torch.bool and not value.is_complex()
+        else:
+            is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not is_number:
+            raise LossInputError(
+                f"the indicator of task '{name}' must be one number in [0, 1] (a Python number or "
+                f"a 0-d tensor), got {describe_value(value)}"
+            )
+        device = self.kpi_average[name].device
+        if isinstance(value, Tensor):
+            value = value.detach().to(device=device, dtype=torch.float32)
+            if not is_compiling() and not bool((value >= 0) & (value <= 1)):  # NaN fails too
+                raise out_of_range(name, f"{float(value):g}")
+            return value
+        if not 0 <= value <= 1:  # compared before float(), which overflows on a huge int
+            raise out_of_range(name, reprlib.repr(value))
+        return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+    def _average(self, name: str, kpi: Tensor) -> None:
         alpha = self.node.alpha
-        seen = self.kpi_seen[index]
+        average, seen = self.kpi_average[name], self.kpi_seen[name]
+        # Running state never joins an autograd graph: it would keep every step's graph alive.
+        kpi = kpi.detach()
         # The first observation starts the average; later ones are blended in.
-        blended = torch.where(seen, alpha * kpi + (1 - alpha) * self.kpi_average[index], kpi)
-        self.kpi_average[index] = blended
-        self.kpi_seen[index] = True
+        average.copy_(torch.where(seen, alpha * kpi + (1 - alpha) * average, kpi))
+        seen.fill_(True)
 
     def _measured(self) -> list[str]:
         return [name for name in self.names if not self.regression[name] and self.heads[name]]
@@ -181,21 +309,22 @@ class MultiTaskLoss(nn.Module):
             if name in measured or name in self._known_seen:
                 continue
             # Looks at the buffer (a host sync) only until the task's first indicator has been seen.
-            if not is_compiling() and not bool(self.kpi_seen[self.names.index(name)]):
+            if not is_compiling() and not bool(self.kpi_seen[name]):
                 raise LossInputError(
                     f"dtp needs an indicator for regression task '{name}' before its first step",
                     hint=f"call loss.observe({name}=value) with a score in [0, 1], higher is better",
                 )
             self._known_seen.add(name)
 
-    def _update_dtp(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+    def _update_dtp(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Blend this batch's indicators into the averages (training mode) and return the ``k`` per
         task that weighs this step. In eval mode nothing is stored; a task never seen yet is
         weighed by this batch's indicator rather than by an empty average."""
         measured = self._measured()
         observed, self.observed = self.observed, set()
+        k = {name: self.kpi_average[name] for name in self.names}
         if not measured:
-            return self.kpi_average
+            return k
         counts = []
         for name in measured:
             counts += list(self._hits(name, preds[name], targets[name]))
@@ -203,19 +332,17 @@ class MultiTaskLoss(nn.Module):
         stacked = torch.stack(counts)
         if self.distributed:
             stacked = sum_over_processes(stacked)
-        batch_k = self.kpi_average.clone()
         for i, name in enumerate(measured):
             # Observed tasks are still counted above, so every process reduces the same shape.
             if name in observed:
                 continue
             hits, total = stacked[2 * i], stacked[2 * i + 1]
             kpi = (hits / total.clamp(min=1)).to(torch.float32)
-            index = self.names.index(name)
             if self.training:
-                self._average(index, kpi)
+                self._average(name, kpi)  # k[name] is the buffer: it sees the update
             else:
-                batch_k[index] = torch.where(self.kpi_seen[index], self.kpi_average[index], kpi)
-        return self.kpi_average if self.training else batch_k
+                k[name] = torch.where(self.kpi_seen[name], self.kpi_average[name], kpi)
+        return k
 
     def _hits(self, name: str, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         logits = logits.detach()
@@ -235,4 +362,4 @@ class MultiTaskLoss(nn.Module):
         return f"lossdsl.compile({self.spec.to_expr()!r})"
 
 
-__all__ = ["MultiTaskLoss", "task_is_regression", "task_head"]
+__all__ = ["ByTask", "MultiTaskLoss", "RunningState", "TaskParameters", "task_head", "task_is_regression"]

@@ -92,7 +92,7 @@ def run_steps(rank: int, world: int, distributed: bool) -> dict:
         before = len(ALL_REDUCE_CALLS)
         loss(half(preds, rank, world), half(targets, rank, world))
         calls.append(len(ALL_REDUCE_CALLS) - before)
-        averages.append(loss.kpi_average.clone())
+        averages.append(torch.stack([loss.kpi_average[task] for task in ("seg", "tags")]))
         weights.append(torch.stack([loss.last_terms["seg.weight"], loss.last_terms["tags.weight"]]))
     results["dtp"] = {"averages": torch.stack(averages), "weights": torch.stack(weights), "calls": calls}
     return results
