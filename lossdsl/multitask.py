@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
 from .errors import LossDSLError, LossInputError, unknown_name_hint
-from .functional.distributed import sum_over_processes
+from .functional.distributed import sum_over_processes, with_gradients_averaged
 from .functional.targets import index_to_one_hot
 from .functional.tracing import is_compiling
 from .metrics import sigmoid_hits, softmax_hits
@@ -206,21 +206,31 @@ class MultiTaskLoss(nn.Module):
                 )
 
     # -- the weighting schemes
-    def forward(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+    def forward(
+        self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor],
+        weight: Mapping[str, Tensor] | None = None, avg_factor: Mapping[str, Tensor | float] | None = None,
+    ) -> Tensor:
+        """``weight`` and ``avg_factor``: call-time options per task (mappings by task name, any
+        subset of the tasks), passed to that task's loss (SPEC section 4)."""
         self._check_keys(preds, targets)
+        weights = self._per_task("weight", weight)
+        avg_factors = self._per_task("avg_factor", avg_factor)
         # Every task checks its inputs before any of them computes or updates a buffer.
         prepared = {
-            name: in_task(name, self.tasks[name].prepare, preds[name], targets[name]) for name in self.names
+            name: in_task(name, self.tasks[name].prepare, preds[name], targets[name], weights.get(name),
+                          avg_factors.get(name))
+            for name in self.names
         }
         if isinstance(self.node, DTP):
             # A missing indicator is an input error: raise it before any task updates a buffer.
             self._require_indicators()
         raw = {name: in_task(name, self.tasks[name].combine, prepared[name]) for name in self.names}
         k = self._update_dtp(preds, targets) if isinstance(self.node, DTP) else {}
+        learned = self._learned_weights()
         total = None
         logged: dict[str, Tensor] = {}
         for name in self.names:
-            weighted, weight = self._weigh(name, raw[name], k)
+            weighted, weight = self._weigh(name, raw[name], k, learned)
             total = weighted if total is None else total + weighted
             logged[name] = raw[name].detach()
             logged[f"{name}.weight"] = weight.detach() if isinstance(weight, Tensor) else torch.tensor(weight)
@@ -230,16 +240,46 @@ class MultiTaskLoss(nn.Module):
             self.last_terms = logged
         return total
 
-    def _weigh(self, name: str, loss: Tensor, k: Mapping[str, Tensor]) -> tuple[Tensor, Tensor | float]:
+    def _per_task(self, what: str, options: Any) -> Mapping[str, Any]:
+        if options is None:
+            return {}
+        if not isinstance(options, Mapping):
+            raise LossInputError(
+                f"a multi-task loss takes {what} as a mapping by task name, e.g. {what}={{'{self.names[0]}': ...}}; "
+                f"got {type(options).__name__}"
+            )
+        extra = [name for name in options if name not in self.tasks]
+        if extra:
+            raise LossInputError(
+                f"{what} has an entry '{extra[0]}' that is not a task of this loss",
+                hint=unknown_name_hint(str(extra[0]), self.names, "tasks"),
+            )
+        return options
+
+    def _learned_weights(self) -> dict[str, Tensor]:
+        """uncertainty's parameters by task, their gradients averaged over the process group when
+        distributed (SPEC 4b), so every rank keeps identical weights with or without DDP."""
+        if not isinstance(self.node, Uncertainty):
+            return {}
+        store = self.scale if self.node.form == "positive" else self.log_variance
+        names = list(store.keys())
+        values = [store[name] for name in names]
+        if self.distributed:
+            values = with_gradients_averaged(*values)
+        return dict(zip(names, values))
+
+    def _weigh(
+        self, name: str, loss: Tensor, k: Mapping[str, Tensor], learned: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor | float]:
         node = self.node
         if isinstance(node, Tasks):
             return loss, 1.0
         if isinstance(node, Uncertainty):
             if node.form == "positive":
-                c = self.scale[name]
+                c = learned[name]
                 weight = 1 / (2 * c * c)
                 return weight * loss + torch.log1p(c * c), weight
-            s = self.log_variance[name]
+            s = learned[name]
             weight = torch.exp(-s)
             if node.form == "simple":
                 return weight * loss + s, weight

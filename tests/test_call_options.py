@@ -179,3 +179,30 @@ def test_background_beyond_c_is_still_an_error():
 def test_background_is_a_sigmoid_option():
     with pytest.raises(lossdsl.LossSpecError, match="a softmax head has a class of its own for background"):
         lossdsl.parse("focal(head=softmax, background=true)")
+
+
+# -- per task in a multi-task loss -----------------------------------------------------------------
+
+
+def test_multi_task_losses_take_weight_and_avg_factor_per_task():
+    loss = lossdsl.compile("{cls: focal(), box: l1()}")
+    preds = {"cls": torch.randn(6, 3), "box": torch.randn(6, 4)}
+    targets = {"cls": (torch.rand(6, 3) > 0.7).float(), "box": torch.randn(6, 4)}
+    w = torch.rand(6)
+    value = loss(preds, targets, weight={"cls": w}, avg_factor={"cls": 4.0, "box": 2.0})
+    cls = lossdsl.compile("focal()")(preds["cls"], targets["cls"], weight=w, avg_factor=4.0)
+    box = lossdsl.compile("l1()")(preds["box"], targets["box"], avg_factor=2.0)
+    torch.testing.assert_close(value, cls + box)
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"weight": torch.rand(6)}, "a multi-task loss takes weight as a mapping by task name"),
+    ({"avg_factor": {"boxes": 2.0}}, "avg_factor has an entry 'boxes' that is not a task of this loss"),
+    ({"weight": {"box": torch.rand(5)}}, r"task 'box': l1\(\): weight of shape \[5\] does not fit"),
+])
+def test_per_task_options_are_checked(options, expected):
+    loss = lossdsl.compile("{cls: focal(), box: l1()}")
+    preds = {"cls": torch.randn(6, 3), "box": torch.randn(6, 4)}
+    targets = {"cls": (torch.rand(6, 3) > 0.7).float(), "box": torch.randn(6, 4)}
+    with pytest.raises(LossInputError, match=expected):
+        loss(preds, targets, **options)

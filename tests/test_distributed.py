@@ -95,7 +95,62 @@ def run_steps(rank: int, world: int, distributed: bool) -> dict:
         averages.append(torch.stack([loss.kpi_average[task] for task in ("seg", "tags")]))
         weights.append(torch.stack([loss.last_terms["seg.weight"], loss.last_terms["tags.weight"]]))
     results["dtp"] = {"averages": torch.stack(averages), "weights": torch.stack(weights), "calls": calls}
+    results["pos_mean"] = pos_mean_steps(rank, world, distributed)
+    results["uncertainty"] = uncertainty_steps(rank, world, distributed, inside_ddp=False)
+    if world > 1:
+        results["uncertainty_ddp"] = uncertainty_steps(rank, world, distributed, inside_ddp=True)
     return results
+
+
+def pos_mean_batch(step):
+    """Positives unevenly split: the first half holds most of them."""
+    generator = torch.Generator().manual_seed(40 + step)
+    features = torch.randn(16, 3, generator=generator)
+    target = torch.zeros(16, 4)
+    target[: 5 + step, 0] = 1.0
+    target[12:, 2] = 1.0
+    return features, target
+
+
+def pos_mean_steps(rank: int, world: int, distributed: bool) -> dict:
+    """The gradient of a shared linear layer under focal(reduction=pos_mean), averaged over the
+    processes as DDP would (SPEC 4b: the local sum over the group's mean positive count)."""
+    loss = lossdsl.compile("focal(reduction=pos_mean)", distributed=distributed)
+    weight = torch.linspace(-1, 1, 12).reshape(3, 4).requires_grad_(True)
+    values, grads = [], []
+    for step in range(STEPS):
+        features, target = pos_mean_batch(step)
+        value = loss(half(features, rank, world) @ weight, half(target, rank, world))
+        (grad,) = torch.autograd.grad(value, weight)
+        if world > 1:  # what DDP does to a parameter's gradient
+            dist.all_reduce(grad)
+            grad = grad / world
+        values.append(value.detach())
+        grads.append(grad)
+    return {"values": torch.stack(values), "grads": torch.stack(grads)}
+
+
+def uncertainty_batch(step):
+    generator = torch.Generator().manual_seed(50 + step)
+    preds = {"a": torch.randn(8, 3, generator=generator), "b": torch.randn(8, 2, generator=generator)}
+    targets = {"a": (torch.rand(8, 3, generator=generator) > 0.5).float(),
+               "b": torch.randn(8, 2, generator=generator) * (1 + 3 * (torch.arange(8) < 4)).unsqueeze(1)}
+    return preds, targets
+
+
+def uncertainty_steps(rank: int, world: int, distributed: bool, inside_ddp: bool) -> dict:
+    """SGD on uncertainty's task weights, the loss outside or inside a DDP-wrapped module."""
+    loss = lossdsl.compile("uncertainty({a: bce(), b: mse()})", distributed=distributed)
+    module = torch.nn.parallel.DistributedDataParallel(loss) if inside_ddp else loss
+    optimizer = torch.optim.SGD(loss.parameters(), lr=0.5)
+    history = []
+    for step in range(STEPS + 1):
+        preds, targets = uncertainty_batch(step)
+        optimizer.zero_grad()
+        module(half(preds, rank, world), half(targets, rank, world)).backward()
+        optimizer.step()
+        history.append(torch.stack([loss.log_variance["a"], loss.log_variance["b"]]).detach().clone())
+    return {"log_variance": torch.stack(history)}
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -207,6 +262,40 @@ def test_dtp_without_distributed_averages_each_processs_own_indicators(per_proce
     assert not torch.allclose(second, single_process["dtp"]["averages"])
     assert not torch.allclose(first, second)
     assert all(results["local"]["dtp"]["calls"] == [0] * STEPS for results in per_process)
+
+
+# --------------------------------------------------------------------------------------------------
+# pos_mean and uncertainty (SPEC 4b)
+
+
+def test_pos_mean_gradients_averaged_over_processes_equal_the_single_process_gradient(per_process, single_process):
+    for results in per_process:
+        torch.testing.assert_close(results["synchronised"]["pos_mean"]["grads"],
+                                   single_process["pos_mean"]["grads"], rtol=1e-5, atol=1e-6)
+    mean_value = sum(r["synchronised"]["pos_mean"]["values"] for r in per_process) / WORLD
+    torch.testing.assert_close(mean_value, single_process["pos_mean"]["values"], rtol=1e-5, atol=1e-6)
+
+
+def test_pos_mean_without_distributed_divides_by_each_processs_own_positives(per_process, single_process):
+    for results in per_process:
+        assert not torch.allclose(results["local"]["pos_mean"]["grads"], single_process["pos_mean"]["grads"],
+                                  rtol=1e-3)
+
+
+@pytest.mark.parametrize("scenario", ["uncertainty", "uncertainty_ddp"])
+def test_uncertainty_weights_stay_identical_on_every_process_and_equal_one_process(
+    per_process, single_process, scenario
+):
+    """Outside DDP the loss averages its weights' gradients itself; inside DDP, DDP averages the
+    already averaged (identical) gradients again, which changes nothing."""
+    first, second = (results["synchronised"][scenario]["log_variance"] for results in per_process)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    torch.testing.assert_close(first, single_process["uncertainty"]["log_variance"], rtol=1e-5, atol=1e-6)
+
+
+def test_uncertainty_without_distributed_drifts_apart_outside_ddp(per_process):
+    first, second = (results["local"]["uncertainty"]["log_variance"] for results in per_process)
+    assert not torch.allclose(first, second)
 
 
 # --------------------------------------------------------------------------------------------------

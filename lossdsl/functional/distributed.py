@@ -7,6 +7,7 @@ initialised.
 
 from __future__ import annotations
 
+import torch
 import torch.distributed as dist
 from torch import Tensor
 
@@ -29,3 +30,27 @@ def mean_over_processes(tensor: Tensor) -> Tensor:
     if not is_distributed():
         return tensor
     return sum_over_processes(tensor) / dist.get_world_size()
+
+
+class _AverageGradients(torch.autograd.Function):
+    """Identity forward; backward averages the gradients of all inputs over the process group in
+    one all_reduce (SPEC 4b: learnable task weights stay identical on every rank)."""
+
+    @staticmethod
+    def forward(ctx, *tensors):  # type: ignore[override]
+        return tuple(tensor.view_as(tensor) for tensor in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        flat = torch.stack([grad.reshape(()) for grad in grads])
+        averaged = mean_over_processes(flat)
+        return tuple(averaged[i].reshape(grad.shape) for i, grad in enumerate(grads))
+
+
+def with_gradients_averaged(*scalars: Tensor) -> tuple[Tensor, ...]:
+    """The 0-d ``scalars`` unchanged, but their gradients averaged over the process group when
+    torch.distributed is initialised. Inside a DDP-wrapped module DDP then averages identical
+    gradients again, which changes nothing; outside one, this is the only averaging."""
+    if not is_distributed():
+        return scalars
+    return _AverageGradients.apply(*scalars)
