@@ -23,6 +23,7 @@ from .functional.targets import index_to_one_hot
 from .functional.tracing import is_compiling
 from .metrics import sigmoid_hits, softmax_hits
 from .module import CompiledLoss
+from .running import apply_keeping_dtype
 from .spec import LossSpec
 
 # dtp's k is kept inside [eps, 1 - eps] so that -(1-k)^gamma log k stays finite.
@@ -117,13 +118,7 @@ class RunningState(ByTask):
     store = "_buffers"
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RunningState:
-        # Running statistics keep their dtype whatever the module's: in float16 an average keeps
-        # 3 digits and drifts, and a checkpoint should not depend on the dtype a model trains in.
-        # They still follow the module to its device: where ``fn`` changed the dtype, the
-        # original values are moved instead (converting there and back would round them).
-        for name, buffer in self._buffers.items():
-            applied = fn(buffer)
-            self._buffers[name] = applied if applied.dtype == buffer.dtype else buffer.to(applied.device)
+        apply_keeping_dtype(self._buffers, fn)  # float32 averages whatever the module's dtype
         return self
 
 

@@ -18,6 +18,7 @@ from ..errors import LossInputError
 from ..functional.distributed import mean_over_processes
 from ..functional.reduce import reduce_total
 from ..functional.tracing import is_compiling
+from ..running import apply_keeping_dtype
 from ..spec import Term
 
 
@@ -257,16 +258,11 @@ class TermModule(nn.Module):
                    if name not in self._non_persistent_buffers_set)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # .half(), .double() and .to(dtype) convert buffers along with parameters; a term's buffers
-        # are constants and running statistics (GHM-C's counts would overflow float16 past 65504
-        # members and silently zero the loss), so they follow the device but keep their dtype.
-        # The originals are kept so that nothing is rounded through the other dtype on the way.
-        originals = {name: buffer for name, buffer in self._buffers.items() if buffer is not None}
-        super()._apply(fn, recurse)
-        for name, original in originals.items():
-            moved = self._buffers[name]
-            if moved is not None and moved.dtype != original.dtype:
-                self._buffers[name] = original.to(device=moved.device)
+        # A term holds no parameters, only constants and running statistics: they follow the
+        # device but keep their dtype (see lossdsl.running).
+        apply_keeping_dtype(self._buffers, fn)
+        for child in self.children():
+            child._apply(fn, recurse)
         return self
 
     def lower_block(self, block: Any) -> Any:
