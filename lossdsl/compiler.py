@@ -4,6 +4,7 @@ to the same module and give the same numbers."""
 from __future__ import annotations
 
 from .catalogue.base import LossNode
+from .catalogue.boxes import DFL, BoxLoss
 from .catalogue.detection import Varifocal
 from .catalogue.likelihoods import BCE, CE
 from .catalogue.modifiers import Modifier
@@ -15,6 +16,7 @@ from .multitask import MultiTaskLoss
 from .printer import term_to_expr
 from .spec import LossSpec, Term
 from .terms.base import TermModule
+from .terms.boxes import BoxTerm, DFLTerm
 from .terms.regression import RegressionTerm
 from .terms.sigmoid import SigmoidTerm
 from .terms.softmax import SoftmaxTerm
@@ -52,6 +54,10 @@ def compile_term(term: Term, label: str, check_values: bool, distributed: bool =
         return SoftmaxTerm(term, label, check_values, base, blocks, distributed)
     if blocks:  # the validator already refuses this; kept as a guard for plug-ins
         raise LossSpecError(f"{blocks[-1].kind_name()}() needs a loss with a probability")
+    if isinstance(base, BoxLoss):
+        return BoxTerm(term, label, check_values, distributed)
+    if isinstance(base, DFL):
+        return DFLTerm(term, label, check_values, distributed)
     if isinstance(base, ZLPR):
         return ZLPRTerm(term, label, check_values, distributed)
     if base.is_regression:

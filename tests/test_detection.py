@@ -127,3 +127,101 @@ def test_quality_focus_needs_a_sigmoid_head():
     with pytest.raises(lossdsl.LossSpecError, match="focus=quality weighs each element by \\|y - p\\|, so it "
                                                     "needs a sigmoid head"):
         lossdsl.parse("modulate(ce(), focus=quality)")
+
+
+# -- box and distribution losses through compiled terms ------------------------------------------
+
+from test_box_functional import (  # noqa: E402
+    mm_distribution_focal_loss,
+    mm_giou_loss,
+    near,
+    random_boxes,
+    tv_ciou_loss,
+    tv_diou_loss,
+    tv_giou_loss,
+    tv_iou_loss,
+)
+
+TORCHVISION = {"iou": tv_iou_loss, "giou": tv_giou_loss, "diou": tv_diou_loss, "ciou": tv_ciou_loss}
+
+
+def boxes(n=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pred = random_boxes(n, generator)
+    return pred.requires_grad_(True), near(pred.detach(), 0.8, generator)
+
+
+@pytest.mark.parametrize("kind", sorted(TORCHVISION))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "batchmean"])
+def test_box_terms_match_torchvision_with_each_reduction(kind, reduction):
+    pred, target = boxes()
+    ours = lossdsl.compile(f"{kind}(reduction={reduction})")(pred, target)
+    per_box = TORCHVISION[kind](pred, target)
+    expected = {"mean": per_box.mean(), "sum": per_box.sum(), "none": per_box,
+                "batchmean": per_box.sum() / pred.shape[0]}[reduction]
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(*(torch.autograd.grad(v.sum(), pred)[0] for v in (ours, expected)),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_box_weight_per_coordinate_is_averaged_per_box_as_mmdetection_does():
+    """mmdet/models/losses/iou_loss.py GIoULoss.forward: a weight of the boxes' shape is averaged
+    over the last dimension, then weight_reduce_loss with avg_factor."""
+    pred, target = boxes()
+    weight = torch.rand(pred.shape, dtype=pred.dtype)
+    ours = lossdsl.compile("giou(eps=1e-6)")(pred, target, weight=weight, avg_factor=10.0)
+    expected = weight_reduce_loss(mm_giou_loss(pred, target, 1e-6), weight.mean(-1), avg_factor=10.0)
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("avg_factor", [None, 6.0])
+def test_dfl_matches_mmdetection_distribution_focal_loss(avg_factor):
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(10, 4, 9, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(10, 4, generator=generator, dtype=torch.float64) * 7.99
+    weight = torch.rand(10, dtype=torch.float64)
+    expected = weight_reduce_loss(mm_distribution_focal_loss(logits.reshape(-1, 9), target.reshape(-1))
+                                  .reshape(10, 4), weight[:, None], avg_factor=avg_factor)
+    ours = lossdsl.compile("dfl()")(logits, target, weight=weight, avg_factor=avg_factor)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_gfl_head_is_one_multi_task_expression():
+    loss = lossdsl.compile("{cls: qfocal(beta=2), box: 2 * giou(), dist: 0.25 * dfl()}")
+    pred, target = boxes(8)
+    preds = {"cls": torch.randn(8, 3), "box": pred, "dist": torch.randn(8, 4, 8)}
+    targets = {"cls": torch.rand(8, 3), "box": target, "dist": torch.rand(8, 4) * 7}
+    value = loss(preds, targets, avg_factor={"box": 3.0})
+    expected = (lossdsl.compile("qfocal(beta=2)")(preds["cls"], targets["cls"])
+                + 2 * lossdsl.compile("giou()")(pred, target, avg_factor=3.0)
+                + 0.25 * lossdsl.compile("dfl()")(preds["dist"], targets["dist"]))
+    torch.testing.assert_close(value, expected)
+
+
+@pytest.mark.parametrize("expr, pred, target, message", [
+    ("giou()", torch.rand(4, 5), torch.rand(4, 5), r"boxes are \(x1, y1, x2, y2\) in the last dimension; got "
+                                                    r"predictions of shape \[4, 5\]"),
+    ("giou()", torch.rand(4, 4), torch.rand(3, 4), r"target boxes of shape \[3, 4\] do not match"),
+    ("dfl()", torch.rand(4, 8), torch.tensor([0.0, 1.0, 7.5, 8.0]),
+     r"dfl targets must lie in \[0, 7\] \(the distances the 8 logits cover\); found values from 0 to 8"),
+    ("dfl()", torch.rand(4, 8), torch.rand(4, 8), r"target shape \[4, 8\] does not fit logits of shape \[4, 8\]; "
+                                                   r"expected \[4\]"),
+    ("qfocal()", torch.rand(4, 3), torch.rand(4, 3) + 0.5, r"targets must lie in \[0, 1\]"),
+    ("varifocal()", torch.rand(4, 3), -torch.rand(4, 3), r"targets must lie in \[0, 1\]"),
+    ("giou()", torch.rand(4, 4), torch.rand(4, 4), None),  # fine; the weight below is not
+])
+def test_bad_detection_inputs_are_lossdsl_errors(expr, pred, target, message):
+    loss = lossdsl.compile(expr)
+    if message is None:
+        with pytest.raises(lossdsl.LossInputError, match=r"weight of shape \[3\] does not fit the per-element "
+                                                         r"loss of shape \[4\]"):
+            loss(pred, target, weight=torch.rand(3))
+        return
+    with pytest.raises(lossdsl.LossInputError, match=message):
+        loss(pred, target)
+
+
+@pytest.mark.parametrize("expr", ["giou(reduction=pos_mean)", "dfl(reduction=pos_mean)"])
+def test_pos_mean_on_a_regression_term_is_an_error(expr):
+    with pytest.raises(lossdsl.LossSpecError, match="pos_mean counts positive targets"):
+        lossdsl.parse(expr)

@@ -16,6 +16,7 @@ import math
 
 import pytest
 import reference as ref
+import test_box_functional as boxes_ref
 import torch
 import torch.nn.functional as F
 
@@ -69,12 +70,19 @@ SOFTMAX = {
     "balance(ce(), alpha=0.5)": lambda x, y: 0.5 * ref.ce(x, y),
 }
 
-OTHER = {  # expr -> (reference, target maker)
+OTHER = {  # expr -> reference
     "mse()": lambda x, y: (x - y) ** 2,
     "l1()": lambda x, y: (x - y).abs(),
     "smooth_l1(beta=0.5)": lambda x, y: F.smooth_l1_loss(x, y, beta=0.5, reduction="none"),
     "zlpr()": ref.zlpr,
+    # torchvision's box losses written out (tests/test_box_functional.py)
+    "iou()": boxes_ref.tv_iou_loss,
+    "giou()": boxes_ref.tv_giou_loss,
+    "diou()": boxes_ref.tv_diou_loss,
+    "ciou()": boxes_ref.tv_ciou_loss,
+    "dfl()": boxes_ref.mm_distribution_focal_loss,
 }
+BOXES = ("iou()", "giou()", "diou()", "ciou()")
 
 MULTITASK = [
     "{a: focal(), b: 0.5 * mse()}",
@@ -98,6 +106,21 @@ def _soft(shape=(6, 5), dtype=torch.float64):
 
 def _probabilities(shape=(6, 5), dtype=torch.float64):
     return torch.softmax(torch.randn(shape, dtype=dtype), 1).requires_grad_(True)
+
+
+def _inputs(expr: str, shape=(6, 5), scale=3.0, dtype=torch.float64):
+    """Logits (or predictions) and a target that fit ``expr``; both require grad where they can."""
+    generator = torch.Generator().manual_seed(5)
+    if expr in BOXES:  # well-formed boxes and targets near them
+        pred = boxes_ref.random_boxes(shape[0], generator, dtype)
+        target = boxes_ref.near(pred, 0.6, generator)
+        return pred.requires_grad_(True), target.requires_grad_(True)
+    if expr == "dfl()":  # n = 7 distances; mmdetection's reference fails at y = n itself
+        target = torch.rand(shape[0], generator=generator, dtype=dtype) * 7
+        target[0], target[-1] = 0.01, 6.99  # DFL has a kink at integers: probe beside them
+        return _logits((shape[0], 8), scale, dtype), target.requires_grad_(True)
+    x = _logits(shape, scale, dtype)
+    return x, _target_for(expr, x)
 
 
 def _target_for(expr: str, x):
@@ -142,20 +165,19 @@ def test_every_catalogue_name_has_an_exactness_case():
 @pytest.mark.parametrize("expr", ALL_SINGLE)
 def test_float64_is_computed_in_float64_and_matches_the_formula(expr):
     reference = {**SIGMOID, **SOFTMAX, **OTHER}[expr]
-    x = _logits()
-    y = _target_for(expr, x)
+    x, y = _inputs(expr)
     value = lossdsl.compile(_none(expr))(x, y)
     assert value.dtype == torch.float64
     torch.testing.assert_close(value, reference(x, y), rtol=1e-12, atol=1e-14)
 
 
-# detach=true deliberately drops the focusing weight's derivative, so finite differences disagree
-# with it by design; its gradient is checked against the formula in the soft-target test below.
-@pytest.mark.parametrize("expr", [e for e in ALL_SINGLE if "detach=true" not in e])
+# detach=true deliberately drops the focusing weight's derivative, and ciou's alpha carries none by
+# definition, so finite differences disagree with them by design; their gradients are checked against
+# the formula (test_soft_targets_... below, tests/test_box_functional.py).
+@pytest.mark.parametrize("expr", [e for e in ALL_SINGLE if "detach=true" not in e and e != "ciou()"])
 def test_gradcheck_in_float64_for_logits_and_soft_targets(expr):
     loss = lossdsl.compile(expr).eval()  # eval: GHM-C's running counts stay put between the probes
-    x = _logits((4, 5), scale=2.0)
-    y = _target_for(expr, x)
+    x, y = _inputs(expr, (4, 5), scale=2.0)
     if expr.startswith("varifocal"):  # its weight jumps at y = 0: finite differences in y cross it
         y = y.detach()
     inputs = (x, y) if y.requires_grad else (x,)
