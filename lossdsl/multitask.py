@@ -239,8 +239,9 @@ class MultiTaskLoss(nn.Module):
         if options is None:
             return {}
         if not isinstance(options, Mapping):
+            example = f"{what}={{'{self.names[0]}': ...}}"
             raise LossInputError(
-                f"a multi-task loss takes {what} as a mapping by task name, e.g. {what}={{'{self.names[0]}': ...}}; "
+                f"a multi-task loss takes {what} as a mapping by task name, e.g. {example}; "
                 f"got {type(options).__name__}"
             )
         extra = [name for name in options if name not in self.tasks]
