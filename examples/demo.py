@@ -17,22 +17,32 @@ HERE = Path(__file__).resolve().parent
 
 
 def batch_for(loss, classes: int, generator: torch.Generator):
-    """Synthetic predictions and targets shaped for the loss's head (or heads, for multi-task)."""
+    """Synthetic predictions and targets shaped for the loss: per task for a multi-task loss, else
+    by the kind of its first term (softmax terms get segmentation-shaped batches)."""
     if isinstance(loss, lossdsl.CompiledLoss):
-        heads = {getattr(t.loss, "head", None) for t in loss.spec.expand().terms}
-        if "softmax" in heads:  # segmentation-shaped: [N, C, H, W] logits, [N, H, W] indices
-            target = torch.randint(0, classes, (2, 8, 8), generator=generator)
-            target[0, :2] = 255  # a strip of void pixels, ignored by ignore_index=255
-            return torch.randn(2, classes, 8, 8, generator=generator), target
-        # multi-label: [N, C] logits, multi-hot targets with rare positives
-        return torch.randn(16, classes, generator=generator), (
-            torch.rand(16, classes, generator=generator) < 0.1
-        ).float()
-    preds = {"seg": torch.randn(2, 3, 8, 8, generator=generator),
-             "depth": torch.randn(2, 1, 8, 8, generator=generator)}
-    targets = {"seg": torch.randint(0, 3, (2, 8, 8), generator=generator),
-               "depth": torch.randn(2, 1, 8, 8, generator=generator)}
-    return preds, targets
+        return term_batch(loss.terms[0], classes, generator)
+    batches = {name: term_batch(task.terms[0], 3, generator) for name, task in loss.tasks.items()}
+    return {name: b[0] for name, b in batches.items()}, {name: b[1] for name, b in batches.items()}
+
+
+def term_batch(term, classes: int, generator: torch.Generator):
+    kind = type(term).__name__
+    if kind == "SoftmaxTerm":  # segmentation-shaped: [N, C, H, W] logits, [N, H, W] indices
+        target = torch.randint(0, classes, (2, 8, 8), generator=generator)
+        target[0, :2] = 255  # a strip of void pixels, ignored by ignore_index=255
+        return torch.randn(2, classes, 8, 8, generator=generator), target
+    if kind == "BoxTerm":  # boxes (x1, y1, x2, y2) and targets near them
+        corner = torch.rand(16, 2, generator=generator) * 10
+        boxes = torch.cat([corner, corner + 1 + 3 * torch.rand(16, 2, generator=generator)], 1)
+        return boxes + torch.randn(16, 4, generator=generator) * 0.3, boxes
+    if kind == "DFLTerm":  # 17 distances per box edge, targets in [0, 16]
+        return torch.randn(16, 4, 17, generator=generator), torch.rand(16, 4, generator=generator) * 16
+    if kind == "RegressionTerm":  # dense regression, e.g. depth
+        return torch.randn(2, 1, 8, 8, generator=generator), torch.randn(2, 1, 8, 8, generator=generator)
+    # multi-label: [N, C] logits, rare positives with soft (IoU-like) targets for quality losses
+    positives = torch.rand(16, classes, generator=generator) < 0.1
+    quality = 0.5 + 0.5 * torch.rand(16, classes, generator=generator)
+    return torch.randn(16, classes, generator=generator), positives * quality
 
 
 def show(title: str, loss, classes: int, generator: torch.Generator) -> None:
