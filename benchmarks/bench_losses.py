@@ -91,6 +91,23 @@ def ghm_loop(bins: int):
     return loss
 
 
+def mmdet_qfl(x, y, beta=2.0):
+    """mmdetection quality_focal_loss_tensor_target (gfocal_loss.py), written plainly; mean over
+    elements (lossdsl's qfocal() default)."""
+    p = x.sigmoid()
+    loss = F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none") * p.pow(beta)
+    positive = y > 0
+    pos_loss = F.binary_cross_entropy_with_logits(x, y, reduction="none") * (y - p).abs().pow(beta)
+    return torch.where(positive, pos_loss, loss).mean()
+
+
+def mmdet_vfl(x, y, alpha=0.75, gamma=2.0):
+    """mmdetection varifocal_loss (varifocal_loss.py), iou_weighted, mean over elements."""
+    p = x.sigmoid()
+    focal_weight = y * (y > 0.0).float() + alpha * (p - y).abs().pow(gamma) * (y <= 0.0).float()
+    return (F.binary_cross_entropy_with_logits(x, y, reduction="none") * focal_weight).mean()
+
+
 def load_timm(file: str, name: str):
     spec = importlib.util.find_spec("timm")
     if spec is None or not spec.submodule_search_locations:
@@ -191,6 +208,8 @@ def main() -> None:
     x = (torch.randn(args.n, args.c, generator=generator) * 2).to(device)
     y = (torch.rand(args.n, args.c, generator=generator) < 0.01).float().to(device)
     t = torch.randint(0, args.c, (args.n,), generator=generator).to(device)
+    # IoU-quality targets: 1% soft positives (detection's quality focal and varifocal losses)
+    soft = (y * torch.rand(args.n, args.c, generator=generator).to(device) * 0.9 + y * 0.1)
 
     rows: list[tuple[str, Loss, str, Loss, object, str]] = [
         ("bce()", lossdsl.compile("bce()"), "F.binary_cross_entropy_with_logits", fused_bce, y, "~1.0"),
@@ -201,6 +220,9 @@ def main() -> None:
          hand_softmax_focal, t, "<= 1.0"),
         ("ghm(bins=30)", lossdsl.compile("ghm(bins=30)"), "per-bin GHM-C loop (mmdet)", ghm_loop(30), y,
          "<= 0.2"),
+        ("qfocal()", lossdsl.compile("qfocal()"), "mmdet quality_focal_loss, plainly", mmdet_qfl, soft, "<= 0.7"),
+        ("varifocal()", lossdsl.compile("varifocal()"), "mmdet varifocal_loss, plainly", mmdet_vfl, soft,
+         "<= 0.7"),
     ]
     timm_asl = load_timm("asymmetric_loss.py", "AsymmetricLossMultiLabel")
     if timm_asl is not None:
