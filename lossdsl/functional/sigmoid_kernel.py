@@ -56,19 +56,27 @@ def _softplus(x: Tensor) -> Tensor:
 
 
 class _Shared:
-    """Quantities the blocks share, each computed at most once per call.
+    """Quantities the blocks share, each computed at most once per call, and only when some block
+    needs it: ``p``; ``-log p = softplus(-x)``; ``1 - p = sigmoid(-x)`` (for ``q``, the clip margin,
+    ``pos_weight`` or varifocal; otherwise the base derivative is ``p - y``, as torch's own).
 
     Everything here is a fresh tensor owned by this call (the autograd Function runs without grad),
     so the blocks update the loss and its derivatives in place instead of allocating new tensors:
     on a CPU each large allocation costs page faults, often more than the arithmetic itself.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, margin: float, need_dy: bool, quality: bool = False) -> None:
+    def __init__(
+        self, x: Tensor, y: Tensor, margin: float, need_dy: bool, quality: bool, need_one_minus_p: bool
+    ) -> None:
         self.x = x
         self.y = y
         self.margin = margin
         self.quality = quality
         self.need_dy = need_dy  # derivatives w.r.t. y are built only when the target requires grad
+        self.need_one_minus_p = need_one_minus_p or margin > 0
+        self.one_minus_p: Tensor | None = None
+        self._minus_log_p: Tensor | None = None
+        self._minus_log_one_minus_p: Tensor | None = None
         if is_compiling():
             # One exponential for everything (a fused kernel pays per transcendental, not per op):
             # with e = exp(-|x|), p and 1 - p are 1/(1+e) and e/(1+e), and the two softplus share
@@ -78,25 +86,38 @@ class _Shared:
             positive = x >= 0
             self.p = torch.where(positive, big, small)
             self.one_minus_p = torch.where(positive, small, big)
+            self.need_one_minus_p = True
             log_term = torch.log1p(e)
-            self.softplus = x.clamp(min=0) + log_term  # -log(1 - p)
-            self.softplus_neg = (-x).clamp(min=0) + log_term  # -log p
+            self._minus_log_one_minus_p = x.clamp(min=0) + log_term  # softplus(x)
+            self._minus_log_p = (-x).clamp(min=0) + log_term  # softplus(-x)
         else:
-            negated = torch.neg(x)
             self.p = torch.sigmoid(x)
-            self.softplus = _softplus(x)
-            self.softplus_neg = _softplus(negated)
-            self.one_minus_p = negated.sigmoid_()  # sigmoid(-x), in the memory of -x
         self._p_dp: Tensor | None = None
         self._negative: tuple[Tensor, Tensor] | None = None
         self._q: tuple[Tensor, Tensor, Tensor | None] | None = None
         self._log_q: tuple[Tensor, Tensor, Tensor | None] | None = None
 
+    def minus_log_p(self) -> Tensor:
+        """``-log p = softplus(-x)``; ``1 - p = sigmoid(-x)`` is built beside it, in the memory of
+        ``-x``, when something needs it."""
+        if self._minus_log_p is None:
+            negated = torch.neg(self.x)
+            self._minus_log_p = _softplus(negated)
+            if self.need_one_minus_p:
+                self.one_minus_p = negated.sigmoid_()
+        return self._minus_log_p
+
+    def minus_log_one_minus_p(self) -> Tensor:
+        """``-log(1 - p) = softplus(x)``, handed over (the base loss is built in its memory)."""
+        value = self._minus_log_one_minus_p
+        self._minus_log_one_minus_p = None
+        return _softplus(self.x) if value is None else value
+
     def release(self) -> None:
         """Drop what only the base loss and ``q`` needed, so the peak memory stays low; ``q``, its
         derivatives and ``log q`` stay."""
-        self.p = self.one_minus_p = self.softplus = self.softplus_neg = None  # type: ignore[assignment]
-        self._p_dp = self._negative = None
+        self.p = self.one_minus_p = self._minus_log_p = None  # type: ignore[assignment]
+        self._minus_log_one_minus_p = self._p_dp = self._negative = None
 
     @property
     def p_dp(self) -> Tensor:
@@ -266,9 +287,12 @@ def _base_loss(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """bce per element, ``(1-y) (-log(1 - p_m)) + y (-pw log p)``, and its derivatives."""
     y = s.y
+    positive = s.minus_log_p()
+    if pos_weight is not None:
+        positive = positive * pos_weight
     negative_x = None  # d/dx of -log(1 - p_m)
     if s.margin == 0:
-        negative = s.softplus
+        negative = s.minus_log_one_minus_p()
         if need_dx:
             negative_x = s.p
     else:
@@ -279,13 +303,16 @@ def _base_loss(
         negative = torch.log(kept).neg_()
         if need_dx:
             negative_x = dp_m / kept
-    positive = s.softplus_neg if pos_weight is None else s.softplus_neg * pos_weight
-    loss = torch.lerp(negative, positive, y)
+    dy = torch.sub(positive, negative) if need_dy else None
+    # In place in eager mode (negative is this call's own full-shape tensor); a traced graph stays
+    # functional (in-place updates inside a traced autograd Function once gave wrong CUDA gradients).
+    loss = torch.lerp(negative, positive, y) if is_compiling() else negative.lerp_(positive, y)
     dx = None
-    if need_dx:  # d(-pw log p)/dx = -pw (1 - p)
+    if need_dx and s.one_minus_p is not None:  # (1-y) d(-log(1-p_m)) - y pw (1 - p), exact where p ~ 1
         positive_x = torch.neg(s.one_minus_p) if pos_weight is None else s.one_minus_p * -pos_weight
         dx = torch.lerp(negative_x, positive_x, y)
-    dy = torch.sub(positive, negative) if need_dy else None
+    elif need_dx:  # p - y, as torch's kernel (only p is at hand; no block needs 1 - p)
+        dx = torch.sub(s.p, y)
     return loss, dx, dy
 
 
@@ -301,7 +328,7 @@ def _varifocal_weight(
     """
     positive = s.y > 0
     zero = torch.zeros((), dtype=s.y.dtype, device=s.y.device)
-    negative_weight = torch.mul(s.softplus_neg, -step.gamma).exp_().mul_(step.alpha)
+    negative_weight = torch.mul(s.minus_log_p(), -step.gamma).exp_().mul_(step.alpha)
     on_positives = s.y if step.iou_weighted else torch.ones_like(s.y)
     weight = torch.where(positive, on_positives, negative_weight)
     dy = None
@@ -312,28 +339,6 @@ def _varifocal_weight(
     if need_dx:
         dx = torch.where(positive, zero, negative_weight.mul_(s.one_minus_p).mul_(step.gamma))
     return weight, dx, dy
-
-
-def _plain_bce(
-    x: Tensor, y: Tensor, pos_weight: Tensor | None, need_dx: bool, need_dy: bool
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """bce without blocks: the same formulas as ``_base_loss`` with as few passes and live tensors as
-    eager mode allows (three at most), since this is the path a plain ``bce()`` pays for."""
-    negated = torch.neg(x)
-    loss = _softplus(x)  # -log(1 - p)
-    positive = _softplus(negated)  # -log p
-    if pos_weight is not None:
-        positive = positive * pos_weight
-    dy = torch.sub(positive, loss) if need_dy else None
-    loss = loss.lerp_(positive, y)  # in place: x, y and so loss have the full shape
-    del positive
-    dx = None
-    if need_dx:  # (1-y) p - pw y (1-p)
-        one_minus_p = negated.sigmoid_().neg_()
-        if pos_weight is not None:
-            one_minus_p = one_minus_p * pos_weight
-        dx = torch.sigmoid(x).lerp_(one_minus_p, y)
-    return loss, dx, dy
 
 
 def sigmoid_loss_and_grad(
@@ -363,12 +368,9 @@ def sigmoid_loss_and_grad(
     """
     if valid is not None:  # an ignored logit may be inf or NaN: compute on 0 there, select it away below
         x = zero_ignored(x, valid)
-    if not plan.steps and plan.margin == 0 and not is_compiling():
-        running = _Running(*_plain_bce(x, y, pos_weight, need_dx, need_dy), in_place=True)
-        if weight is not None:
-            running.scale(weight)
-        return (*running.selected(valid), None)
-    s = _Shared(x, y, plan.margin, need_dy, plan.quality)
+    varifocal = next((step for step in plan.steps if isinstance(step, VarifocalStep)), None)
+    s = _Shared(x, y, plan.margin, need_dy, plan.quality,
+                need_one_minus_p=plan.needs_q or varifocal is not None or pos_weight is not None)
     # GHM-C's weights need only p: build them first, before the loss and its derivatives exist,
     # so that the binning's temporaries never coexist with them (a lower peak of memory).
     density, new_accumulator = None, None
@@ -381,7 +383,6 @@ def sigmoid_loss_and_grad(
             (seen - y).abs_(), valid, density_step.bins, density_step.momentum, accumulator, reducer
         )
         del seen
-    varifocal = next((step for step in plan.steps if isinstance(step, VarifocalStep)), None)
     if varifocal is not None:  # built while p and softplus(-x) are alive
         varifocal_weight = _varifocal_weight(s, varifocal, need_dx, need_dy)
     running = _Running(*_base_loss(s, pos_weight, need_dx, need_dy), in_place=not is_compiling())
