@@ -20,9 +20,10 @@ def index_to_one_hot(
     one_hot = torch.zeros(
         (index.shape[0], num_classes, *index.shape[1:]), dtype=dtype, device=index.device
     )
-    one_hot.scatter_(1, safe.unsqueeze(1), 1.0)
     valid = valid.unsqueeze(1)
-    return one_hot * valid, valid
+    # Scatter the mask itself (1 where valid, 0 where ignored): no second tensor of the full size.
+    one_hot.scatter_(1, safe.unsqueeze(1), valid.to(dtype))
+    return one_hot, valid
 
 
 def smooth_binary(y: Tensor, smoothing: float) -> Tensor:
