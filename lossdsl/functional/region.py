@@ -74,6 +74,11 @@ class RegionStats(NamedTuple):
         """``FN = sum (1-p) y = sum y - TP`` (clamped at 0 against rounding)."""
         return (_need(self.y_sum, "y_sum") - self.tp).clamp(min=0)
 
+    def select(self, classes: slice | Tensor) -> RegionStats:
+        """The statistics of some classes only (last dimension), e.g. ``slice(1, None)`` to leave the
+        background out (``include_background=false``): each class's sums are independent."""
+        return RegionStats(*(None if s is None else s[..., classes] for s in self))
+
 
 def _need(value: Tensor | None, name: str) -> Tensor:
     if value is None:
@@ -102,8 +107,8 @@ def region_stats(
     per element (a batched dot product, nothing the size of ``p`` is allocated for it); their backward
     pass is one fused multiply-add per input.
 
-    To leave classes out (``include_background=false``), slice the statistics (``stats[..., 1:]``
-    for each field): every class's sums are independent of the others.
+    To leave classes out (``include_background=false``), select them afterwards
+    (``stats.select(slice(1, None))``): every class's sums are independent of the others.
 
     Args:
         p: probabilities ``[N, C, d1, ...]`` (softmax or sigmoid of the logits), finite at every
@@ -134,7 +139,13 @@ def region_stats(
         index = y.reshape(n, -1).long()
         if positions is not None:  # ignored positions may hold any index (ignore_index=255)
             index = torch.where(positions, index, torch.zeros((), dtype=index.dtype, device=index.device))
-        sums = _IndexStats.apply(p, index, positions, first, second)
+        tp, *p_sums = _IndexStats.apply(p, index, positions, first, second)
+        # sum y counts the valid positions of each class (and sum y^2 = sum y): no gradient.
+        count = torch.ones_like(index, dtype=dtype) if positions is None else positions.to(dtype)
+        y_sum = torch.zeros((n, c), dtype=dtype, device=p.device).scatter_add_(1, index, count)
+        p_sum = p_sums.pop(0) if first else None
+        p_sq = p_sums.pop(0) if second else None
+        sums = _requested(tp, p_sum, y_sum, p_sq, y_sum, first, second)
     else:
         y = y.to(dtype).reshape(n, c, -1)
         mask = None if valid is None else valid.reshape(n, valid.shape[1], -1)
@@ -215,51 +226,42 @@ def _linear_gradient(g_tp: Tensor, other: Tensor, g_sum, g_sq, own: Tensor) -> T
 
 
 class _IndexStats(torch.autograd.Function):
-    """The same sums for class-index targets ``[N, P]`` (ignored positions already set to class 0 and
-    marked False in ``positions`` ``[N, P]``), without a one-hot: ``TP`` scatters the target class's
-    probability into its class, ``sum y`` counts the valid positions of each class, and
-    ``sum y^2 = sum y``."""
+    """The sums of ``p`` for class-index targets ``[N, P]`` (ignored positions already set to class 0
+    and marked False in ``positions`` ``[N, P]``), without a one-hot: ``TP`` scatters the target
+    class's probability into its class; then ``sum p`` and/or ``sum p^2`` as asked."""
 
     @staticmethod
     def forward(ctx, p, index, positions, first, second):  # type: ignore[override]
         n, c, _ = p.shape
         if positions is not None:
             p = torch.where(positions.unsqueeze(1), p, torch.zeros((), dtype=p.dtype, device=p.device))
-        zeros = torch.zeros((n, c), dtype=p.dtype, device=p.device)
-        tp = zeros.scatter_add(1, index, p.gather(1, index.unsqueeze(1)).squeeze(1))
-        count = (
-            torch.ones(index.shape, dtype=p.dtype, device=p.device) if positions is None
-            else positions.to(p.dtype)
-        )
-        y_sum = zeros.scatter_add(1, index, count)
-        p_sum = p_sq = None
+        on_target = p.gather(1, index.unsqueeze(1)).squeeze(1)
+        sums = [torch.zeros((n, c), dtype=p.dtype, device=p.device).scatter_add_(1, index, on_target)]
         if first:
-            p_sum = p.sum(-1)
+            sums.append(p.sum(-1))
         if second:
-            p_sq = torch.linalg.vecdot(p, p)
-        ctx.save_for_backward(index, positions, p if second else None)
+            sums.append(torch.linalg.vecdot(p, p))
+        if positions is None:
+            positions = torch.ones_like(index, dtype=torch.bool)
+        ctx.save_for_backward(index, positions, p)
         ctx.powers = (first, second)
-        ctx.shape = p.shape
-        return _requested(tp, p_sum, y_sum, p_sq, y_sum, first, second)
+        return tuple(sums)
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
         index, positions, p = ctx.saved_tensors
-        g_tp, g_p, _, g_p2, _ = _gradients(grads, *ctx.powers)
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
+        first, second = ctx.powers
+        g_tp, *rest = (g.unsqueeze(-1) for g in grads)
+        g_p = rest.pop(0) if first else None
+        g_p2 = rest.pop(0) if second else None
         # d sum p / dp and d sum p^2 / dp everywhere, then dTP/dp = 1 at the target class.
         if g_p2 is None:
             grad = g_p if g_p is not None else torch.zeros_like(g_tp)
         else:
             grad = torch.mul(p, 2 * g_p2) if g_p is None else torch.addcmul(g_p, p, 2 * g_p2)
-        on_target = g_tp.squeeze(-1).gather(1, index)
-        if positions is None:
-            grad = grad.expand(ctx.shape).clone() if g_p2 is None else grad
-        else:
-            zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-            grad = torch.where(positions.unsqueeze(1), grad, zero)
-            on_target = torch.where(positions, on_target, zero)
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        grad = torch.where(positions.unsqueeze(1), grad, zero)  # also expands [N, C, 1] to p's shape
+        on_target = torch.where(positions, g_tp.squeeze(-1).gather(1, index), zero)
         return grad.scatter_add_(1, index.unsqueeze(1), on_target.unsqueeze(1)), None, None, None, None
 
 
@@ -272,8 +274,9 @@ def _ratio_loss(hit: Tensor, miss: Tensor, gamma: float = 1.0, log: bool = False
     ``hit`` and ``miss`` are >= 0. ``1 - ratio`` is ``miss / (hit + miss)``, 0 where both are 0;
     ``-log ratio`` is ``log1p(miss / hit)``, with ``hit`` clamped to the smallest normal number so
     that ``smooth = 0`` and ``TP = 0`` give a large finite loss rather than inf. A fractional
-    ``gamma`` is ``exp(gamma log u)`` with ``u`` clamped the same way: its gradient is finite (0) at
-    ``u = 0``, a perfect ratio, where ``d u^gamma / du`` is infinite for ``gamma < 1``.
+    ``gamma`` is taken of ``u`` where ``u > 0`` and is 0 elsewhere, both selected with ``where``:
+    at ``u = 0`` (a perfect ratio, every position ignored) the value is exactly 0 and the gradient 0,
+    where ``d u^gamma / du`` is infinite for ``gamma < 1``.
     """
     if log:
         loss = torch.log1p(miss / hit.clamp(min=tiny(hit.dtype)))
@@ -284,7 +287,9 @@ def _ratio_loss(hit: Tensor, miss: Tensor, gamma: float = 1.0, log: bool = False
         return loss
     if gamma > 1:
         return loss.pow(gamma)  # derivative gamma u^(gamma-1) is finite at u = 0
-    return torch.exp(gamma * torch.log(loss.clamp(min=tiny(loss.dtype))))
+    positive = loss > 0
+    safe = torch.where(positive, loss, torch.ones_like(loss))
+    return torch.where(positive, safe.pow(gamma), torch.zeros_like(loss))
 
 
 def tversky(
