@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TIMM ?= timm==1.0.31
+SMP ?= segmentation-models-pytorch==0.6.0
 
 .PHONY: demo test venv clean
 
@@ -15,7 +16,7 @@ $(VENV)/.ready: pyproject.toml setup.py
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
 	# timm is a parity reference only; its dependencies would pull torchvision, so none are installed.
-	$(PY) -m pip install -q --no-deps "$(TIMM)"
+	$(PY) -m pip install -q --no-deps "$(TIMM)" "$(SMP)"
 	touch $@
 
 venv: $(VENV)/.ready
