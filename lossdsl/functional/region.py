@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .plan import compute_dtype, tiny
 from .targets import zero_ignored
+from .tracing import is_compiling
 
 WEIGHTINGS = ("square", "simple", "uniform")
 LOVASZ_CLASSES = ("present", "all")
@@ -418,34 +419,29 @@ def lovasz_softmax(
 ) -> tuple[Tensor, Tensor]:
     """Lovász-Softmax loss per class (Berman et al. 2018), per image or over the whole batch.
 
-    For each class ``c`` the errors ``e = abs(y_c - p_c)`` of the row's positions are sorted in
-    decreasing order and the loss is ``sum_i e_(i) g_i``, ``g`` the increments of the Jaccard loss
-    ``1 - (G - F_i) / (G + B_i)`` along the sorted order (``G = sum y_c``, ``F_i`` and ``B_i`` the
-    foreground and background mass among the first ``i``): the Lovász extension of the Jaccard loss,
-    a convex surrogate of ``1 - IoU``. Every row is sorted in one batched sort.
+    For each class ``c`` the errors ``e = abs(y_c - p_c)`` of a row's positions (one image, or the
+    whole batch) are sorted in decreasing order and the loss is ``sum_i e_(i) (J_i - J_(i-1))``, with
+    ``J_i = 1 - (G - F_i) / (G + i - F_i)`` the Jaccard loss of the first ``i`` positions (``G`` the
+    row's target mass, ``F_i`` that of the first ``i``): the Lovász extension of the Jaccard loss, a
+    convex surrogate of ``1 - IoU`` equal to it on one-hot predictions. All rows are sorted at once.
 
     Args:
-        p: probabilities ``[N, C, d1, ...]`` (softmax of the logits, finite everywhere).
-        y: targets of the same shape: one-hot, or probabilities (the formula with soft foreground).
+        p: probabilities ``[N, C, d1, ...]`` (softmax of the logits).
+        y: targets of the same shape: one-hot, or probabilities (the formula with soft foreground; soft
+            targets that require grad receive their gradient, through the Jaccard weights too).
         valid: bool mask of the positions (``[N, 1, d1, ...]``) or elements that count, or None.
-            Ignored positions are left out of the rows, as if removed.
-        per_image: one row per image and class, else one per class over the whole batch.
-        classes: ``present`` counts only the rows whose class has target mass; ``all`` counts every
-            row that has a valid position.
+            Ignored positions are left out of the rows, as if removed, whatever ``p`` holds there.
+        per_image: one row per image and class (Berman's ``per_image``), else one per class over the
+            whole batch.
+        classes: ``present`` counts only the rows whose class has target mass (Berman's and smp's
+            default); ``all`` counts every row that has a valid position.
 
     Returns:
         ``(loss, counted)``: the loss per row, ``[N, C]`` with ``per_image`` else ``[C]``, 0 where the
         row does not count, and the bool mask ``counted`` of the rows that do. Berman's (and smp's)
-        loss is :func:`mean_over_counted`; ``loss.sum()`` is its sum.
+        loss is :func:`mean_over_counted` of the two; ``loss.sum()`` is their sum.
     """
-    dtype = compute_dtype(p)
-    p, y = p.to(dtype), y.to(dtype)
-    if valid is not None:
-        p, y = zero_ignored(p, valid), zero_ignored(y, valid)
-    errors = (y - p).abs()  # 0 at ignored positions: they sort after every error that counts
-    fg = _rows(y, per_image)
-    loss = _lovasz_rows(_rows(errors, per_image), fg)
-    return _counted(loss, fg, valid, p, per_image, classes)
+    return _lovasz(p, y, valid, per_image, classes, hinge=False)
 
 
 def lovasz_hinge(
@@ -464,26 +460,18 @@ def lovasz_hinge(
     flattens all classes into a single problem instead.
 
     Args:
-        x: logits ``[N, C, d1, ...]`` (finite; sanitise ignored positions).
+        x: logits ``[N, C, d1, ...]``.
         y: binary masks of the same shape (values in [0, 1]; soft values enter the formula as such).
-        valid: bool mask of the positions or elements that count, or None.
+        valid: bool mask of the positions or elements that count, or None; ignored positions are
+            left out whatever ``x`` holds there.
         per_image: one row per image and class, else one per class over the whole batch.
-        classes: ``all`` (default here: an empty mask is still penalised for its false positives, as
-            in smp's binary mode) or ``present``.
+        classes: ``all`` (the default here: an empty mask is still penalised for its false positives,
+            as in Berman's binary loss and smp's ``binary`` mode) or ``present``.
 
     Returns:
         ``(loss, counted)`` as :func:`lovasz_softmax`.
     """
-    dtype = compute_dtype(x)
-    x, y = x.to(dtype), y.to(dtype)
-    if valid is not None:
-        x, y = zero_ignored(x, valid), zero_ignored(y, valid)
-    errors = torch.relu(1 - x * (2 * y - 1))
-    if valid is not None:  # a sanitised logit of 0 still has a hinge error of 1
-        errors = zero_ignored(errors, valid)
-    fg = _rows(y, per_image)
-    loss = _lovasz_rows(_rows(errors, per_image), fg)
-    return _counted(loss, fg, valid, x, per_image, classes)
+    return _lovasz(x, y, valid, per_image, classes, hinge=True)
 
 
 def mean_over_counted(loss: Tensor, counted: Tensor) -> Tensor:
@@ -505,93 +493,143 @@ def _safe_mean(total: Tensor, count: Tensor) -> Tensor:
     return total / torch.where(count > 0, count, torch.ones_like(count))
 
 
+def _lovasz(
+    z: Tensor, y: Tensor, valid: Tensor | None, per_image: bool, classes: str, hinge: bool
+) -> tuple[Tensor, Tensor]:
+    """The Lovász loss of every row from probabilities (``hinge=False``) or logits ``z``."""
+    if classes not in LOVASZ_CLASSES:
+        raise ValueError(f"classes must be one of {LOVASZ_CLASSES}, got {classes!r}")
+    dtype = compute_dtype(z)
+    n, c = z.shape[:2]
+    z, y = z.to(dtype).reshape(n, c, -1), y.to(dtype).reshape(n, c, -1)
+    mask = None if valid is None else valid.reshape(n, valid.shape[1], -1)
+    if y.requires_grad and torch.is_grad_enabled():
+        # Soft targets that require grad: the Jaccard weights depend on y, so autograd goes through
+        # everything (ignored positions selected away before any arithmetic).
+        if mask is not None:
+            z, y = zero_ignored(z, mask), zero_ignored(y, mask)
+        errors = _errors(z, y, hinge)
+        if mask is not None:  # a zeroed logit still has a hinge error of 1
+            errors = zero_ignored(errors, mask)
+        errors = _rows(errors, per_image)
+        weights, total = _lovasz_weights(errors, _rows(y, per_image))
+        loss = torch.linalg.vecdot(errors, weights)
+    else:
+        loss, total = _Lovasz.apply(z, y, mask, per_image, hinge)
+    shape = (n, c) if per_image else (c,)
+    loss, total = loss.view(shape), total.view(shape)
+    if classes == "present":
+        counted = total > 0
+    elif mask is None:
+        counted = torch.ones(shape, dtype=torch.bool, device=loss.device)
+    else:
+        counted = mask.expand(n, c, mask.shape[-1]).any(-1)
+        counted = counted if per_image else counted.any(0)
+    return zero_ignored(loss, counted), counted
+
+
+class _Lovasz(torch.autograd.Function):
+    """The Lovász loss of every row with the derivative of the errors in closed form.
+
+    Once the errors are sorted the loss is linear in them, ``sum_j e_j w_j`` (``w_j`` the Jaccard
+    increment at ``e_j``'s rank), so the backward pass is ``w`` times the errors' own derivative:
+    ``sign(p - y)`` for Lovász-Softmax, ``-s 1[1 - x s > 0]`` for the hinge. Both are taken where the
+    position counts and selected with ``where`` elsewhere. The Function keeps the inputs and ``w``.
+    """
+
+    @staticmethod
+    def forward(ctx, z, y, mask, per_image, hinge):  # type: ignore[override]
+        errors, fg = _errors(z, y, hinge), y
+        if mask is not None:  # NaN or inf at an ignored position leaves no trace
+            errors = zero_ignored(errors, mask)
+            fg = zero_ignored(y, mask)
+        errors = _rows(errors, per_image)
+        weights, total = _lovasz_weights(errors, _rows(fg, per_image))
+        ctx.save_for_backward(z, y, weights, mask)
+        ctx.options = (per_image, hinge)
+        ctx.mark_non_differentiable(total)
+        return torch.linalg.vecdot(errors, weights), total
+
+    @staticmethod
+    def backward(ctx, grad, _):  # type: ignore[override]
+        z, y, weights, mask = ctx.saved_tensors
+        per_image, hinge = ctx.options
+        n, c, positions = z.shape
+        if hinge:
+            sign = 2 * y - 1
+            slope = torch.where(z * sign < 1, -sign, torch.zeros((), dtype=z.dtype, device=z.device))
+        else:
+            slope = torch.sub(z, y).sign_()
+        # The weights (and the incoming gradient) back in the layout of z, as views.
+        weights = weights * grad.unsqueeze(-1)
+        if per_image:
+            weights = weights.view(n, c, positions)
+        else:
+            weights = weights.view(c, n, positions).transpose(0, 1)
+        slope = slope.mul_(weights)
+        return (slope if mask is None else zero_ignored(slope, mask)), None, None, None, None
+
+
+def _errors(z: Tensor, y: Tensor, hinge: bool) -> Tensor:
+    """Lovász-Softmax's ``abs(y - p)``, or the hinge's ``max(1 - x (2 y - 1), 0)``."""
+    if hinge:
+        return torch.relu(1 - z * (2 * y - 1))
+    return (y - z).abs()
+
+
 def _rows(t: Tensor, per_image: bool) -> Tensor:
-    """``[N, C, d1, ...]`` -> rows ``[N, C, P]`` (per image) or ``[C, N P]`` (over the batch)."""
-    n, c = t.shape[:2]
-    t = t.reshape(n, c, -1)
-    return t if per_image else t.transpose(0, 1).reshape(c, -1)
+    """``[N, C, P]`` -> rows ``[N C, P]`` (per image and class) or ``[C, N P]`` (per class)."""
+    n, c, positions = t.shape
+    return t.reshape(n * c, positions) if per_image else t.transpose(0, 1).reshape(c, n * positions)
 
 
-def _lovasz_rows(errors: Tensor, fg: Tensor) -> Tensor:
-    """The Lovász extension of the Jaccard loss of each row (last dimension), errors >= 0.
+def _lovasz_weights(errors: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
+    """Each element's Jaccard increment ``J_i - J_(i-1)`` (``i`` its rank by decreasing error within
+    its row; rows ``[R, L]``), and each row's target mass ``G``.
 
-    The loss is linear in the errors once they are sorted, ``sum_j e_j w_j`` with ``w_j`` the Jaccard
-    increment at ``e_j``'s rank, so its gradient w.r.t. the errors is ``w`` itself: without soft
-    targets that require grad, an autograd Function keeps only ``w`` for the backward pass (no
-    gather, no scatter of gradients).
+    ``J_i = 1 - (G - F_i) / (G + i - F_i) = i / (G + i - F_i)`` (Berman's intersection over union,
+    with ``union = G + sum_(first i) (1 - fg) = G + i - F_i``): one running sum. The denominator is at
+    least ``max(G, i) >= 1`` for foreground in [0, 1]. Running sums are float64 once a row is too
+    long for float32 to count its positions exactly (``2^24``).
     """
-    if fg.requires_grad and torch.is_grad_enabled():  # the weights depend on y: autograd through them
-        return torch.linalg.vecdot(errors, _lovasz_weights(errors, fg))
-    return _LovaszRows.apply(errors, fg)
-
-
-class _LovaszRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, errors, fg):  # type: ignore[override]
-        weights = _lovasz_weights(errors, fg)
-        ctx.save_for_backward(weights)
-        return torch.linalg.vecdot(errors, weights)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (weights,) = ctx.saved_tensors
-        return weights * grad.unsqueeze(-1), None
-
-
-def _lovasz_weights(errors: Tensor, fg: Tensor) -> Tensor:
-    """Each element's Jaccard increment ``J_i - J_(i-1)``, ``i`` its rank by decreasing error.
-
-    With ``F_i`` the foreground mass among the first ``i`` sorted elements and ``G`` the row's total,
-    ``J_i = 1 - (G - F_i) / (G + i - F_i) = i / (G + i - F_i)`` (Berman's intersection over union
-    with ``union = G + sum (1 - fg) = G + i - F_i``): one running sum. The denominator is at least
-    ``max(G, i) >= 1`` for foreground in [0, 1]. Running sums are float64 once a row is too long
-    for float32 to count its positions exactly (``2^24``).
-    """
-    order = _descending_order(errors.detach())  # flat indices, row by row
-    shape = fg.shape
-    fg_sorted = fg.reshape(-1).gather(0, order).view(shape)
-    length = shape[-1]
+    order = _descending_order(errors.detach())
+    fg_sorted = fg.gather(-1, order)
+    length = fg.shape[-1]
     acc = torch.float64 if length >= 2**24 else fg.dtype
     seen = fg_sorted.cumsum(-1, dtype=acc)
+    total = seen[:, -1:]
     rank = torch.arange(1, length + 1, dtype=acc, device=fg.device)
-    jaccard = (rank / (rank - (seen - seen[..., -1:]))).to(fg.dtype)
+    jaccard = (rank / (rank - (seen - total))).to(fg.dtype)
     increments = jaccard.clone()
-    increments[..., 1:] -= jaccard[..., :-1]
-    return torch.empty_like(increments).view(-1).scatter_(0, order, increments.view(-1)).view(shape)
+    increments[:, 1:] -= jaccard[:, :-1]
+    return torch.empty_like(increments).scatter_(-1, order, increments), total.squeeze(-1).to(fg.dtype)
+
+
+_SORT_CHUNK = 2**17  # elements per radix sort: its buffers stay in cache
 
 
 def _descending_order(errors: Tensor) -> Tensor:
-    """The positions of ``errors.reshape(-1)`` ordered row by row (the last dimension is a row), each
-    row by decreasing error; errors >= 0 and finite.
+    """Indices sorting each row of ``errors`` ``[R, L]`` (>= 0, finite) by decreasing error.
 
-    On the CPU, float32 errors are sorted as integers in one flat sort: the bit pattern of a float
-    >= 0 orders like the float, so the key ``row 2^31 + (2^31 - 1 - bits)`` puts the rows one after
-    the other, each in decreasing error, and torch sorts a flat int64 tensor with a radix sort
-    (about 2.5x faster than a comparison sort of the rows on one thread). A -0.0 (from relu) counts
-    as 0. Elsewhere (float64, GPUs) the rows are sorted as they are.
+    On the CPU (eager, float32) the rows are sorted a few at a time as integers: the bit pattern of
+    a float >= 0 orders like the float, so the key ``row 2^31 + (2^31 - 1 - bits)`` puts the rows of
+    a chunk one after the other, each in decreasing error, and torch sorts a flat int64 tensor with a
+    radix sort. Chunks of about ``2^17`` elements keep its buffers in cache: 3x faster than one sort
+    of everything, and 3 to 10x faster than a comparison sort of the rows (measured on 2 cores,
+    [21, 131072] and [168, 16384] rows). A -0.0 (from relu) counts as 0. Elsewhere (GPUs, whose
+    sorts are radix sorts already, float64, torch.compile) the rows are sorted as they are.
     """
-    length = errors.shape[-1]
-    rows = errors.reshape(-1, length)
-    if errors.device.type == "cpu" and errors.dtype == torch.float32:
-        bits = rows.view(torch.int32).to(torch.int64).clamp_(min=0)
-        offsets = torch.arange(rows.shape[0], dtype=torch.int64, device=rows.device) * 2**31 + (2**31 - 1)
-        return torch.sort((offsets.unsqueeze(1) - bits).view(-1)).indices
-    order = torch.sort(rows, dim=-1, descending=True).indices
-    starts = torch.arange(0, rows.numel(), length, dtype=order.dtype, device=order.device)
-    return (order + starts.unsqueeze(1)).view(-1)
-
-
-def _counted(
-    loss: Tensor, fg: Tensor, valid: Tensor | None, reference: Tensor, per_image: bool, classes: str
-) -> tuple[Tensor, Tensor]:
-    """Which rows count (``present``: target mass; ``all``: any valid position), and the loss with 0
-    elsewhere."""
-    if classes not in LOVASZ_CLASSES:
-        raise ValueError(f"classes must be one of {LOVASZ_CLASSES}, got {classes!r}")
-    if classes == "present":
-        counted = fg.sum(-1) > 0
-    elif valid is None:
-        counted = torch.ones(loss.shape, dtype=torch.bool, device=loss.device)
-    else:
-        counted = _rows(valid.expand(reference.shape), per_image).any(-1)
-    return zero_ignored(loss, counted), counted
+    if errors.device.type != "cpu" or errors.dtype != torch.float32 or is_compiling():
+        return torch.sort(errors, dim=-1, descending=True).indices
+    rows, length = errors.shape
+    per_chunk = max(1, _SORT_CHUNK // max(length, 1))
+    offsets = torch.arange(per_chunk, dtype=torch.int64).unsqueeze(1)
+    base = offsets * 2**31 + (2**31 - 1)
+    bits = errors.view(torch.int32).clamp(min=0)
+    order = torch.empty((rows, length), dtype=torch.int64)
+    for first in range(0, rows, per_chunk):
+        chunk = bits[first : first + per_chunk]
+        count = chunk.shape[0]
+        flat = torch.sort((base[:count] - chunk).view(-1)).indices.view(count, length)
+        order[first : first + count] = flat - offsets[:count] * length
+    return order
