@@ -691,7 +691,9 @@ def test_region_stats_compute_only_what_is_asked():
 @pytest.mark.parametrize("batch", [False, True], ids=["per-sample", "batch"])
 @pytest.mark.parametrize("powers", [(1,), (2,), (1, 2)])
 def test_index_targets_give_the_one_hot_statistics(batch, powers):
+    """Class indices against a one-hot stored channels-last (a strided view, as F.one_hot gives)."""
     x, target, one_hot, valid = softmax_case("3d")
+    one_hot = one_hot.movedim(1, -1).contiguous().movedim(-1, 1)
 
     def stats(x, targets):
         fields = region.region_stats(softmax_of(x, valid), targets, valid, batch=batch, powers=powers)
@@ -746,6 +748,27 @@ def test_lovasz_softmax_is_berman_algorithm_per_row(per_image, soft_grad):
         return torch.stack(flat).reshape(errors.shape[:-1])
 
     assert_same(ours, reference, [x, y])
+
+
+@pytest.mark.parametrize("per_image", [False, True], ids=["batch", "per-image"])
+def test_lovasz_of_long_rows_and_strided_inputs(per_image):
+    """Rows long enough to be sorted in several chunks (some holding several rows), targets that are
+    a permuted (non-contiguous) one-hot: the same values and gradients as Berman's algorithm."""
+    shape = (2, 3, 150, 200)
+    x = (torch.randn(shape) * 2).requires_grad_()
+    y = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 150, 200)), 3).permute(0, 3, 1, 2).float()
+    assert not y.is_contiguous()
+
+    def ours(x):
+        return region.lovasz_softmax(torch.softmax(x, 1), y, per_image=per_image, classes="all")[0]
+
+    def reference(x):
+        errors = rows_of((y - torch.softmax(x, 1)).abs(), per_image).double()
+        fg = rows_of(y, per_image).double()
+        values = [lovasz_reference(e, g) for e, g in zip(errors.flatten(0, -2), fg.flatten(0, -2))]
+        return torch.stack(values).reshape(errors.shape[:-1]).float()
+
+    assert_same(ours, reference, [x], F32)
 
 
 def test_lovasz_softmax_of_hard_predictions_is_one_minus_iou():

@@ -630,6 +630,6 @@ def _descending_order(errors: Tensor) -> Tensor:
     for first in range(0, rows, per_chunk):
         chunk = bits[first : first + per_chunk]
         count = chunk.shape[0]
-        flat = torch.sort((base[:count] - chunk).view(-1)).indices.view(count, length)
+        flat = torch.sort((base[:count] - chunk).reshape(-1)).indices.view(count, length)
         order[first : first + count] = flat - offsets[:count] * length
     return order
