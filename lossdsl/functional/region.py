@@ -8,16 +8,16 @@ positions of each ``(sample, class)`` (of each class over the whole batch with `
   ``sum p y``, ``sum p^k`` and ``sum y^k``, over the positions that are not ignored;
 - :func:`tversky`, :func:`dice`, :func:`jaccard` and :func:`generalized_dice` map those sums to a loss
   per sample and class (per sample for generalized dice), with no further pass over the mask;
-- :func:`lovasz_softmax` and :func:`lovasz_hinge` sort the errors of each ``(sample, class)`` row, all
-  rows in one batched sort, and return a loss per row with a mask of the rows that count;
-  :func:`mean_over_counted` is their mean.
+- :func:`lovasz_softmax` and :func:`lovasz_hinge` sort the errors of each row (a class in one image,
+  or over the whole batch), every row in the same few sort calls, and return a loss per row with a
+  mask of the rows that count; :func:`mean_over_counted` is Berman's mean of the two.
 
 Conventions, shared by every function here:
 
 - the class dimension is last in the results: ``[N, C]`` per sample and class, ``[C]`` with
   ``batch=True`` (the sums run over the batch too, so there is no sample dimension left);
-- ``TP = sum p y``, ``FP = sum p (1-y) = sum p - TP``, ``FN = sum (1-p) y = sum y - TP``. The three
-  come from one product and three sums, and the backward pass is one fused pass per input. Taking
+- ``TP = sum p y``, ``FP = sum p (1-y) = sum p - TP``, ``FN = sum (1-p) y = sum y - TP``: three
+  sums, whose gradient w.r.t. ``p`` is ``g_TP y + g_p``, written in one pass. Taking
   ``FP`` as a difference costs nothing in accuracy that the probabilities had not already lost:
   ``1 - p`` rounds to 0 for every ``p`` within an ulp of 1, so ``FN`` computed directly has the same
   absolute error, about ``eps * sum p``; differences are clamped at 0 so rounding never makes them
@@ -102,11 +102,11 @@ def region_stats(
     dice. Ask for both powers when one sum of terms holds both kinds, so that ``TP`` is computed
     once; a term that is not a region loss (``ce``) costs nothing here.
 
-    Class-index targets need no one-hot: ``TP`` and ``sum y`` are scattered into their class from
-    the target class's probability, and the backward pass writes the gradient of ``sum p`` and adds
-    that of ``TP`` at the target class, one pass over ``p`` each way. Dense targets take one product
-    per element (a batched dot product, nothing the size of ``p`` is allocated for it); their backward
-    pass is one fused multiply-add per input.
+    Class-index targets need no one-hot: ``TP`` is the target class's probability scattered into
+    its class and ``sum y`` a count per class, and the backward pass writes the gradient of
+    ``sum p`` (selected with ``where``) and adds that of ``TP`` at the target class: one pass over
+    ``p`` each way. Dense targets (one-hot, masks, soft targets) take the selected inputs, their
+    product and the sums; their backward pass is one multiply-add and one selection per input.
 
     To leave classes out (``include_background=false``), select them afterwards
     (``stats.select(slice(1, None))``): every class's sums are independent of the others.
@@ -132,12 +132,18 @@ def region_stats(
     if not set(powers) <= {1, 2}:
         raise ValueError(f"powers must be 1 and/or 2, got {powers}")
     dtype = compute_dtype(p)
-    n, c = p.shape[:2]
+    shape, (n, c) = tuple(p.shape), p.shape[:2]
     p = p.to(dtype).reshape(n, c, -1)
     first, second = 1 in powers, 2 in powers
     if not y.is_floating_point():
-        positions = None if valid is None else valid.reshape(n, -1)
         index = y.reshape(n, -1).long()
+        if index.shape[1] != p.shape[2] or (valid is not None and valid.numel() != index.numel()):
+            mask = None if valid is None else tuple(valid.shape)
+            raise ValueError(
+                f"class indices {tuple(y.shape)} (mask {mask}) for probabilities {shape}: expected "
+                "indices [N, d1, ...] and a mask of positions [N, 1, d1, ...]"
+            )
+        positions = None if valid is None else valid.reshape(n, -1)
         if positions is not None:  # ignored positions may hold any index (ignore_index=255)
             index = torch.where(positions, index, torch.zeros((), dtype=index.dtype, device=index.device))
         tp, *p_sums = _IndexStats.apply(p, index, positions, first, second)
@@ -186,8 +192,8 @@ class _DenseStats(torch.autograd.Function):
     """Sums over the last dimension of ``p`` and ``y`` ``[N, C, P]``, positions selected by a bool mask
     ``[N, 1 or C, P]``: ``sum p y``, then ``sum p``, ``sum y`` and/or ``sum p^2``, ``sum y^2``.
 
-    The backward pass is, per input, one fused multiply-add and an in-place selection:
-    ``dL/dp = mask (g_tp y + g_p + 2 g_p2 p)`` and the same for ``y``.
+    The backward pass is, per input, one multiply-add and one selection:
+    ``dL/dp = where(mask, g_tp y + g_p + 2 g_p2 p, 0)`` and the same for ``y``.
     """
 
     @staticmethod
@@ -372,8 +378,9 @@ def generalized_dice(stats: RegionStats, *, weighting: str = "square", smooth: f
     ``w_c = 1 / (sum y_c)^2`` (``square``), ``1 / sum y_c`` (``simple``) or 1 (``uniform``). A weight
     that is infinite (a class absent from the sample's target, or a sum so small that its reciprocal
     overflows) becomes the largest finite weight of the sample (of the batch with ``batch=True``), 0
-    if there is none (the loss is then 0). The weights depend on ``y`` only, and soft targets that
-    require grad receive the gradient through them too, as in MONAI.
+    if there is none (the loss is then 0). The weights depend on ``y`` only; soft targets that require
+    grad receive the gradient through them too (MONAI means to, but its in-place zeroing of the
+    infinite weights breaks its backward pass to the targets).
 
     Args:
         stats: :func:`region_stats` with ``powers`` holding 1.
