@@ -1,15 +1,22 @@
 """Speed of lossdsl's region losses (lossdsl.functional.region) against MONAI and smp, in one process.
 
     python benchmarks/bench_region.py                 # CPU, logits 8 x 21 x 128 x 128, index targets
+    python benchmarks/bench_region.py --threads 1     # steadier on a shared machine
     python benchmarks/bench_region.py --device cuda   # on a GPU
     python benchmarks/bench_region.py --quick         # small sizes, a smoke run
 
 Each row times forward + backward from the logits and the class-index targets, with everything each
-side does on the way (softmax, one-hot), as bench_losses.py does: median of interleaved runs, then
-the ratio of lossdsl to the reference. Ratios, not absolute times, are the result. Targets (issue 9):
-dice no slower than MONAI's DiceLoss (<= 1.0), tversky at most 0.6x MONAI's TverskyLoss, lovasz at
-most 0.5x smp's LovaszLoss; ce + dice at most 0.8x MONAI's DiceCELoss once the term modules share
-the softmax (the functional row here shows what sharing it gives).
+side does on the way, as bench_losses.py does: median of interleaved runs, then the ratio of lossdsl
+to the reference. Ratios, not absolute times, are the result. The references take the softmax and a
+one-hot; lossdsl's side does what a softmax-head term does: zero the ignored positions' logits
+(SPEC: they may be inf or NaN; MONAI and smp do not guard against that), the softmax, and the
+statistics straight from the class indices (no one-hot; the "one-hot targets" row builds one, as
+for dense targets). Targets (issue 9): dice no slower than MONAI's DiceLoss (<= 1.0), tversky at
+most 0.6x MONAI's TverskyLoss, lovasz at most 0.5x smp's LovaszLoss; ce + dice at most 0.8x MONAI's
+DiceCELoss once the term modules share the softmax (the row here shares one log-softmax).
+
+On a machine shared with other jobs, more than one intra-op thread makes every row several times
+slower and the ratios erratic (threads wait for each other); --threads 1 measures the work itself.
 
 MONAI (monai==1.6.1) and smp (segmentation-models-pytorch==0.6.0, installed with --no-deps: its
 package import needs torchvision, so its loss files are loaded one by one) are needed for the rows
