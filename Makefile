@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TIMM ?= timm==1.0.31
+SMP ?= segmentation-models-pytorch==0.6.0
 
 .PHONY: demo test venv clean
 
@@ -14,8 +15,9 @@ $(VENV)/.ready: pyproject.toml setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
-	# timm is a parity reference only; its dependencies would pull torchvision, so none are installed.
-	$(PY) -m pip install -q --no-deps "$(TIMM)"
+	# timm and segmentation_models_pytorch are parity references only; their dependencies would pull
+	# torchvision, so none are installed (the tests load single files from them).
+	$(PY) -m pip install -q --no-deps "$(TIMM)" "$(SMP)"
 	touch $@
 
 venv: $(VENV)/.ready

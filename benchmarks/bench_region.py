@@ -1,0 +1,166 @@
+"""Speed of lossdsl's region losses (lossdsl.functional.region) against MONAI and smp, in one process.
+
+    python benchmarks/bench_region.py                 # CPU, logits 8 x 21 x 128 x 128, index targets
+    python benchmarks/bench_region.py --threads 1     # steadier on a shared machine
+    python benchmarks/bench_region.py --device cuda   # on a GPU
+    python benchmarks/bench_region.py --quick         # small sizes, a smoke run
+
+Each row times forward + backward from the logits and the class-index targets, with everything each
+side does on the way, as bench_losses.py does: median of interleaved runs, then the ratio of lossdsl
+to the reference. Ratios, not absolute times, are the result. The references take the softmax and a
+one-hot; lossdsl's side does what a softmax-head term does: zero the ignored positions' logits
+(SPEC: they may be inf or NaN; MONAI and smp do not guard against that), the softmax, and the
+statistics straight from the class indices (no one-hot; the "one-hot targets" row builds one, as
+for dense targets). Targets (issue 9): dice no slower than MONAI's DiceLoss (<= 1.0), tversky at
+most 0.6x MONAI's TverskyLoss, lovasz at most 0.5x smp's LovaszLoss; ce + dice at most 0.8x MONAI's
+DiceCELoss once the term modules share the softmax (the row here shares one log-softmax).
+
+On a machine shared with other jobs, more than one intra-op thread makes every row several times
+slower and the ratios erratic (threads wait for each other); --threads 1 measures the work itself.
+
+MONAI (monai==1.6.1) and smp (segmentation-models-pytorch==0.6.0, installed with --no-deps: its
+package import needs torchvision, so its loss files are loaded one by one) are needed for the rows
+that use them; rows whose reference is missing are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_losses import time_pair  # noqa: E402
+
+from lossdsl.functional import region  # noqa: E402
+from lossdsl.functional.targets import index_to_one_hot, zero_ignored  # noqa: E402
+
+IGNORE = -100
+
+
+# -- lossdsl: the steps a term module takes ----------------------------------------------------------
+
+
+def softmax_of(x, t):
+    """The softmax a softmax-head term computes: ignored positions' logits zeroed first (they may be
+    inf or NaN, SPEC section 4)."""
+    valid = (t != IGNORE).unsqueeze(1)
+    return torch.softmax(zero_ignored(x, valid), dim=1), valid
+
+
+def ours_dice(x, t):
+    """Class-index targets go to region_stats as they are: no one-hot."""
+    p, valid = softmax_of(x, t)
+    return region.dice(region.region_stats(p, t, valid)).mean()
+
+
+def ours_dice_one_hot(x, t):
+    """The same with a one-hot, as when it is shared with another term (or for dense targets)."""
+    p, _ = softmax_of(x, t)
+    y, valid = index_to_one_hot(t, x.shape[1], IGNORE, x.dtype)
+    return region.dice(region.region_stats(p, y, valid)).mean()
+
+
+def ours_tversky(x, t):
+    p, valid = softmax_of(x, t)
+    return region.tversky(region.region_stats(p, t, valid), alpha=0.3, beta=0.7).mean()
+
+
+def ours_lovasz(x, t):
+    p, _ = softmax_of(x, t)
+    y, valid = index_to_one_hot(t, x.shape[1], IGNORE, x.dtype)
+    return region.mean_over_counted(*region.lovasz_softmax(p, y, valid))
+
+
+def ours_ce_dice(x, t):
+    """ce + dice sharing one log-softmax."""
+    valid = (t != IGNORE).unsqueeze(1)
+    log_p = torch.log_softmax(zero_ignored(x, valid), dim=1)
+    ce = F.nll_loss(log_p, t, ignore_index=IGNORE)
+    return ce + region.dice(region.region_stats(log_p.exp(), t, valid)).mean()
+
+
+# -- references ---------------------------------------------------------------------------------------
+
+
+def monai_losses():
+    if importlib.util.find_spec("monai") is None:
+        return None
+    import monai.losses
+
+    return monai.losses
+
+
+def smp_loss_module(name: str):
+    """One file of smp's losses package, loaded without the package (which imports torchvision)."""
+    found = importlib.util.find_spec("segmentation_models_pytorch")
+    if found is None or not found.submodule_search_locations:
+        return None
+    folder = Path(list(found.submodule_search_locations)[0]) / "losses"
+    package = types.ModuleType("smp_losses")
+    package.__path__ = [str(folder)]
+    sys.modules.setdefault("smp_losses", package)
+    spec = importlib.util.spec_from_file_location(f"smp_losses.{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", default="8,21,128,128", help="N,C,d1,... of the logits")
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op threads (0: torch's default); 1 is steadier on a shared machine")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = (2, 5, 32, 32) if args.quick else tuple(int(s) for s in args.shape.split(","))
+    repeat = 3 if args.quick else args.repeat
+    device = args.device
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator).mul_(2).to(device)
+    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator).to(device)
+
+    rows = []
+    monai = monai_losses()
+    if monai is not None:
+        dice_ref = monai.DiceLoss(softmax=True, to_onehot_y=True)
+        tversky_ref = monai.TverskyLoss(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7)
+        dice_ce_ref = monai.DiceCELoss(softmax=True, to_onehot_y=True)
+        with_channel = lambda loss: (lambda x, t: loss(x, t.unsqueeze(1)))  # noqa: E731
+        rows += [
+            ("dice", ours_dice, "MONAI DiceLoss", with_channel(dice_ref), "<= 1.0"),
+            ("dice (one-hot targets)", ours_dice_one_hot, "MONAI DiceLoss", with_channel(dice_ref), "<= 1.0"),
+            ("tversky(0.3, 0.7)", ours_tversky, "MONAI TverskyLoss", with_channel(tversky_ref), "<= 0.6"),
+            ("ce + dice (shared softmax)", ours_ce_dice, "MONAI DiceCELoss", with_channel(dice_ce_ref),
+             "<= 0.8"),
+        ]
+    lovasz = smp_loss_module("lovasz")
+    if lovasz is not None:
+        rows.append(("lovasz", ours_lovasz, "smp LovaszLoss(multiclass)", lovasz.LovaszLoss("multiclass"),
+                     "<= 0.5"))
+
+    print(f"device {device}, logits {'x'.join(map(str, shape))}, index targets, float32, forward+backward, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    header = f"{'lossdsl.functional':28} {'reference':28} {'ms':>8} {'ref ms':>8} {'ratio':>6} {'target':>7}"
+    print(header)
+    print("-" * len(header))
+    for name, ours, ref_name, ref, goal in rows:
+        ours_ms, ref_ms = time_pair(ours, ref, x, t, repeat, device)
+        print(f"{name:28} {ref_name:28} {ours_ms:8.1f} {ref_ms:8.1f} {ours_ms / ref_ms:6.2f} {goal:>7}")
+
+
+if __name__ == "__main__":
+    main()
