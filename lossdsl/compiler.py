@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .catalogue.base import LossNode
 from .catalogue.boxes import DFL, BoxLoss
+from .catalogue.region import RegionLoss
 from .catalogue.detection import Varifocal
 from .catalogue.likelihoods import BCE, CE
 from .catalogue.modifiers import Modifier
@@ -17,6 +18,7 @@ from .printer import term_to_expr
 from .spec import LossSpec, Term
 from .terms.base import TermModule
 from .terms.boxes import BoxTerm, DFLTerm
+from .terms.region import RegionTerm
 from .terms.regression import RegressionTerm
 from .terms.sigmoid import SigmoidTerm
 from .terms.softmax import SoftmaxTerm
@@ -54,6 +56,8 @@ def compile_term(term: Term, label: str, check_values: bool, distributed: bool =
         return SoftmaxTerm(term, label, check_values, base, blocks, distributed)
     if blocks:  # the validator already refuses this; kept as a guard for plug-ins
         raise LossSpecError(f"{blocks[-1].kind_name()}() needs a loss with a probability")
+    if isinstance(base, RegionLoss):
+        return RegionTerm(term, label, check_values, distributed)
     if isinstance(base, BoxLoss):
         return BoxTerm(term, label, check_values, distributed)
     if isinstance(base, DFL):

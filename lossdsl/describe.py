@@ -16,6 +16,7 @@ CATEGORIES = [
     ("regression", "regression losses"),
     ("modifier", "blocks (wrap a loss with a probability p_t)"),
     ("named", "named losses (each exactly its expansion)"),
+    ("region", "region losses (segmentation: whole masks per sample and class; no block wraps them)"),
     ("multitask", "multi-task weighting"),
     ("plugin", "registered plug-ins"),
 ]

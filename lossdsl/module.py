@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .errors import LossInputError
 from .spec import LossSpec
 from .terms.base import TermModule, is_compiling, shape_of
+from .terms.shared import SharedComputations
 
 
 class CompiledLoss(nn.Module):
@@ -29,6 +30,13 @@ class CompiledLoss(nn.Module):
         self.weights = [term.weight for term in spec.terms]
         self.unreduced = all(term.reduction == "none" for term in spec.terms)
         self.last_terms: dict[str, Tensor] = {}
+        # Terms that need the softmax of the logits (ce, softmax blocks, softmax region losses) share
+        # one log_softmax per call when there are several of them (terms.shared).
+        softmax_users = [term for term in self.terms if getattr(term, "head", None) == "softmax"
+                         and hasattr(term, "shared_log_softmax")]
+        self.shares = len(softmax_users) > 1
+        for term in softmax_users:
+            term.shared_log_softmax = self.shares
 
     def forward(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -46,6 +54,10 @@ class CompiledLoss(nn.Module):
         """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
         checks of a call happen before any term touches a running buffer."""
         prepared = [term.prepare_call(input, target, weight, avg_factor) for term in self.terms]
+        if self.shares:
+            shared = SharedComputations()
+            for inputs in prepared:
+                inputs.shared = shared
         if self.unreduced and len(prepared) > 1:
             self._check_same_shapes(prepared)
         return prepared

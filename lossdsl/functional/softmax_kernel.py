@@ -46,6 +46,7 @@ def softmax_term_elementwise(
     class_weight: Tensor | None,
     smoothing: float,
     constants: tuple[Tensor, ...],
+    log_p: Tensor | None = None,
 ) -> Tensor:
     """Per-position loss ``[N, d1, ...]`` of ``ce`` wrapped in blocks; ignored positions are 0.
 
@@ -56,20 +57,23 @@ def softmax_term_elementwise(
         plan: blocks, innermost first.
         class_weight: ``ce``'s ``weight`` ``[C]`` or None.
         constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar).
+        log_p: ``log_softmax(x, 1)`` when another term of the call computed it already.
     """
-    if valid is not None:  # an ignored position's logits may be inf or NaN (see zero_ignored)
-        x = zero_ignored(x, valid.unsqueeze(1))
+    if log_p is None:
+        if valid is not None:  # an ignored position's logits may be inf or NaN (see zero_ignored)
+            x = zero_ignored(x, valid.unsqueeze(1))
+        log_p = torch.log_softmax(x, dim=1)
     # Other classes' weights p_c^gamma_neg only matter where they have target mass: with smoothing.
     others_weighted = smoothing > 0 and any(
         isinstance(step, ModulateStep) and step.gamma_neg != 0 for step in plan.steps
     )
     if is_index and not others_weighted:
-        return _target_column(x, target, valid, plan, class_weight, smoothing, constants)
-    return _all_classes(x, target, valid, is_index, plan, class_weight, smoothing, constants)
+        return _target_column(log_p, target, valid, plan, class_weight, smoothing, constants)
+    return _all_classes(log_p, target, valid, is_index, plan, class_weight, smoothing, constants)
 
 
 def _target_column(
-    x: Tensor,
+    log_p: Tensor,
     target: Tensor,
     valid: Tensor | None,
     plan: SoftmaxPlan,
@@ -86,8 +90,7 @@ def _target_column(
     ``log_softmax`` (and, with smoothing, one sum over classes) is per position, as in a
     hand-written focal loss.
     """
-    num_classes = x.shape[1]
-    log_p = torch.log_softmax(x, dim=1)
+    num_classes = log_p.shape[1]
     # Any class will do for ignored positions: they are masked at the end.
     safe = target if valid is None else target.clamp(0, num_classes - 1)
     log_pt = log_p.gather(1, safe.unsqueeze(1)).squeeze(1)
@@ -97,7 +100,7 @@ def _target_column(
     spread = None
     if smoothing:
         per_class = log_p if class_weight is None else log_p * class_weight.reshape(
-            (1, num_classes) + (1,) * (x.dim() - 2)
+            (1, num_classes) + (1,) * (log_p.dim() - 2)
         )
         spread = (smoothing / num_classes) * (-per_class.sum(dim=1) - on_target)
         on_target = on_target * (1 - smoothing + smoothing / num_classes)
@@ -136,7 +139,7 @@ def _target_column(
 
 
 def _all_classes(
-    x: Tensor,
+    log_p: Tensor,
     target: Tensor,
     valid: Tensor | None,
     is_index: bool,
@@ -146,13 +149,12 @@ def _all_classes(
     constants: tuple[Tensor, ...],
 ) -> Tensor:
     """Every class weighted on its own: probability targets, or asymmetric focusing (gamma_neg)."""
-    num_classes = x.shape[1]
-    view = (1, num_classes) + (1,) * (x.dim() - 2)
-    log_p = torch.log_softmax(x, dim=1)
+    num_classes = log_p.shape[1]
+    view = (1, num_classes) + (1,) * (log_p.dim() - 2)
     p = torch.exp(log_p)
     if is_index:
         safe = target if valid is None else target.clamp(0, num_classes - 1)
-        one_hot = torch.zeros_like(x).scatter_(1, safe.unsqueeze(1), 1.0)
+        one_hot = torch.zeros_like(log_p).scatter_(1, safe.unsqueeze(1), 1.0)
         q = one_hot * (1 - smoothing) + smoothing / num_classes if smoothing else one_hot
         # 1 - p_target, summed from the other classes so that it stays accurate near p_target = 1.
         miss = (p * (1 - one_hot)).sum(dim=1)

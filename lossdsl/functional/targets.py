@@ -19,20 +19,13 @@ def index_to_one_hot(
     index = index.long()
     valid = index != ignore_index
     safe = torch.where(valid, index, torch.zeros_like(index))
-<<<<<<< HEAD
     columns = num_classes + 1 if background else num_classes
     one_hot = torch.zeros((index.shape[0], columns, *index.shape[1:]), dtype=dtype, device=index.device)
-    one_hot.scatter_(1, safe.unsqueeze(1), 1.0)
-    if background:
-        one_hot = one_hot[:, :num_classes]
-=======
-    one_hot = torch.zeros(
-        (index.shape[0], num_classes, *index.shape[1:]), dtype=dtype, device=index.device
-    )
->>>>>>> issue9-region-functional
     valid = valid.unsqueeze(1)
     # Scatter the mask itself (1 where valid, 0 where ignored): no second tensor of the full size.
     one_hot.scatter_(1, safe.unsqueeze(1), valid.to(dtype))
+    if background:
+        one_hot = one_hot[:, :num_classes]
     return one_hot, valid
 
 

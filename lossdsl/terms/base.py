@@ -20,6 +20,7 @@ from ..functional.reduce import reduce_total
 from ..functional.tracing import is_compiling
 from ..running import apply_keeping_dtype
 from ..spec import Term
+from .shared import SharedComputations
 
 
 @dataclass(kw_only=True)
@@ -28,6 +29,7 @@ class TermInputs:
 
     weight: Tensor | None = None  # call-time weight, already shaped to broadcast to the loss
     avg_factor: Tensor | float | None = None  # call-time denominator of mean and pos_mean
+    shared: SharedComputations | None = None  # what the terms of this call compute once
 
 
 def holds_no_data(tensor: Tensor) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..catalogue.base import LossNode
@@ -39,6 +40,9 @@ class SoftmaxTerm(TermModule):
         distributed: bool = True,
     ) -> None:
         super().__init__(term, label, check_values, distributed)
+        # Set by the compiled loss when another term of the sum needs the same log_softmax.
+        self.shared_log_softmax = False
+        self.head = "softmax"
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
@@ -103,15 +107,39 @@ class SoftmaxTerm(TermModule):
     def class_weight(self, x: Tensor) -> Tensor | None:
         return self.constant("weight", x)
 
-    def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
+    def sanitised(self, inputs: SoftmaxInputs) -> Tensor:
+        """The logits with ignored positions zeroed (see functional.targets.zero_ignored)."""
+        return inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
+
+    def shared_log_p(self, inputs: SoftmaxInputs, x: Tensor) -> Tensor | None:
+        """``log_softmax`` shared with the other terms of the call (a region term on the same logits),
+        or None when this term computes its own."""
+        if not self.shared_log_softmax or inputs.shared is None:
+            return None
+        return inputs.shared.log_softmax(x, self.ignore_index, inputs.valid is not None)
+
+    def plain_ce(self, inputs: SoftmaxInputs, reduction: str) -> Tensor:
+        """ce without blocks: torch's fused kernel (ignored positions give 0); from the shared
+        log-probabilities when there are some (log_softmax of log-probabilities is themselves, so
+        cross_entropy of them is the same loss; without smoothing nll_loss skips that pass)."""
+        x = self.sanitised(inputs)
         weight = self.class_weight(inputs.x)
-        if not self.plan.steps:  # plain ce: torch's fused kernel (ignored positions give 0)
-            x = inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
-            return ce(x, inputs.target, weight, self.ignore_index, self.smoothing)
+        log_p = self.shared_log_p(inputs, x)
+        if log_p is None:
+            return ce(x, inputs.target, weight, self.ignore_index, self.smoothing, reduction=reduction)
+        if self.smoothing == 0 and inputs.is_index:
+            return F.nll_loss(log_p, inputs.target, weight=weight, ignore_index=self.ignore_index,
+                              reduction=reduction)
+        return ce(log_p, inputs.target, weight, self.ignore_index, self.smoothing, reduction=reduction)
+
+    def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
+        if not self.plan.steps:
+            return self.plain_ce(inputs, "none")
         alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
+        log_p = self.shared_log_p(inputs, self.sanitised(inputs)) if self.shared_log_softmax else None
         return softmax_term_elementwise(
-            inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, weight,
-            self.smoothing, alphas,
+            inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, self.class_weight(inputs.x),
+            self.smoothing, alphas, log_p=log_p,
         )
 
     def mean_count(self, inputs: SoftmaxInputs) -> Tensor | int:
@@ -129,9 +157,7 @@ class SoftmaxTerm(TermModule):
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
         plain = not self.plan.steps and inputs.weight is None
         if plain and self.reduction != "none":  # torch's kernel sums for us
-            x = inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
-            total = ce(x, inputs.target, self.class_weight(inputs.x), self.ignore_index,
-                       self.smoothing, reduction="sum")
+            total = self.plain_ce(inputs, "sum")
             return self.reduce_sum(total, inputs, batch_size=inputs.x.shape[0],
                                    count=self.mean_count(inputs), positives=inputs.positives)
         loss = self.elementwise(inputs)
