@@ -115,3 +115,51 @@ def zlpr(x: Tensor, y: Tensor) -> Tensor:
     negatives = torch.logsumexp(torch.cat([zero, x.masked_fill(positive, float("-inf"))], 1), 1)
     positives = torch.logsumexp(torch.cat([zero, (-x).masked_fill(~positive, float("-inf"))], 1), 1)
     return negatives + positives
+
+
+# -- region losses (SPEC "Region losses"), softmax head, dense targets --------------------------------
+
+
+def region_sums(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """TP, FP, FN per sample and class, summed over the spatial positions."""
+    p = torch.softmax(x, 1)
+    dims = tuple(range(2, x.dim()))
+    return (p * y).sum(dims), (p * (1 - y)).sum(dims), ((1 - p) * y).sum(dims)
+
+
+def tversky(x: Tensor, y: Tensor, alpha=0.5, beta=0.5, gamma=1.0, smooth=1e-5) -> Tensor:
+    tp, fp, fn = region_sums(x, y)
+    return (1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)) ** gamma
+
+
+def dice(x: Tensor, y: Tensor, smooth=1e-5, squared=False) -> Tensor:
+    p = torch.softmax(x, 1)
+    dims = tuple(range(2, x.dim()))
+    k = 2 if squared else 1
+    return 1 - (2 * (p * y).sum(dims) + smooth) / ((p**k).sum(dims) + (y**k).sum(dims) + smooth)
+
+
+def gdice(x: Tensor, y: Tensor, smooth=1e-5) -> Tensor:
+    """Generalized dice with square weights (every class present in these tests)."""
+    p = torch.softmax(x, 1)
+    dims = tuple(range(2, x.dim()))
+    w = 1 / y.sum(dims) ** 2
+    return 1 - (2 * (w * (p * y).sum(dims)).sum(1) + smooth) / ((w * (p.sum(dims) + y.sum(dims))).sum(1) + smooth)
+
+
+def lovasz_softmax(x: Tensor, y: Tensor) -> Tensor:
+    """Berman et al. 2018, per class over the whole batch (Algorithm 1 and lovasz_grad), [C]."""
+    p = torch.softmax(x, 1)
+    losses = []
+    for c in range(x.shape[1]):
+        fg = y[:, c].reshape(-1)
+        errors = (fg - p[:, c].reshape(-1)).abs()
+        order = torch.argsort(errors, descending=True)
+        errors, fg = errors[order], fg[order]
+        gts = fg.sum()
+        intersection = gts - fg.cumsum(0)
+        union = gts + (1 - fg).cumsum(0)
+        jaccard = 1 - intersection / union
+        grad = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(errors @ grad)
+    return torch.stack(losses)

@@ -83,6 +83,15 @@ OTHER = {  # expr -> reference
     "dfl()": boxes_ref.mm_distribution_focal_loss,
 }
 BOXES = ("iou()", "giou()", "diou()", "ciou()")
+REGION = {  # softmax head, soft targets [N, C, H, W]; reduction=none gives [N, C] ([N] for gdice)
+    "tversky(alpha=0.3, beta=0.7, gamma=1.5)": lambda x, y: ref.tversky(x, y, 0.3, 0.7, 1.5),
+    "dice(smooth=0.01)": lambda x, y: ref.dice(x, y, 0.01),
+    "dice(squared=true)": lambda x, y: ref.dice(x, y, squared=True),
+    "jaccard(smooth=0.1)": lambda x, y: ref.tversky(x, y, 1, 1, 1, 0.1),
+    "gdice()": ref.gdice,
+    "lovasz()": ref.lovasz_softmax,
+}
+OTHER.update(REGION)
 
 MULTITASK = [
     "{a: focal(), b: 0.5 * mse()}",
@@ -115,6 +124,9 @@ def _inputs(expr: str, shape=(6, 5), scale=3.0, dtype=torch.float64):
         pred = boxes_ref.random_boxes(shape[0], generator, dtype)
         target = boxes_ref.near(pred, 0.6, generator)
         return pred.requires_grad_(True), target.requires_grad_(True)
+    if expr in REGION:  # masks [N, C, 3, 4] with soft targets (every class present)
+        x = _logits((shape[0], shape[1], 3, 4), scale, dtype)
+        return x, torch.softmax(torch.randn(x.shape, dtype=dtype), 1).requires_grad_(True)
     if expr == "dfl()":  # n = 7 distances; mmdetection's reference fails at y = n itself
         target = torch.rand(shape[0], generator=generator, dtype=dtype) * 7
         target[0], target[-1] = 0.01, 6.99  # DFL has a kink at integers: probe beside them

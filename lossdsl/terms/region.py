@@ -1,0 +1,189 @@
+"""Region terms: a whole mask per sample and class (tversky, dice, jaccard, gdice, lovasz, and
+plug-ins that bring a region function of their own).
+
+Inputs are logits ``[N, C, d1, ...]`` with targets as class indices ``[N, d1, ...]`` (positions equal
+to ``ignore_index`` left out), probabilities (softmax head) or masks (sigmoid head) shaped like the
+logits. The probabilities come from the logits with ignored positions zeroed first, so nothing of an
+ignored logit (inf, NaN) reaches the value or the gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..catalogue.region import GDice, Lovasz, RegionLoss, RegionRatio, Tversky
+from ..functional.plan import compute_dtype
+from ..functional.region import (
+    dice,
+    generalized_dice,
+    lovasz_hinge,
+    lovasz_softmax,
+    mean_over_counted,
+    region_stats,
+    tversky,
+)
+from ..functional.targets import index_to_one_hot, zero_ignored
+from ..spec import Term
+from .base import TermInputs, TermModule, shape_of, shape_text
+
+
+@dataclass
+class RegionInputs(TermInputs):
+    x: Tensor  # logits in the computation dtype, ignored positions zeroed
+    target: Tensor  # long class indices [N, d1, ...], or probabilities / masks shaped like x
+    valid: Tensor | None  # bool [N, 1, d1, ...]: the positions that count (None: all of them)
+
+
+class RegionTerm(TermModule):
+    """One region loss; the per-(sample, class) values are reduced by the term's reduction."""
+
+    accepts_weight = False
+
+    def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
+        super().__init__(term, label, check_values, distributed)
+        node: RegionLoss = term.loss
+        self.node = node
+        self.head = node.head
+        self.ignore_index = node.ignore_index
+        self.include_background = node.include_background
+        self.batch = getattr(node, "batch", False)
+        self.class_values("class_weight", node.weight)
+        # Set by the compiled loss when an element term of the same sum computes log_softmax too.
+        self.shared_log_softmax = False
+
+    # -- inputs
+    def prepare(self, input: Tensor, target: Tensor) -> RegionInputs:
+        self.check_tensors(input, target)
+        if input.dim() < 2 or input.shape[1] == 0:
+            raise self.fail(
+                f"a region loss needs logits of shape [N, C, d1, ...] with at least one class; got "
+                f"{shape_text(input)}"
+            )
+        classes = input.shape[1]
+        if not self.include_background and classes < 2:
+            raise self.fail(
+                f"include_background=false leaves no class of the {classes} in {shape_text(input)}"
+            )
+        self._check_weight(classes)
+        dtype = compute_dtype(input)
+        index_shape = (input.shape[0], *input.shape[2:])
+        integer = not target.is_floating_point() and target.dtype != torch.bool
+        valid = None
+        if tuple(target.shape) == index_shape and integer:
+            target = target.long()
+            if not self.check_indices(target, classes, self.ignore_index):
+                valid = (target != self.ignore_index).unsqueeze(1)
+        elif target.shape == input.shape:
+            target = target.to(dtype)
+            self.check_probabilities(target, "masks" if self.head == "sigmoid" else "probability targets")
+        else:
+            raise self.fail(
+                f"target shape {shape_text(target)} does not fit input shape {shape_text(input)}; "
+                f"expected {shape_of(index_shape)} (integer class indices) or {shape_text(input)} "
+                f"({'masks' if self.head == 'sigmoid' else 'probabilities'})"
+            )
+        x = input.to(dtype)
+        return RegionInputs(x=x if valid is None else zero_ignored(x, valid), target=target, valid=valid)
+
+    def _check_weight(self, classes: int) -> None:
+        weight = self.class_weight
+        if weight is None:
+            return
+        counted = classes if self.include_background else classes - 1
+        if weight.numel() not in (classes, counted):
+            raise self.fail(
+                f"weight has {weight.numel()} values but the input has {classes} classes"
+                + ("" if self.include_background else f" ({counted} without the background)")
+            )
+
+    def unreduced_shape(self, inputs: RegionInputs) -> torch.Size:
+        n, classes = inputs.x.shape[:2]
+        counted = classes if self.include_background else classes - 1
+        if isinstance(self.node, GDice):
+            return torch.Size(() if self.batch else (n,))
+        rows = (n, counted) if (self.batch is False and not isinstance(self.node, Lovasz)) else (counted,)
+        if isinstance(self.node, Lovasz) and self.node.per_image:
+            rows = (n, counted)
+        return torch.Size(rows)
+
+    # -- computation
+    def probabilities(self, inputs: RegionInputs) -> Tensor:
+        if self.head == "sigmoid":
+            return torch.sigmoid(inputs.x)
+        if self.shared_log_softmax and inputs.shared is not None:
+            return inputs.shared.softmax(inputs.x, self.ignore_index, inputs.valid is not None)
+        return torch.softmax(inputs.x, dim=1)
+
+    def dense_target(self, inputs: RegionInputs) -> Tensor:
+        if inputs.target.is_floating_point():
+            return inputs.target
+        one_hot, _ = index_to_one_hot(inputs.target, inputs.x.shape[1], self.ignore_index, inputs.x.dtype)
+        return one_hot
+
+    def per_class(self, inputs: RegionInputs) -> tuple[Tensor, Tensor | None]:
+        """The loss per sample and class (per sample for gdice), and which rows count (lovasz)."""
+        node = self.node
+        if isinstance(node, Lovasz):
+            y = self.dense_target(inputs)
+            if self.head == "sigmoid":
+                loss, counted = lovasz_hinge(inputs.x, y, inputs.valid, per_image=node.per_image,
+                                             classes=node.classes)
+            else:
+                loss, counted = lovasz_softmax(self.probabilities(inputs), y, inputs.valid,
+                                               per_image=node.per_image, classes=node.classes)
+            return self._without_background(loss), self._without_background(counted)
+        if not isinstance(node, RegionRatio) or type(node).region is not RegionLoss.region:
+            return self._plugin(inputs), None
+        squared = getattr(node, "squared", False)
+        stats = region_stats(self.probabilities(inputs), inputs.target, inputs.valid, batch=self.batch,
+                             powers=(2,) if squared else (1,))
+        if not self.include_background:
+            stats = stats.select(slice(1, None))
+        if isinstance(node, Tversky):
+            return tversky(stats, alpha=node.alpha, beta=node.beta, gamma=node.gamma, smooth=node.smooth), None
+        if isinstance(node, GDice):
+            return generalized_dice(stats, weighting=node.weighting, smooth=node.smooth), None
+        # dice that is not a Tversky special case (squared or log); the others were expanded
+        return dice(stats, smooth=node.smooth, squared=squared, log=node.log), None
+
+    def _plugin(self, inputs: RegionInputs) -> Tensor:
+        """A registered region loss's own function on the whole mask: probabilities and dense targets
+        ``[N, C, d1, ...]`` (ignored positions 0 in both) and the mask of the positions that count."""
+        p = self.probabilities(inputs)
+        y = self.dense_target(inputs)
+        if inputs.valid is not None:
+            p, y = zero_ignored(p, inputs.valid), zero_ignored(y, inputs.valid)
+        value = self.node.region(p, y, inputs.valid)
+        if value.shape != p.shape[:2]:
+            raise self.fail(
+                f"{self.node.kind_name()}.region() must return one value per sample and class, "
+                f"{shape_of(p.shape[:2])}; it returned {shape_text(value)}"
+            )
+        return self._without_background(value)
+
+    def _without_background(self, value: Tensor) -> Tensor:
+        return value if self.include_background else value[..., 1:]
+
+    def _weighted(self, value: Tensor, like: Tensor) -> Tensor:
+        weight = self.constant("class_weight", like)
+        if weight is None or isinstance(self.node, GDice):
+            return value
+        if weight.numel() == like.shape[1] and not self.include_background:
+            weight = weight[1:]
+        return value * weight
+
+    def compute(self, inputs: RegionInputs) -> Tensor:
+        value, counted = self.per_class(inputs)
+        value = self._weighted(value, inputs.x)
+        if self.reduction == "none":
+            return value
+        n = inputs.x.shape[0]
+        if counted is not None and self.reduction == "mean" and inputs.avg_factor is None:
+            return mean_over_counted(value, counted)  # Berman's mean over the classes that count
+        return self.reduce_sum(value.sum(), inputs, batch_size=n, count=value.numel())
+
+
+__all__ = ["RegionInputs", "RegionTerm"]
