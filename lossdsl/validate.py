@@ -22,11 +22,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from .catalogue.base import REDUCTIONS, LossNode, lookup
-from .catalogue.multitask import MultiTask
+from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value
-from .spec import LossSpec, Term
+from .spec import LossSpec, Term, composition_problem
 from .typetext import bounds_text, describe_type, literal_values
 
 _TERM_KEYS = ("loss", "weight", "reduction")
@@ -305,10 +305,13 @@ class _Walker:
             if not name.isidentifier():
                 raise self._fail(f"task name {name!r} is not an identifier", item.key_location(name),
                                  where, cls=LossConfigError)
-            specs[name] = self.spec(task, where, depth=depth + 1)
-            if any(isinstance(term.loss, MultiTask) for term in specs[name].terms):
-                raise self._fail(f"task '{name}' is itself a multi-task loss; tasks do not nest",
-                                 task.location, where)
+            try:
+                specs[name] = self.spec(task, where, depth=depth + 1)
+            except LossDSLError as error:
+                raise _in_task(error, name) from None
+            problem = nesting_problem(name, specs[name])
+            if problem:
+                raise self._fail(problem, task.location, where)
         return specs
 
     def plain_value(self, item: Located, path: str, depth: int) -> Any:
@@ -368,31 +371,12 @@ class _Walker:
         return value
 
     def _check_sum(self, terms: list[tuple[Term, Located]], item: Located, path: str) -> None:
-        for term, source in terms:
-            if isinstance(term.loss, MultiTask) and (
-                len(terms) > 1 or term.weight != 1 or term.reduction != "mean"
-            ):
-                what = "a task dictionary" if term.loss.bare else f"{term.loss.kind_name()}()"
-                raise self._fail(
-                    f"{what} weighs whole tasks and must be the entire loss: it "
-                    "cannot be added to other terms, scaled or given a reduction", source.location,
-                    path, hint="put weights and reductions inside each task's loss",
-                )
-        unreduced = [t.reduction == "none" for t, _ in terms]
-        if any(unreduced) and not all(unreduced):
-            term, source = terms[unreduced.index(False) if unreduced[0] else unreduced.index(True)]
-            raise self._fail(
-                "reduction=none cannot be added to reduced terms: every term of the sum must keep "
-                "its per-element values, or none", source.location, path,
-                hint="give reduction=none to every term, or to none of them",
-            )
-        for term, source in terms:
-            if term.loss.is_regression and term.reduction == "pos_mean":
-                raise self._fail(
-                    f"reduction=pos_mean counts positive targets; {term.loss.kind_name()} is a "
-                    "regression loss and has none", source.key_location("reduction"), path,
-                    hint="use mean, sum, batchmean or none",
-                )
+        problem = composition_problem([term for term, _ in terms])
+        if problem is None:
+            return
+        _, source = terms[problem.term]
+        where = source.key_location("reduction") if problem.about_reduction else source.location
+        raise self._fail(problem.reason, where, path, hint=problem.hint)
 
     def _translate(self, cls: type[LossNode], exc: ValidationError, item: Located, path: str):
         name = cls.kind_name()
@@ -434,6 +418,15 @@ class _Walker:
         return self._fail(
             f"{name}(): {field} expects {describe_type(annotation)}, got {given}", location, where
         )
+
+
+def _in_task(error: LossDSLError, name: str) -> LossDSLError:
+    """The error, saying which task of a multi-task loss it is in (its location stays)."""
+    prefix = f"task '{name}': "
+    if not error.reason.startswith(prefix):
+        error.reason = prefix + error.reason
+        error.args = (error.reason,)
+    return error
 
 
 class _DefaultReduction(str):

@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import caret_target
 from hypothesis import given
 from strategies import specs
 
 import lossdsl
-from lossdsl import LossDSLError, LossSpec, Term
+from lossdsl import LossDSLError, LossSpec, LossSpecError, Term
+from lossdsl.catalogue.likelihoods import CE
 from lossdsl.catalogue.multitask import Tasks
+from lossdsl.catalogue.regression import L1, MSE
 from lossdsl.cli import main
 
 MULTITASK = "uncertainty({seg: ce(ignore_index=255), depth: 0.5 * l1()})"
@@ -147,3 +150,83 @@ def test_every_container_of_a_spec_is_immutable(spec):
 
 def _composable(spec: LossSpec) -> bool:
     return not any(term.loss.task_fields for term in spec.terms)
+
+
+# -- 12. errors inside a task name the task -----------------------------------------------------------
+
+
+def test_an_error_inside_a_task_of_an_expression_names_the_task_and_keeps_its_caret():
+    text = "uncertainty({seg: ce(), depth: l1(gama=1)})"
+    error = error_of(lambda: lossdsl.parse(text), LossSpecError)
+    assert error.reason == "task 'depth': l1() has no parameter 'gama'"
+    assert (error.line, error.column) == (1, text.index("gama") + 1)
+    assert caret_target(error) == "g"
+
+
+def test_an_error_inside_a_task_of_a_yaml_file_names_the_task_and_its_line(tmp_path):
+    text = yaml_text("""
+        model:
+          loss:
+            kind: dtp
+            tasks:
+              seg: ce()
+              depth:
+                kind: smooth_l1
+                beta: -1
+    """)
+    path = write(tmp_path, text)
+    error = error_of(lambda: lossdsl.load(path, key="model.loss"), LossSpecError)
+    assert error.reason.startswith("task 'depth': smooth_l1(): beta=-1 is out of range")
+    assert (error.filename, (error.line, error.column)) == (str(path), position_of(text, "-1"))
+
+
+def test_a_rule_of_the_sum_broken_inside_a_task_names_the_task():
+    text = "{seg: ce(), depth: l1(reduction=none) + mse()}"
+    error = error_of(lambda: lossdsl.parse(text), LossSpecError)
+    assert error.reason.startswith("task 'depth': reduction=none cannot be added to reduced terms")
+    assert caret_target(error) == "m"  # the mse() that is reduced
+
+
+def test_an_error_in_an_expression_string_of_a_task_mapping_names_the_task():
+    error = error_of(lambda: lossdsl.load({"tasks": {"seg": "ce()", "box": "giou(eps=-1) +"}}))
+    assert error.reason.startswith("task 'box': ")
+    assert error.column == len("giou(eps=-1) +") + 1
+
+
+# -- 15. composition rules hold for specs built in Python ---------------------------------------------
+
+
+def _rule_message(text: str) -> str:
+    return error_of(lambda: lossdsl.parse(text), LossSpecError).reason
+
+
+@pytest.mark.parametrize(
+    "terms, text, index",
+    [
+        (lambda: (Term(loss=lossdsl.parse(MULTITASK).terms[0].loss), Term(loss=CE())),
+         f"{MULTITASK} + ce()", 0),
+        (lambda: (Term(loss=lossdsl.parse(MULTITASK).terms[0].loss, weight=2.0),),
+         f"2 * {MULTITASK}", 0),
+        (lambda: (Term(loss=CE(), reduction="none"), Term(loss=L1())),
+         "ce(reduction=none) + l1()", 1),
+        (lambda: (Term(loss=MSE(), reduction="pos_mean"),), "mse(reduction=pos_mean)", 0),
+    ],
+    ids=["multitask-beside-a-term", "multitask-scaled", "mixed-none", "pos-mean-regression"],
+)
+def test_a_spec_built_in_python_obeys_the_rules_of_the_sum(terms, text, index):
+    with pytest.raises(LossSpecError) as info:
+        LossSpec(terms=terms())
+    assert info.value.reason == _rule_message(text)
+    assert info.value.path == f"terms[{index}]"
+    assert info.value.hint
+
+
+def test_a_valid_spec_built_in_python_equals_the_parsed_one():
+    built = LossSpec(terms=(Term(loss=CE(), reduction="none"), Term(loss=L1(), weight=0.5, reduction="none")))
+    assert built == lossdsl.parse("ce(reduction=none) + 0.5 * l1(reduction=none)")
+
+
+def test_tasks_built_in_python_do_not_nest():
+    inner = lossdsl.parse("{a: ce()}")
+    with pytest.raises(ValueError, match="task 'outer' is itself a multi-task loss; tasks do not nest"):
+        Tasks(tasks={"outer": inner})

@@ -63,9 +63,12 @@ class MultiTask(LossNode):
     def _named_tasks(cls, tasks: dict[str, Any]) -> dict[str, Any]:
         if not tasks:
             raise ValueError("needs at least one task")
-        for name in tasks:
+        for name, spec in tasks.items():
             if not name.isidentifier():
                 raise ValueError(f"task names must be identifiers, got {name!r}")
+            problem = nesting_problem(name, spec)
+            if problem:
+                raise ValueError(problem)
         return tasks
 
     @property
@@ -75,6 +78,13 @@ class MultiTask(LossNode):
     def expand(self) -> LossNode:
         # model_copy does not validate: the rebuilt tasks must be frozen here.
         return self.model_copy(update={"tasks": FrozenDict((k, v.expand()) for k, v in self.tasks.items())})
+
+
+def nesting_problem(name: str, spec: LossSpec) -> str | None:
+    """Why task ``name`` cannot hold ``spec`` (None when it can): each task is one plain loss."""
+    if any(term.loss.task_fields for term in spec.terms):
+        return f"task '{name}' is itself a multi-task loss; tasks do not nest"
+    return None
 
 
 @register
