@@ -19,11 +19,12 @@ from hypothesis import given
 from strategies import specs
 
 import lossdsl
-from lossdsl import LossDSLError, LossSpec, LossSpecError, Term
+from lossdsl import LossConfigError, LossDSLError, LossSpec, LossSpecError, Term
 from lossdsl.catalogue.likelihoods import CE
 from lossdsl.catalogue.multitask import Tasks
 from lossdsl.catalogue.regression import L1, MSE
 from lossdsl.cli import main
+from lossdsl.validate import MAX_EXPANDED_NODES, MAX_TERMS
 
 MULTITASK = "uncertainty({seg: ce(ignore_index=255), depth: 0.5 * l1()})"
 
@@ -230,3 +231,46 @@ def test_tasks_built_in_python_do_not_nest():
     inner = lossdsl.parse("{a: ce()}")
     with pytest.raises(ValueError, match="task 'outer' is itself a multi-task loss; tasks do not nest"):
         Tasks(tasks={"outer": inner})
+
+
+# -- 16. define: expansion is bounded -----------------------------------------------------------------
+
+
+def doubling_defines(levels: int, expr: str | None = None) -> str:
+    lines = [f"expr: {expr or f'a{levels - 1}'}", "define:", "  a0: ce()"]
+    lines += [f"  a{i}: a{i - 1} + a{i - 1}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("expr", [None, "poly(a18)", '"{x: a18, y: ce()}"', "0.5 * a17 + a18"])
+def test_defines_that_double_at_each_level_are_refused_at_once(expr):
+    text = doubling_defines(19, expr)
+    assert len(text.splitlines()) == 21 and len(text) < 400  # the issue's 19 lines, 271 bytes
+    error = quick_error(lambda: lossdsl.load(text), seconds=1.0, cls=LossConfigError)
+    assert error.reason == f"the define: names expand this loss to more than {MAX_TERMS} terms, the limit"
+    assert "2 * a, not a + a" in error.hint
+    assert (error.line, error.column) == (1, 7)
+
+
+def test_defines_nested_deep_in_calls_are_refused_by_their_node_count():
+    deep = "poly(" * 6 + "ce()" + ")" * 6
+    text = doubling_defines(14).replace("a0: ce()", f"a0: {deep}")  # 8192 terms, 7 nodes each
+    error = quick_error(lambda: lossdsl.load(text), seconds=1.0, cls=LossConfigError)
+    assert error.reason == (f"the define: names expand this loss to more than {MAX_EXPANDED_NODES} "
+                            "loss nodes, the limit")
+
+
+def test_the_number_of_terms_is_bounded_on_every_path(monkeypatch):
+    monkeypatch.setattr(lossdsl.validate, "MAX_TERMS", 10)
+    error = error_of(lambda: lossdsl.load({"terms": ["ce()"] * 11}), LossConfigError)
+    assert error.reason == "the loss has more than 10 terms, the limit"
+    assert error.path == "terms[10]"
+    assert len(lossdsl.load({"terms": ["ce()"] * 10}).terms) == 10
+
+
+def test_a_define_used_thousands_of_times_and_long_written_out_sums_still_load():
+    used = "+".join(["a"] * 3000)
+    assert len(lossdsl.load({"expr": used, "define": {"a": "focal(gamma=2)"}}).terms) == 3000
+    assert len(lossdsl.load(doubling_defines(12)).terms) == 2048
+    written_out = "ce()+" * 3999 + "ce()"  # as many terms as the expression length limit allows
+    assert len(lossdsl.parse(written_out).terms) == 4000
