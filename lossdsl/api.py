@@ -25,16 +25,27 @@ from .yaml_io import located_yaml, select_key
 Source = Union[LossSpec, str, Mapping, os.PathLike]
 
 
-@functools.lru_cache(maxsize=512)
 def parse(expression: str) -> LossSpec:
     """Parse and validate an expression such as ``"poly(focal(gamma=2), eps=1) + 0.5 * ghm()"``.
 
     Results are cached by text (specs are immutable), so parsing in a training loop costs nothing.
     Raises LossDSLError with the line, column and a caret under the offending character.
     """
+    # Checked before the cache, which would hash the argument first: parse(["ce()"]) must say what
+    # is wrong, not raise "unhashable type: 'list'".
     if not isinstance(expression, str):
         raise LossConfigError(f"parse() expects an expression string, got {type(expression).__name__}")
+    return _parse_cached(expression)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(expression: str) -> LossSpec:
     return build_spec(parse_text(expression))
+
+
+# The cache's own controls stay on parse(): whoever registers a plug-in can drop specs cached before.
+parse.cache_clear = _parse_cached.cache_clear  # type: ignore[attr-defined]
+parse.cache_info = _parse_cached.cache_info  # type: ignore[attr-defined]
 
 
 def load(source: Any, key: str | None = None) -> LossSpec:
@@ -45,6 +56,10 @@ def load(source: Any, key: str | None = None) -> LossSpec:
             OmegaConf/Hydra config; or a LossSpec (returned as is).
         key: a dotted key of the loss inside the document, e.g. ``"model.loss"``.
     """
+    if key is not None and not isinstance(key, str):
+        raise LossConfigError(
+            f"key must be a dotted key string such as 'model.loss', or None; got {type(key).__name__}"
+        )
     if isinstance(source, LossSpec) and key is None:
         return source
     root, filename = _located(source)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import caret_target
 from hypothesis import given
 from strategies import specs
@@ -192,6 +194,129 @@ def test_an_error_in_an_expression_string_of_a_task_mapping_names_the_task():
     error = error_of(lambda: lossdsl.load({"tasks": {"seg": "ce()", "box": "giou(eps=-1) +"}}))
     assert error.reason.startswith("task 'box': ")
     assert error.column == len("giou(eps=-1) +") + 1
+
+
+# -- 13. YAML scalars that cannot be built, wrong argument types, OmegaConf interpolations ----------
+
+
+@pytest.mark.parametrize(
+    "text, token, reason",
+    [
+        ("kind: ce\nignore_index: !!int abc\n", "!!int", "'abc' is not an integer (tag !!int)"),
+        ("kind: ce\nsmoothing: !!float abc\n", "!!float", "'abc' is not a number (tag !!float)"),
+        ("kind: focal\nalpha: !!bool maybe\n", "!!bool",
+         "'maybe' is not a boolean (true/false, yes/no, on/off) (tag !!bool)"),
+        ("model:\n  date: !!timestamp x\n  loss: ce()\n", "!!timestamp",
+         "'x' is not a date (YYYY-MM-DD) or a timestamp (YYYY-MM-DD hh:mm:ss) (tag !!timestamp)"),
+        ("model:\n  date: 2001-13-45\n  loss: ce()\n", "2001",
+         "YAML reads '2001-13-45' as a date, but it is not a valid one; quote it to keep it a string"),
+        ("kind: ce\nignore_index: !!int ''\n", "!!int", "'' is not an integer (tag !!int)"),
+    ],
+    ids=["int", "float", "bool", "timestamp", "implicit-date", "empty-int"],
+)
+def test_scalars_yaml_cannot_build_are_errors_where_they_are(text, token, reason):
+    error = error_of(lambda: lossdsl.load(text, key="model.loss" if "model" in text else None),
+                     LossConfigError)
+    assert error.reason == reason
+    assert (error.line, error.column) == position_of(text, token)
+    assert caret_target(error) == token[0]
+
+
+def test_an_integer_too_long_for_python_is_an_error_stating_the_limit():
+    text = "kind: ce\nignore_index: " + "9" * 5000 + "\n"
+    error = error_of(lambda: lossdsl.load(text), LossConfigError)
+    assert error.reason == (f"the integer '{'9' * 37}...' has 5000 digits; "
+                            f"the limit is {sys.get_int_max_str_digits()}")
+    assert (error.line, error.column) == (2, 15)
+
+
+@pytest.mark.parametrize("key", [5, 1.5, ["model", "loss"], b"model.loss"])
+def test_load_refuses_a_key_that_is_not_a_string(key):
+    error = error_of(lambda: lossdsl.load("model: {loss: ce()}", key=key), LossConfigError)
+    assert error.reason == (
+        f"key must be a dotted key string such as 'model.loss', or None; got {type(key).__name__}"
+    )
+
+
+@pytest.mark.parametrize("value", [["ce()"], {"kind": "ce"}, {"ce()"}, b"ce()", None, 3])
+def test_parse_refuses_what_is_not_a_string_before_caching(value):
+    error = error_of(lambda: lossdsl.parse(value), LossConfigError)
+    assert error.reason == f"parse() expects an expression string, got {type(value).__name__}"
+
+
+def test_parse_keeps_its_cache_controls():
+    lossdsl.parse.cache_clear()
+    lossdsl.parse("ce()")
+    lossdsl.parse("ce()")
+    assert lossdsl.parse.cache_info().hits >= 1
+
+
+# -- 14. YAML merge keys ------------------------------------------------------------------------------
+
+
+def test_a_merge_key_with_an_override_lets_the_override_win():
+    text = yaml_text("""
+        base: &base {kind: focal, gamma: 2, alpha: 0.5}
+        loss:
+          <<: *base
+          gamma: 3
+    """)
+    assert lossdsl.load(text, key="loss") == lossdsl.parse("focal(gamma=3, alpha=0.5)")
+    assert yaml.safe_load(text)["loss"]["gamma"] == 3  # what PyYAML itself builds
+
+
+def test_with_a_list_of_merges_the_first_listed_mapping_wins():
+    # YAML's merge rule: keys of earlier mappings override the same keys of later ones.
+    text = yaml_text("""
+        soft: &soft {kind: focal, head: softmax, gamma: 1}
+        strong: &strong {kind: focal, gamma: 5, alpha: 0.5}
+        loss:
+          <<: [*strong, *soft]
+    """)
+    assert lossdsl.load(text, key="loss") == lossdsl.parse("focal(head=softmax, gamma=5, alpha=0.5)")
+
+
+def test_merged_tasks_keep_their_order_and_an_override_keeps_its_place():
+    text = yaml_text("""
+        shared: &shared {seg: ce(), depth: l1()}
+        loss:
+          tasks:
+            <<: *shared
+            seg: focal(head=softmax)
+            normals: mse()
+    """)
+    tasks = lossdsl.load(text, key="loss").terms[0].loss.tasks
+    assert list(tasks) == ["seg", "depth", "normals"]
+    assert tasks["seg"] == lossdsl.parse("focal(head=softmax)")
+
+
+def test_a_key_written_twice_beside_a_merge_is_still_a_duplicate():
+    text = "base: &base {kind: focal}\nloss:\n  <<: *base\n  gamma: 3\n  gamma: 4\n"
+    error = error_of(lambda: lossdsl.load(text, key="loss"), LossConfigError)
+    assert error.reason == "duplicate key 'gamma'"
+    assert (error.line, error.column) == (5, 3)
+
+
+def test_an_error_in_a_merged_value_points_at_the_anchor_where_it_is_written():
+    text = "base: &base {kind: focal, gamma: -2}\nloss:\n  <<: *base\n  alpha: 0.5\n"
+    error = error_of(lambda: lossdsl.load(text, key="loss"), LossSpecError)
+    assert "gamma=-2 is out of range" in error.reason
+    assert (error.line, error.column) == position_of(text, "-2")
+
+
+def test_merging_something_that_is_not_a_mapping_is_an_error_where_it_is():
+    text = "loss:\n  <<: 3\n  kind: ce\n"
+    error = error_of(lambda: lossdsl.load(text, key="loss"), LossConfigError)
+    assert error.reason == "<< merges a mapping or a list of mappings into this one"
+    assert (error.line, error.column) == (2, 7)
+
+
+def test_merging_the_same_anchor_again_and_again_does_not_grow_the_mapping():
+    lines = ["a0: &a0 {kind: ce, smoothing: 0.1}"]
+    lines += [f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}" for i in range(1, 60)]
+    start = time.perf_counter()
+    assert lossdsl.load("\n".join(lines), key="a59") == lossdsl.parse("ce(smoothing=0.1)")
+    assert time.perf_counter() - start < 2
 
 
 # -- 15. composition rules hold for specs built in Python ---------------------------------------------
