@@ -8,6 +8,7 @@ is built, and aliases cannot blow a small file up into a huge structure.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +17,32 @@ import yaml
 from yaml.constructor import SafeConstructor
 
 from .errors import Location, LossConfigError, offset_locator, unknown_name_hint
-from .located import MAX_DEPTH, Located
+from .located import MAX_DEPTH, MAX_VALUES, Located
 
 MAX_YAML_CHARS = 1_000_000
 # Anchors and aliases can repeat a subtree many times; a config never needs this many values.
-MAX_YAML_VALUES = 100_000
+MAX_YAML_VALUES = MAX_VALUES
 
 _MERGE = "tag:yaml.org,2002:merge"
+
+
+def read_config_file(path: str | os.PathLike) -> str:
+    """The text of a config file, reading at most ``MAX_YAML_CHARS + 1`` characters.
+
+    Every place that reads a config file goes through here: reading a file whole before checking
+    its size lets ``/dev/zero`` (or a multi-gigabyte log passed by mistake) exhaust memory.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(MAX_YAML_CHARS + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LossConfigError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+    if len(text) > MAX_YAML_CHARS:
+        raise LossConfigError(
+            f"the file is longer than {MAX_YAML_CHARS} characters, the limit for a config file",
+            hint="is it the YAML or JSON file of an experiment?", filename=str(path),
+        )
+    return text
 
 
 def located_yaml(text: str, filename: str | None = None) -> Located:

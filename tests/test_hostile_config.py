@@ -8,16 +8,20 @@ specs, once built, cannot be changed by whoever holds them.
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import resource
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import caret_target
 from hypothesis import given
+from omegaconf import OmegaConf
 from strategies import specs
 
 import lossdsl
@@ -27,6 +31,7 @@ from lossdsl.catalogue.multitask import Tasks
 from lossdsl.catalogue.regression import L1, MSE
 from lossdsl.cli import main
 from lossdsl.validate import MAX_EXPANDED_NODES, MAX_TERMS
+from lossdsl.yaml_io import MAX_YAML_CHARS, MAX_YAML_VALUES
 
 MULTITASK = "uncertainty({seg: ce(ignore_index=255), depth: 0.5 * l1()})"
 
@@ -251,6 +256,58 @@ def test_parse_keeps_its_cache_controls():
     assert lossdsl.parse.cache_info().hits >= 1
 
 
+OMEGACONF_ERRORS = {
+    "missing key": ({"loss": {"kind": "focal", "gamma": "${nope}"}},
+                    "cannot resolve an interpolation: Interpolation key 'nope' not found",
+                    "an interpolation names a key by its full dotted path"),
+    "cycle": ({"a": "${b}", "b": "${a}", "loss": {"kind": "focal", "gamma": "${a}"}},
+              "cannot resolve an interpolation: Recursive interpolation detected",
+              "refers back to itself"),
+    "unset env": ({"loss": {"kind": "focal", "gamma": "${oc.env:LOSSDSL_TEST_UNSET_VARIABLE}"}},
+                  "cannot resolve an interpolation: Environment variable "
+                  "'LOSSDSL_TEST_UNSET_VARIABLE' not found",
+                  "give a default: ${oc.env:NAME,default}"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OMEGACONF_ERRORS))
+@pytest.mark.parametrize("entry", ["load", "compile"])
+def test_omegaconf_interpolation_errors_are_config_errors_naming_the_key(case, entry):
+    data, reason, hint = OMEGACONF_ERRORS[case]
+    config = OmegaConf.create(data)
+    call = (lambda: lossdsl.load(config, key="loss")) if entry == "load" else (
+        lambda: lossdsl.compile(config.loss))
+    error = error_of(call, LossConfigError)
+    assert error.reason == reason
+    assert hint in error.hint
+    assert error.path in ("loss.gamma", "a", "b")
+
+
+def test_an_interpolation_cycle_through_containers_is_an_error():
+    config = OmegaConf.create({"a": {"b": "${c}"}, "c": {"d": "${a}"}, "loss": "ce()"})
+    error = error_of(lambda: lossdsl.compile({"x": config.a, "kind": "ce"}), LossConfigError)
+    assert error.reason == "an interpolation here refers to a mapping or list that holds it"
+
+
+def test_load_resolves_only_the_loss_of_an_omegaconf_config():
+    # ${now:...} is a resolver that only Hydra registers; the loss does not use it.
+    config = OmegaConf.create({"run": {"dir": "${now:%Y-%m-%d}"}, "g": 3,
+                               "model": {"loss": "focal(gamma=${g})"}})
+    assert lossdsl.load(config, key="model.loss") == lossdsl.parse("focal(gamma=3)")
+
+
+@pytest.mark.parametrize("case", sorted(OMEGACONF_ERRORS))
+def test_cli_reports_interpolation_errors_at_their_line(tmp_path, capsys, case):
+    data, reason, hint = OMEGACONF_ERRORS[case]
+    text = yaml.safe_dump(data, sort_keys=False)
+    path = write(tmp_path, text)
+    code, out, _ = run_main(capsys, "check", str(path), "--key", "loss")
+    assert code == 1
+    line, column = position_of(text, "gamma")
+    assert out.startswith(f"{path}:{line}:")
+    assert reason in out and hint in out
+
+
 # -- 14. YAML merge keys ------------------------------------------------------------------------------
 
 
@@ -399,3 +456,136 @@ def test_a_define_used_thousands_of_times_and_long_written_out_sums_still_load()
     assert len(lossdsl.load(doubling_defines(12)).terms) == 2048
     written_out = "ce()+" * 3999 + "ce()"  # as many terms as the expression length limit allows
     assert len(lossdsl.parse(written_out).terms) == 4000
+
+
+# -- 17. the YAML value limit holds when the CLI resolves interpolations ------------------------------
+
+
+def alias_bomb(levels: int) -> str:
+    lines = ["l0: &l0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_cli_keeps_the_alias_limit_for_a_file_with_interpolations(tmp_path, capsys):
+    text = "g: 3\n" + alias_bomb(6) + "model:\n  loss: focal(gamma=${g})\n"  # 10^6 values
+    path = write(tmp_path, text)
+    start = time.perf_counter()
+    code, out, _ = run_main(capsys, "check", str(path), "--key", "model.loss")
+    assert time.perf_counter() - start < 10
+    assert code == 1
+    assert f"YAML expands to more than {MAX_YAML_VALUES} values" in out
+
+
+def test_interpolations_that_double_a_list_at_each_level_are_bounded(tmp_path, capsys):
+    lines = ["a0: [1, 2]"] + [f'a{i}: ["${{a{i - 1}}}", "${{a{i - 1}}}"]' for i in range(1, 40)]
+    text = "\n".join(lines) + '\nloss: {kind: ce, weight: "${a39}"}\n'
+    path = write(tmp_path, text)
+    start = time.perf_counter()
+    code, out, _ = run_main(capsys, "check", str(path), "--key", "loss")
+    assert time.perf_counter() - start < 10
+    assert code == 1
+    assert f"configuration expands to more than {MAX_YAML_VALUES} values" in out
+    config = OmegaConf.create(yaml.safe_load(text))
+    error = quick_error(lambda: lossdsl.load(config, key="loss"), seconds=10, cls=LossConfigError)
+    assert error.reason.startswith(f"configuration expands to more than {MAX_YAML_VALUES} values")
+
+
+def test_cli_resolves_only_the_loss_and_keeps_locations_elsewhere(tmp_path, capsys):
+    text = yaml_text("""
+        hydra:
+          run:
+            dir: outputs/${now:%Y-%m-%d}
+        g: 2
+        model:
+          loss:
+            expr: a + b
+            define:
+              a: focal(gamma=${g})
+              b: ce(smoothing=3)
+    """)
+    path = write(tmp_path, text)
+    code, out, _ = run_main(capsys, "check", str(path))
+    assert code == 1
+    line, column = position_of(text, "3)")  # exactly: this define has no interpolation
+    assert out.startswith(f"{path}:{line}:{column}: ce(): smoothing=3 is out of range")
+
+
+# -- 18. files are read only up to the limit ----------------------------------------------------------
+
+
+@contextmanager
+def memory_capped(extra_bytes: int = 2 << 30):
+    """Cap this process's address space, so that reading a file whole fails fast instead of
+    exhausting the machine's memory (the behaviour this section guards against)."""
+    with open("/proc/self/statm") as statm:
+        used = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = used + extra_bytes if hard == resource.RLIM_INFINITY else min(hard, used + extra_bytes)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+needs_dev_zero = pytest.mark.skipif(
+    not (Path("/dev/zero").exists() and Path("/proc/self/statm").exists()), reason="Linux devices"
+)
+TOO_LONG = f"the file is longer than {MAX_YAML_CHARS} characters, the limit for a config file"
+
+
+@needs_dev_zero
+def test_loading_an_endless_file_stops_at_the_limit():
+    with memory_capped():
+        error = quick_error(lambda: lossdsl.load(Path("/dev/zero")), seconds=5, cls=LossConfigError)
+    assert error.reason == TOO_LONG
+    assert str(error).startswith(f"/dev/zero: {TOO_LONG}")
+
+
+@needs_dev_zero
+@pytest.mark.parametrize("command", ["check", "compile"])
+def test_the_cli_stops_reading_an_endless_file_at_the_limit(capsys, command):
+    with memory_capped():
+        code, out, err = run_main(capsys, command, "/dev/zero")
+    assert code == 1
+    assert TOO_LONG in (out if command == "check" else err)
+
+
+def test_a_file_one_character_over_the_limit_is_refused_and_one_at_it_is_read(tmp_path):
+    body = "ce()\n#"
+    at_limit = write(tmp_path, body + "x" * (MAX_YAML_CHARS - len(body)), "at.yaml")
+    assert lossdsl.load(at_limit) == lossdsl.parse("ce()")
+    over = write(tmp_path, body + "x" * (MAX_YAML_CHARS - len(body) + 1), "over.yaml")
+    assert error_of(lambda: lossdsl.load(over), LossConfigError).reason == TOO_LONG
+
+
+# -- 19. the CLI reads Hydra files whose loss is an interpolated expression ---------------------------
+
+
+HYDRA_EXPRESSION = "g: 3\nmodel:\n  name: tagger\n  loss: focal(gamma=${g}, alpha=0.5)\n"
+
+
+@pytest.mark.parametrize("key", [None, "model.loss"])
+def test_cli_checks_and_compiles_an_interpolated_expression(tmp_path, capsys, key):
+    path = write(tmp_path, HYDRA_EXPRESSION)
+    options = ["--key", key] if key else []
+    assert run_main(capsys, "check", str(path), *options) == (0, "1 file OK\n", "")
+    code, out, err = run_main(capsys, "compile", str(path), *options, "--format", "expr")
+    assert (code, out, err) == (0, "focal(gamma=3, alpha=0.5)\n", "")
+
+
+def test_an_error_in_an_interpolated_expression_points_at_its_string(tmp_path, capsys):
+    text = HYDRA_EXPRESSION.replace("g: 3", "g: -3")
+    path = write(tmp_path, text)
+    code, out, _ = run_main(capsys, "check", str(path))
+    assert code == 1
+    line, column = position_of(text, "focal")
+    assert out == f"{path}:{line}:{column}: focal(): gamma=-3 is out of range; gamma must be >= 0\n"
+
+
+def test_cli_resolves_a_loss_that_is_one_interpolation_of_a_mapping(tmp_path, capsys):
+    text = "losses:\n  sharp: {kind: focal, gamma: 4}\nmodel:\n  loss: ${losses.sharp}\n"
+    path = write(tmp_path, text)
+    code, out, _ = run_main(capsys, "compile", str(path), "--format", "expr")
+    assert (code, out) == (0, "focal(gamma=4)\n")
