@@ -37,8 +37,13 @@ def select_config(config: Any, key: str) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     node = config
+    parts = key.split(".")
     try:
-        for part in key.split("."):
+        for index, part in enumerate(parts):
+            if isinstance(node, DictConfig) and OmegaConf.is_missing(node, part):
+                where = ".".join(parts[: index + 1])
+                raise LossConfigError(f"{where} is ???, a mandatory value that was never set",
+                                      hint="give it a value in the config or on the command line")
             if not isinstance(node, DictConfig) or part not in node:
                 # Say what is there, as for any mapping, without resolving what the loss does not use.
                 select_key(wrap(OmegaConf.to_container(config, resolve=False)), key)

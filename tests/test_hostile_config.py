@@ -296,6 +296,19 @@ def test_load_resolves_only_the_loss_of_an_omegaconf_config():
     assert lossdsl.load(config, key="model.loss") == lossdsl.parse("focal(gamma=3)")
 
 
+def test_a_missing_key_of_an_omegaconf_config_says_what_is_there_without_resolving_it():
+    config = OmegaConf.create({"run": "${now:%Y}", "model": {"los": "ce()"}})
+    error = error_of(lambda: lossdsl.load(config, key="model.loss"), LossConfigError)
+    assert error.reason == "key 'model.loss' not found: no 'loss' at model"
+    assert error.hint.startswith("did you mean 'los'?")
+
+
+def test_a_mandatory_loss_left_unset_says_so():
+    config = OmegaConf.create({"model": {"loss": "???"}})
+    error = error_of(lambda: lossdsl.load(config, key="model.loss"), LossConfigError)
+    assert error.reason == "model.loss is ???, a mandatory value that was never set"
+
+
 @pytest.mark.parametrize("case", sorted(OMEGACONF_ERRORS))
 def test_cli_reports_interpolation_errors_at_their_line(tmp_path, capsys, case):
     data, reason, hint = OMEGACONF_ERRORS[case]
