@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from .errors import Location, LossConfigError
-from .located import MAX_DEPTH, Located, to_plain, wrap
+from .located import MAX_DEPTH, Located, Wrapper, to_plain, wrap
 from .yaml_io import select_key
 
 _KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -146,7 +146,7 @@ def resolve_interpolations(root: Located, key: str | None) -> Located:
         raise interpolation_error(error, root) from None
     except LossConfigError as error:
         raise error.located(_location_at(root, error.path or "")) from None
-    return _replace(root, parts, _overlay(item, resolved))
+    return _replace(root, parts, _overlay(item, resolved, Wrapper()))
 
 
 def _child(item: Located, parts: list[str]) -> Located | None:
@@ -170,19 +170,23 @@ def _has_interpolation(item: Located) -> bool:
     return False
 
 
-def _overlay(item: Located, resolved: Any) -> Located:
-    """``resolved`` with the locations of ``item``, the same data before resolution."""
+def _overlay(item: Located, resolved: Any, wrapper: Wrapper) -> Located:
+    """``resolved`` with the locations of ``item``, the same data before resolution. One wrapper
+    counts every interpolated value: a hundred interpolations of one large subtree share it."""
     value = item.value
     if isinstance(value, dict) and isinstance(resolved, dict) and list(value) == list(resolved):
-        children = {key: _overlay(value[key], resolved[key]) for key in value}
+        children = {key: _overlay(value[key], resolved[key], wrapper) for key in value}
         return Located(children, item.location, dict(item.key_locations))
     if isinstance(value, list) and isinstance(resolved, list) and len(value) == len(resolved):
-        return Located([_overlay(v, r) for v, r in zip(value, resolved)], item.location)
+        return Located([_overlay(v, r, wrapper) for v, r in zip(value, resolved)], item.location)
     if type(value) is type(resolved) and value == resolved:
         return item  # untouched: keeps its location and, for an expression, its map into the file
     # An interpolated value: every part of it points at the text it came from. An expression built
     # by interpolation loses its character map (its offsets no longer match the file's text).
-    replaced = wrap(resolved)
+    try:
+        replaced = wrapper.wrap(resolved, 0, "")
+    except LossConfigError as error:  # past a limit: point at the interpolation that went past it
+        raise error.located(item.location) from None
     _locate_all(replaced, item.location)
     return replaced
 

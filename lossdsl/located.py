@@ -68,12 +68,13 @@ def to_plain(item: Located) -> Any:
 
 def wrap(data: Any, *, path: str = "") -> Located:
     """Wrap plain Python data (a dict from code, an OmegaConf/Hydra config) without locations."""
-    return _Wrapper().wrap(data, 0, path)
+    return Wrapper().wrap(data, 0, path)
 
 
-class _Wrapper:
+class Wrapper:
     """Counts the values it wraps: data shared between places (a list holding the same dict
-    twice, at every level) is wrapped once per place, so its size is what must be bounded."""
+    twice, at every level) is wrapped once per place, so its size is what must be bounded. One
+    instance wraps every piece of one config, so the bound holds for the pieces together."""
 
     def __init__(self) -> None:
         self.values = 0

@@ -504,6 +504,16 @@ def test_interpolations_that_double_a_list_at_each_level_are_bounded(tmp_path, c
     assert error.reason.startswith(f"configuration expands to more than {MAX_YAML_VALUES} values")
 
 
+def test_many_interpolations_of_one_large_value_count_together(tmp_path, capsys):
+    lines = ["big: [" + ", ".join(["1"] * 10_000) + "]", "loss:", "  kind: ce"]
+    lines += [f"  p{i}: ${{big}}" for i in range(11)]  # each alone is within the limit
+    path = write(tmp_path, "\n".join(lines) + "\n")
+    code, out, _ = run_main(capsys, "check", str(path), "--key", "loss")
+    assert code == 1
+    # The tenth brings the count past 100,000: line 13 (p9).
+    assert out.startswith(f"{path}:13:7: configuration expands to more than {MAX_YAML_VALUES} values")
+
+
 def test_cli_resolves_only_the_loss_and_keeps_locations_elsewhere(tmp_path, capsys):
     text = yaml_text("""
         hydra:
