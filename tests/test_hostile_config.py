@@ -30,6 +30,7 @@ from lossdsl.catalogue.likelihoods import CE
 from lossdsl.catalogue.multitask import Tasks
 from lossdsl.catalogue.regression import L1, MSE
 from lossdsl.cli import main
+from lossdsl.interpolation import MAX_EVALUATIONS
 from lossdsl.validate import MAX_EXPANDED_NODES, MAX_TERMS
 from lossdsl.yaml_io import MAX_YAML_CHARS, MAX_YAML_VALUES
 
@@ -502,6 +503,23 @@ def test_interpolations_that_double_a_list_at_each_level_are_bounded(tmp_path, c
     config = OmegaConf.create(yaml.safe_load(text))
     error = quick_error(lambda: lossdsl.load(config, key="loss"), seconds=10, cls=LossConfigError)
     assert error.reason.startswith(f"configuration expands to more than {MAX_YAML_VALUES} values")
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_interpolations_that_double_a_string_at_each_level_are_refused_before_omegaconf(
+    tmp_path, capsys, relative
+):
+    dot = "." if relative else ""  # ${.s1} names a sibling, as ${m.s1} does from the top
+    lines = ["m:", "  s0: ''"] + [f'  s{i}: "${{{dot or "m."}s{i - 1}}}${{{dot or "m."}s{i - 1}}}"'
+                                   for i in range(1, 30)]
+    text = "\n".join(lines) + f'\n  loss: "focal(gamma=${{{dot or "m."}s29}})"\n'
+    path = write(tmp_path, text)
+    start = time.perf_counter()
+    code, out, _ = run_main(capsys, "check", str(path), "--key", "m.loss")
+    assert time.perf_counter() - start < 5
+    assert code == 1
+    assert out.startswith(f"{path}:32:9: the interpolations of this loss take more than "
+                          f"{MAX_EVALUATIONS} evaluations, the limit")
 
 
 def test_many_interpolations_of_one_large_value_count_together(tmp_path, capsys):
