@@ -14,27 +14,39 @@ from typing import Any, Union
 
 from .compiler import compile_spec
 from .errors import LossConfigError
-from .located import Located, wrap
+from .interpolation import select_config
+from .located import Located, is_omegaconf, wrap
 from .module import CompiledLoss
 from .multitask import MultiTaskLoss
 from .spec import LossSpec
 from .syntax import parse_text
 from .validate import build_spec
-from .yaml_io import located_yaml, select_key
+from .yaml_io import located_yaml, read_config_file, select_key
 
 Source = Union[LossSpec, str, Mapping, os.PathLike]
 
 
-@functools.lru_cache(maxsize=512)
 def parse(expression: str) -> LossSpec:
     """Parse and validate an expression such as ``"poly(focal(gamma=2), eps=1) + 0.5 * ghm()"``.
 
     Results are cached by text (specs are immutable), so parsing in a training loop costs nothing.
     Raises LossDSLError with the line, column and a caret under the offending character.
     """
+    # Checked before the cache, which would hash the argument first: parse(["ce()"]) must say what
+    # is wrong, not raise "unhashable type: 'list'".
     if not isinstance(expression, str):
         raise LossConfigError(f"parse() expects an expression string, got {type(expression).__name__}")
+    return _parse_cached(expression)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(expression: str) -> LossSpec:
     return build_spec(parse_text(expression))
+
+
+# The cache's own controls stay on parse(): whoever registers a plug-in can drop specs cached before.
+parse.cache_clear = _parse_cached.cache_clear  # type: ignore[attr-defined]
+parse.cache_info = _parse_cached.cache_info  # type: ignore[attr-defined]
 
 
 def load(source: Any, key: str | None = None) -> LossSpec:
@@ -45,8 +57,16 @@ def load(source: Any, key: str | None = None) -> LossSpec:
             OmegaConf/Hydra config; or a LossSpec (returned as is).
         key: a dotted key of the loss inside the document, e.g. ``"model.loss"``.
     """
+    if key is not None and not isinstance(key, str):
+        raise LossConfigError(
+            f"key must be a dotted key string such as 'model.loss', or None; got {type(key).__name__}"
+        )
     if isinstance(source, LossSpec) and key is None:
         return source
+    if key and is_omegaconf(source):
+        # Only the loss is resolved: the rest of a Hydra config may be large, or use resolvers that
+        # only work inside the application.
+        return build_spec(wrap(select_config(source, key), path=key), path=key)
     root, filename = _located(source)
     item, path = select_key(root, key, filename)
     return build_spec(item, path=path)
@@ -55,14 +75,10 @@ def load(source: Any, key: str | None = None) -> LossSpec:
 def _located(source: Any) -> tuple[Located, str | None]:
     if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_file(source)):
         path = Path(source.strip() if isinstance(source, str) else source)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LossConfigError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
-        return located_yaml(text, str(path)), str(path)
+        return located_yaml(read_config_file(path), str(path)), str(path)
     if isinstance(source, str):
         return located_yaml(source), None
-    if isinstance(source, (Mapping, Located)) or type(source).__module__.startswith("omegaconf"):
+    if isinstance(source, (Mapping, Located)) or is_omegaconf(source):
         return wrap(source), None
     raise LossConfigError(
         f"cannot load a loss from {type(source).__name__}; expected a path, YAML text or a mapping"

@@ -85,26 +85,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _is_file_argument(source: str) -> bool:
     # A name ending in .yaml/.yml/.json is a file even when missing: the error says it cannot be read.
+    # So is any other path that exists and is no directory (a device such as /dev/zero included: the
+    # error then says why it is no config, rather than that '/' cannot start an expression).
     return source.endswith(_FILE_SUFFIXES) or _is_file(Path(source))
 
 
 def _is_file(path: Path) -> bool:
     try:
-        return path.is_file()
+        return path.exists() and not path.is_dir()
     except OSError:  # a long expression is no file name: stat() raised ENAMETOOLONG (a traceback)
         return False
 
 
-def _find_loss_key(path: Path) -> str | None:
+def _find_loss_key(root, path: Path) -> str | None:
     """The key of the loss in an experiment file: None for a whole-file loss, else the first key
     named 'loss', searched breadth-first."""
-    from .yaml_io import located_yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):  # unreadable or binary: load() reports why
-        return None
-    root = located_yaml(text, str(path))
     if not root.is_mapping() or {"kind", "terms", "expr", "tasks"} & set(root.value):
         return None
     queue = [("", root)]
@@ -123,40 +118,29 @@ def _find_loss_key(path: Path) -> str | None:
 
 
 def _load_file(path: Path, key: str | None):
+    """The loss in a YAML/JSON file, read once through lossdsl's loader (size and alias limits),
+    then, for a Hydra file, with the interpolations of the loss resolved by OmegaConf."""
     from .api import load
+    from .yaml_io import located_yaml, read_config_file
 
-    if key is None and _is_file(path):
-        key = _find_loss_key(path)
-    resolved = _resolve_interpolations(path, key)
-    if resolved is not None:
-        try:
-            return load(resolved)
-        except LossDSLError as error:  # no line numbers once resolved: name the file and the key
-            error.filename = error.filename or str(path)
-            error.path = f"{key}.{error.path}" if key and error.path else (error.path or key)
-            raise
-    return load(path, key=key)
+    text = read_config_file(path)
+    root = located_yaml(text, str(path))
+    if key is None:
+        key = _find_loss_key(root, path)
+    if "${" in text and _has_omegaconf():
+        from .interpolation import resolve_interpolations
+
+        root = resolve_interpolations(root, key)
+    return load(root, key=key)
 
 
-def _resolve_interpolations(path: Path, key: str | None) -> Any:
-    """An OmegaConf/Hydra file with ``${...}`` interpolations, resolved at ``key`` (None when the
-    file has none, or OmegaConf is not installed: then the YAML is read as it is)."""
+def _has_omegaconf() -> bool:
+    # Without OmegaConf, "${" is plain text: the YAML is read as it is.
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if "${" not in text:
-        return None
-    try:
-        from omegaconf import OmegaConf
+        import omegaconf  # noqa: F401
     except ImportError:
-        return None
-    try:
-        config = OmegaConf.create(text)
-        node = OmegaConf.select(config, key) if key else config
-        return OmegaConf.to_container(node, resolve=True) if node is not None else None
-    except Exception as error:  # noqa: BLE001 - OmegaConf's own errors become one of ours
-        raise LossConfigError(f"cannot resolve the interpolations of {path}: {error}") from None
+        return False
+    return True
 
 
 def _load(source: str, key: str | None):

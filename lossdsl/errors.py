@@ -32,9 +32,21 @@ def offset_locator(text: str, filename: str | None = None) -> Callable[[int], Lo
         offset = max(0, min(offset, len(text)))
         line = bisect.bisect_left(newlines, offset)
         start = newlines[line - 1] + 1 if line else 0
+        end = newlines[line] if line < len(newlines) else len(text)
+        if _in_trailing_returns(text, offset, start, end):
+            # The excerpt drops a line's trailing "\r"s (a CRLF file's line ends): a column inside
+            # or past them would put the caret beyond the shown line, so it goes just past its end.
+            offset = start + len(text[start:end].rstrip("\r"))
         return Location(line + 1, offset - start + 1, text, filename)
 
     return locate
+
+
+def _in_trailing_returns(text: str, offset: int, start: int, end: int) -> bool:
+    """Whether ``offset`` sits in (or just after) the run of "\r"s that ends a line; cheap unless
+    a "\r" is next to it, so locating every token of a long line stays fast."""
+    near_return = text[offset : offset + 1] == "\r" or (offset > start and text[offset - 1] == "\r")
+    return near_return and not text[offset:end].strip("\r")
 
 
 class LossDSLError(ValueError):

@@ -22,6 +22,9 @@ POSITIONAL = "<positional>"
 
 # Deeper structures are refused with a message rather than left to hit Python's recursion limit.
 MAX_DEPTH = 64
+# YAML anchors and aliases, OmegaConf interpolations and shared Python objects can all repeat a
+# subtree many times; a config never needs this many values.
+MAX_VALUES = 100_000
 
 
 @dataclass
@@ -63,31 +66,49 @@ def to_plain(item: Located) -> Any:
     return value
 
 
-def wrap(data: Any, *, depth: int = 0, path: str = "") -> Located:
+def wrap(data: Any, *, path: str = "") -> Located:
     """Wrap plain Python data (a dict from code, an OmegaConf/Hydra config) without locations."""
-    if depth > MAX_DEPTH:
-        raise LossConfigError(f"configuration nested deeper than {MAX_DEPTH} levels", path=path or None)
-    if _is_omegaconf(data):
-        from omegaconf import OmegaConf  # optional: only reached when the caller passed one
-
-        data = OmegaConf.to_container(data, resolve=True)
-    if isinstance(data, Located):
-        return data
-    if isinstance(data, Mapping):
-        out: dict[str, Located] = {}
-        for key, child in data.items():
-            if not isinstance(key, str):
-                raise LossConfigError(
-                    f"configuration keys must be strings, got {key!r}", path=path or None
-                )
-            out[key] = wrap(child, depth=depth + 1, path=_join(path, key))
-        return Located(out)
-    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
-        return Located([wrap(child, depth=depth + 1, path=f"{path}[{i}]") for i, child in enumerate(data)])
-    return Located(data)
+    return Wrapper().wrap(data, 0, path)
 
 
-def _is_omegaconf(data: Any) -> bool:
+class Wrapper:
+    """Counts the values it wraps: data shared between places (a list holding the same dict
+    twice, at every level) is wrapped once per place, so its size is what must be bounded. One
+    instance wraps every piece of one config, so the bound holds for the pieces together."""
+
+    def __init__(self) -> None:
+        self.values = 0
+
+    def wrap(self, data: Any, depth: int, path: str) -> Located:
+        if depth > MAX_DEPTH:
+            raise LossConfigError(f"configuration nested deeper than {MAX_DEPTH} levels", path=path or None)
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise LossConfigError(
+                f"configuration expands to more than {MAX_VALUES} values (shared or interpolated parts?)",
+                path=path or None,
+            )
+        if is_omegaconf(data):
+            from .interpolation import plain_config  # a module built on this one
+
+            data = plain_config(data)
+        if isinstance(data, Located):
+            return data
+        if isinstance(data, Mapping):
+            out: dict[str, Located] = {}
+            for key, child in data.items():
+                if not isinstance(key, str):
+                    raise LossConfigError(
+                        f"configuration keys must be strings, got {key!r}", path=path or None
+                    )
+                out[key] = self.wrap(child, depth + 1, _join(path, key))
+            return Located(out)
+        if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+            return Located([self.wrap(child, depth + 1, f"{path}[{i}]") for i, child in enumerate(data)])
+        return Located(data)
+
+
+def is_omegaconf(data: Any) -> bool:
     module = type(data).__module__ or ""
     return module.startswith("omegaconf")
 

@@ -7,11 +7,14 @@ sums are always flat (``2 * (a + b)`` is the two terms ``2*a`` and ``2*b``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from .catalogue.base import Child, Reduction
+from .errors import LossDSLError, LossSpecError
 
 
 class Term(BaseModel):
@@ -24,12 +27,76 @@ class Term(BaseModel):
     reduction: Reduction = "mean"
 
 
+@dataclass(frozen=True)
+class CompositionProblem:
+    """A rule of the sum that a list of terms breaks, and the term it is about."""
+
+    term: int
+    reason: str
+    hint: str
+    # The term's reduction is what is wrong (the walker then points at it rather than at the term).
+    about_reduction: bool = False
+
+
+def composition_problem(terms: Sequence[Term]) -> CompositionProblem | None:
+    """The first rule of a sum that ``terms`` break, or None.
+
+    The rules live here once: the text walker adds the source location, and ``LossSpec`` applies them
+    to specs built in Python, which would otherwise compile to something else than they say.
+    """
+    for index, term in enumerate(terms):
+        if term.loss.task_fields and (len(terms) > 1 or term.weight != 1 or term.reduction != "mean"):
+            what = "a task dictionary" if term.loss.bare else f"{term.loss.kind_name()}()"
+            return CompositionProblem(
+                index,
+                f"{what} weighs whole tasks and must be the entire loss: it cannot be added to other "
+                "terms, scaled or given a reduction",
+                "put weights and reductions inside each task's loss",
+            )
+    unreduced = [term.reduction == "none" for term in terms]
+    if any(unreduced) and not all(unreduced):
+        return CompositionProblem(
+            unreduced.index(False) if unreduced[0] else unreduced.index(True),
+            "reduction=none cannot be added to reduced terms: every term of the sum must keep its "
+            "per-element values, or none",
+            "give reduction=none to every term, or to none of them",
+        )
+    for index, term in enumerate(terms):
+        if term.loss.is_regression and term.reduction == "pos_mean":
+            return CompositionProblem(
+                index,
+                f"reduction=pos_mean counts positive targets; {term.loss.kind_name()} is a regression "
+                "loss and has none",
+                "use mean, sum, batchmean or none",
+                about_reduction=True,
+            )
+    return None
+
+
 class LossSpec(BaseModel):
     """A validated loss expression: ``sum_i weight_i * reduce_i(loss_i)``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     terms: tuple[Term, ...] = Field(min_length=1)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            # pydantic wraps whatever a validator raises as ValueError; a rule of ours that a spec
+            # built in Python breaks must reach the user as the LossDSLError it is.
+            own = _lossdsl_error(exc)
+            if own is None:
+                raise
+            raise own from None
+
+    @model_validator(mode="after")
+    def _composable(self) -> LossSpec:
+        problem = composition_problem(self.terms)
+        if problem is not None:
+            raise LossSpecError(problem.reason, hint=problem.hint, path=f"terms[{problem.term}]")
+        return self
 
     def to_expr(self) -> str:
         """Canonical text: stable parameter order, defaults left out; parses back to an equal spec."""
@@ -55,3 +122,12 @@ class LossSpec(BaseModel):
 
     def __str__(self) -> str:
         return self.to_expr()
+
+
+def _lossdsl_error(exc: ValidationError) -> LossDSLError | None:
+    """The LossDSLError a model validator raised, if that is what a ValidationError holds."""
+    for error in exc.errors(include_url=False):
+        original = error.get("ctx", {}).get("error")
+        if isinstance(original, LossDSLError):
+            return original
+    return None

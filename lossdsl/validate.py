@@ -21,14 +21,23 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .catalogue.base import REDUCTIONS, LossNode, lookup
-from .catalogue.multitask import MultiTask
+from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, lookup
+from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value
-from .spec import LossSpec, Term
+from .spec import LossSpec, Term, composition_problem
 from .typetext import bounds_text, describe_type, literal_values
 
+# Bounds on what define: substitution may build. Each definition that uses the previous one twice
+# doubles the loss, so 19 lines of YAML reach 65,536 terms (28 s before these bounds). Measured: a
+# 4,000-term expression (the most MAX_CHARS allows) validates in about 1 s and a YAML list of
+# 10,000 written-out terms in about 2.5 s, so these leave every loss someone writes out alone while
+# a loss past them is refused in milliseconds: both are counted from the definitions before any
+# term is built. MAX_TERMS is also counted while building, on every path (whatever the count
+# before could not see, such as a define: inside a define:).
+MAX_TERMS = 10_000
+MAX_EXPANDED_NODES = 50_000  # catalogue calls, blocks included: poly(focal()) is two
 _TERM_KEYS = ("loss", "weight", "reduction")
 _EXPR_KEYS = ("expr", "define", "reduction")
 _FORM_HINT = (
@@ -53,6 +62,9 @@ class _Walker:
         # Where each define: block sits, so errors inside a definition name its full path.
         self.define_paths: list[str] = []
         self.resolving: list[str] = []
+        # Expression strings parsed once each, however often a define: name repeats them.
+        self.parsed: dict[int, tuple[Located, Located]] = {}
+        self.term_count = 0
 
     # -- errors
     @staticmethod
@@ -106,12 +118,18 @@ class _Walker:
     def _parse(self, item: Located) -> Located:
         from .syntax import parse_text
 
+        known = self.parsed.get(id(item))
+        if known is not None and known[0] is item:
+            return known[1]
         if item.locate is not None:
-            return parse_text(item.value, item.locate)
-        if item.location is not None:  # no finer map into the file: point at the string itself
+            parsed = parse_text(item.value, item.locate)
+        elif item.location is not None:  # no finer map into the file: point at the string itself
             location = item.location
-            return parse_text(item.value, lambda offset: location)
-        return parse_text(item.value)
+            parsed = parse_text(item.value, lambda offset: location)
+        else:
+            parsed = parse_text(item.value)
+        self.parsed[id(item)] = (item, parsed)  # the item kept alive, so its id is not reused
+        return parsed
 
     def _expr_form(self, item, path, weight, reduction, depth):
         value = item.value
@@ -132,8 +150,6 @@ class _Walker:
                 if not name.isidentifier():
                     raise self._fail(f"define name {name!r} is not an identifier", where,
                                      _join(path, f"define.{name}"), cls=LossConfigError)
-                from .catalogue.base import CATALOGUE
-
                 if name in CATALOGUE:
                     raise self._fail(
                         f"define name '{name}' would hide the catalogue loss '{name}'", where,
@@ -145,10 +161,68 @@ class _Walker:
         self.defines.append(defines)
         self.define_paths.append(_join(path, "define"))
         try:
+            if defines:
+                self._check_expansion(expr, _join(path, "expr"))
             return self.terms(expr, _join(path, "expr"), weight, reduction, depth + 1)
         finally:
             self.defines.pop()
             self.define_paths.pop()
+
+    def _check_expansion(self, expr: Located, path: str) -> None:
+        """Refuse, before building anything, an expression whose define: names multiply its size."""
+        terms, nodes = self._expanded_size(expr, {}, set(), 0)
+        if terms > MAX_TERMS or nodes > MAX_EXPANDED_NODES:
+            size = (f"more than {MAX_TERMS} terms" if terms > MAX_TERMS
+                    else f"more than {MAX_EXPANDED_NODES} loss nodes")
+            raise self._fail(
+                f"the define: names expand this loss to {size}, the limit", expr.location, path,
+                hint="a definition that uses another one twice doubles the loss at each level; "
+                "give a weight instead (2 * a, not a + a)", cls=LossConfigError,
+            )
+
+    def _expanded_size(
+        self, item: Located, sizes: dict[int, tuple[int, int]], active: set[int], depth: int
+    ) -> tuple[int, int]:
+        """How many terms and catalogue nodes ``item`` has once every define: name is substituted,
+        counted without building them (each definition is sized once; the count stops just past
+        the limits). Errors are left to the walk, which reports them where they are."""
+        value = item.value
+        if depth > 8 * MAX_DEPTH:  # one level of a loss is several levels of data here
+            return 0, 0  # the walk reports the depth; MAX_TERMS still bounds what it builds
+        if isinstance(value, str):
+            try:
+                return self._expanded_size(self._parse(item), sizes, active, depth + 1)
+            except LossDSLError:
+                return 0, 0
+        if not isinstance(value, dict):
+            return 0, 0
+        if "ref" in value and "kind" not in value:
+            definition = self._definition(value["ref"].value)
+            if definition is None or id(definition) in active:
+                return 1, 1  # a catalogue name, an unknown one or a cycle: the walk says which
+            if id(definition) not in sizes:
+                active.add(id(definition))
+                sizes[id(definition)] = self._expanded_size(definition, sizes, active, depth + 1)
+                active.discard(id(definition))
+            return sizes[id(definition)]
+        terms = nodes = 0
+        for part in _loss_parts(value):
+            part_terms, part_nodes = self._expanded_size(part, sizes, active, depth + 1)
+            terms, nodes = terms + part_terms, nodes + part_nodes
+            if terms > MAX_TERMS or nodes > MAX_EXPANDED_NODES:
+                break
+        if "kind" in value:
+            # One term; more only when it wraps a sum, which the walk builds before refusing it.
+            return max(terms, 1), nodes + 1
+        return terms, nodes
+
+    def _definition(self, name: Any) -> Located | None:
+        """The define: body a name refers to here (the innermost scope wins), if any."""
+        if isinstance(name, str):
+            for scope in reversed(self.defines):
+                if name in scope:
+                    return scope[name]
+        return None
 
     def _terms_form(self, item, path, weight, reduction, depth):
         self._check_keys(item, ("terms",), path, "a sum")
@@ -190,8 +264,6 @@ class _Walker:
                     return self.terms(scope[name], _join(scope_path, name), weight, reduction, depth + 1)
                 finally:
                     self.resolving.pop()
-        from .catalogue.base import CATALOGUE
-
         if name in CATALOGUE:  # a bare catalogue name is the call with its defaults: focal == focal()
             node = Located({"kind": name_item}, name_item.location)
             return [self._node_term(node, path, weight, reduction, depth)]
@@ -214,6 +286,12 @@ class _Walker:
                     "reduction is given twice for this term", own.location, _join(path, "reduction")
                 )
             reduction = value
+        self.term_count += 1
+        if self.term_count > MAX_TERMS:
+            raise self._fail(
+                f"the loss has more than {MAX_TERMS} terms, the limit", item.location, path,
+                hint="is a define: name used many times over?", cls=LossConfigError,
+            )
         node = self.node(item, path, depth, allow_reduction=True)
         try:
             term = Term(loss=node, weight=weight, reduction=str(reduction or "mean"))
@@ -305,10 +383,13 @@ class _Walker:
             if not name.isidentifier():
                 raise self._fail(f"task name {name!r} is not an identifier", item.key_location(name),
                                  where, cls=LossConfigError)
-            specs[name] = self.spec(task, where, depth=depth + 1)
-            if any(isinstance(term.loss, MultiTask) for term in specs[name].terms):
-                raise self._fail(f"task '{name}' is itself a multi-task loss; tasks do not nest",
-                                 task.location, where)
+            try:
+                specs[name] = self.spec(task, where, depth=depth + 1)
+            except LossDSLError as error:
+                raise _in_task(error, name) from None
+            problem = nesting_problem(name, specs[name])
+            if problem:
+                raise self._fail(problem, task.location, where)
         return specs
 
     def plain_value(self, item: Located, path: str, depth: int) -> Any:
@@ -368,31 +449,12 @@ class _Walker:
         return value
 
     def _check_sum(self, terms: list[tuple[Term, Located]], item: Located, path: str) -> None:
-        for term, source in terms:
-            if isinstance(term.loss, MultiTask) and (
-                len(terms) > 1 or term.weight != 1 or term.reduction != "mean"
-            ):
-                what = "a task dictionary" if term.loss.bare else f"{term.loss.kind_name()}()"
-                raise self._fail(
-                    f"{what} weighs whole tasks and must be the entire loss: it "
-                    "cannot be added to other terms, scaled or given a reduction", source.location,
-                    path, hint="put weights and reductions inside each task's loss",
-                )
-        unreduced = [t.reduction == "none" for t, _ in terms]
-        if any(unreduced) and not all(unreduced):
-            term, source = terms[unreduced.index(False) if unreduced[0] else unreduced.index(True)]
-            raise self._fail(
-                "reduction=none cannot be added to reduced terms: every term of the sum must keep "
-                "its per-element values, or none", source.location, path,
-                hint="give reduction=none to every term, or to none of them",
-            )
-        for term, source in terms:
-            if term.loss.is_regression and term.reduction == "pos_mean":
-                raise self._fail(
-                    f"reduction=pos_mean counts positive targets; {term.loss.kind_name()} is a "
-                    "regression loss and has none", source.key_location("reduction"), path,
-                    hint="use mean, sum, batchmean or none",
-                )
+        problem = composition_problem([term for term, _ in terms])
+        if problem is None:
+            return
+        _, source = terms[problem.term]
+        where = source.key_location("reduction") if problem.about_reduction else source.location
+        raise self._fail(problem.reason, where, path, hint=problem.hint)
 
     def _translate(self, cls: type[LossNode], exc: ValidationError, item: Located, path: str):
         name = cls.kind_name()
@@ -434,6 +496,49 @@ class _Walker:
         return self._fail(
             f"{name}(): {field} expects {describe_type(annotation)}, got {given}", location, where
         )
+
+
+def _in_task(error: LossDSLError, name: str) -> LossDSLError:
+    """The error, saying which task of a multi-task loss it is in (its location stays)."""
+    prefix = f"task '{name}': "
+    if not error.reason.startswith(prefix):
+        error.reason = prefix + error.reason
+        error.args = (error.reason,)
+    return error
+
+
+def _loss_parts(value: dict[str, Located]) -> list[Located]:
+    """The parts of a loss mapping that are losses themselves, where the walk reads them (its
+    parameters, reductions and weights are not: ``head: softmax`` is no expression)."""
+    if _is_hydra_node(value):
+        return [value["source"]]
+    if "expr" in value:
+        return [value["expr"]]
+    if "terms" in value:
+        listed = value["terms"].value if value["terms"].is_list() else []
+        return [term.value["loss"] if term.is_mapping() and "loss" in term.value else term
+                for term in listed]
+    if "kind" not in value:
+        return _task_parts(value["tasks"]) if "tasks" in value else []
+    name = value["kind"].value
+    cls = CATALOGUE.get(name) if isinstance(name, str) else None
+    if cls is None:
+        return []
+    parts = []
+    for key, child in value.items():
+        field = cls.positional if key == POSITIONAL else key
+        if field in cls.task_fields:
+            parts += _task_parts(child)
+        elif field in cls.loss_fields:
+            parts.append(child)
+    return parts
+
+
+def _task_parts(item: Located) -> list[Located]:
+    """The losses of a task dictionary, as ``_Walker.task_specs`` reads it."""
+    if item.is_mapping() and set(item.value) == {"tasks"}:
+        item = item.value["tasks"]
+    return list(item.value.values()) if item.is_mapping() else []
 
 
 class _DefaultReduction(str):

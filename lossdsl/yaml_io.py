@@ -8,16 +8,41 @@ is built, and aliases cannot blow a small file up into a huge structure.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
+from yaml.constructor import SafeConstructor
 
 from .errors import Location, LossConfigError, offset_locator, unknown_name_hint
-from .located import MAX_DEPTH, Located
+from .located import MAX_DEPTH, MAX_VALUES, Located
 
 MAX_YAML_CHARS = 1_000_000
 # Anchors and aliases can repeat a subtree many times; a config never needs this many values.
-MAX_YAML_VALUES = 100_000
+MAX_YAML_VALUES = MAX_VALUES
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def read_config_file(path: str | os.PathLike) -> str:
+    """The text of a config file, reading at most ``MAX_YAML_CHARS + 1`` characters.
+
+    Every place that reads a config file goes through here: reading a file whole before checking
+    its size lets ``/dev/zero`` (or a multi-gigabyte log passed by mistake) exhaust memory.
+    """
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read(MAX_YAML_CHARS + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LossConfigError(f"cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+    if len(text) > MAX_YAML_CHARS:
+        raise LossConfigError(
+            f"the file is longer than {MAX_YAML_CHARS} characters, the limit for a config file",
+            hint="is it the YAML or JSON file of an experiment?", filename=str(path),
+        )
+    return text
 
 
 def located_yaml(text: str, filename: str | None = None) -> Located:
@@ -29,7 +54,7 @@ def located_yaml(text: str, filename: str | None = None) -> Located:
         ).located(Location(1, 1, text, filename))
     try:
         # Inside the try: the reader rejects characters such as NUL in its constructor already.
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text, locate)
     except yaml.reader.ReaderError as exc:
         raise LossConfigError(
             f"invalid YAML: the character {chr(exc.character)!r} is not allowed"
@@ -78,6 +103,99 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str, filename: str | None) -> L
     else:
         error.filename = filename
     return error
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, with merge keys resolved as YAML says and scalars that cannot be
+    built (``!!int abc``, a date with month 13) reported where they are, as LossConfigErrors."""
+
+    def __init__(self, text: str, locate: Callable[[int], Location]) -> None:
+        super().__init__(text)
+        self.locate = locate
+
+    def _error(self, reason: str, node: yaml.Node) -> LossConfigError:
+        return LossConfigError(reason).located(self.locate(node.start_mark.index))
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Resolve ``<<`` merge keys in place (PyYAML calls this before building each mapping).
+
+        The mapping's own keys win over merged ones, and with ``<<: [*a, *b]`` a key of ``a`` wins
+        over the same key of ``b`` (the YAML merge spec; PyYAML's own result depends on whether the
+        key strings happen to be interned). A key written twice in the mapping itself is an error.
+        Duplicates are dropped here, so merging the same anchor again and again cannot double the
+        size of a mapping at each level.
+        """
+        merges = [value for key, value in node.value if key.tag == _MERGE]
+        own = [(key, value) for key, value in node.value if key.tag != _MERGE]
+        node.value = own  # first, so a mapping that merges itself stops here when it recurses
+        pairs: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for value in merges:
+            for source in self._merge_sources(value):
+                self.flatten_mapping(source)
+                for pair in source.value:
+                    pairs.setdefault(_key_identity(pair[0]), pair)
+        written: set[Any] = set()
+        for key, value in own:
+            identity = _key_identity(key)
+            if identity in written:
+                raise self._error(f"duplicate key '{key.value}'", key)
+            written.add(identity)
+            if key.tag == "tag:yaml.org,2002:value":  # what PyYAML does with a '=' key
+                key.tag = "tag:yaml.org,2002:str"
+            pairs[identity] = (key, value)  # an own key keeps the merged key's place, as PyYAML
+        node.value = list(pairs.values())
+
+    def _merge_sources(self, value: yaml.Node) -> list[yaml.MappingNode]:
+        items = value.value if isinstance(value, yaml.SequenceNode) else [value]
+        for item in items:
+            if not isinstance(item, yaml.MappingNode):
+                raise self._error("<< merges a mapping or a list of mappings into this one", item)
+        return items
+
+
+def _key_identity(node: yaml.Node) -> Any:
+    return (node.tag, node.value) if isinstance(node, yaml.ScalarNode) else id(node)
+
+
+# Tags whose constructor can fail on a scalar's text: what the value is, and what it must look like.
+_SCALAR_KINDS = {
+    "int": ("an integer", "an integer"),
+    "float": ("a number", "a number"),
+    "bool": ("a boolean", "a boolean (true/false, yes/no, on/off)"),
+    "timestamp": ("a date", "a date (YYYY-MM-DD) or a timestamp (YYYY-MM-DD hh:mm:ss)"),
+}
+
+
+def _checked_scalar(name: str):
+    construct = getattr(SafeConstructor, f"construct_yaml_{name}")
+
+    def construct_checked(loader: _Loader, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError, OverflowError):
+            # int('abc'), bool_values['maybe'], a failed date match, month 13...: PyYAML's own
+            # constructors let these escape as Python errors with no position.
+            raise loader._error(_scalar_reason(loader, node, name), node) from None
+
+    return construct_checked
+
+
+def _scalar_reason(loader: _Loader, node: yaml.ScalarNode, name: str) -> str:
+    value = str(node.value)
+    shown = repr(value if len(value) <= 40 else value[:37] + "...")
+    noun, what = _SCALAR_KINDS[name]
+    digits = value.lstrip("+-").replace("_", "")
+    limit = sys.get_int_max_str_digits()
+    if name == "int" and digits.isdigit() and 0 < limit < len(digits):
+        return f"the integer {shown} has {len(digits)} digits; the limit is {limit}"
+    if loader.resolve(yaml.ScalarNode, value, (True, False)) == node.tag:
+        # No tag was written: YAML took the text for this type by its look (2001-13-45 as a date).
+        return f"YAML reads {shown} as {noun}, but it is not a valid one; quote it to keep it a string"
+    return f"{shown} is not {what} (tag !!{name})"
+
+
+for _name in _SCALAR_KINDS:
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_name}", _checked_scalar(_name))
 
 
 class _Builder:

@@ -10,16 +10,42 @@ adds the tasks' losses, each with its weight:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
-from pydantic import Field, Strict, WithJsonSchema, field_validator
+from pydantic import AfterValidator, Field, Strict, WithJsonSchema, field_validator
 
 from ..spec import LossSpec
 from .base import LOSS_SCHEMA_MARKER, LossNode, NonNegative, register
 
+
+class FrozenDict(dict):
+    """A dict that cannot change after it is built, and can be hashed.
+
+    Specs are cached by text (``lossdsl.parse``) and shared, so a task popped by one user must not
+    vanish from the next parse of the same text. A dict subclass rather than a Mapping, so pydantic
+    serialises it, ``==`` compares it with plain dicts, and it prints like one.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a spec's tasks cannot be changed; build a new spec instead")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # order-blind, as == between dicts is
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy would otherwise fill an empty instance item by item, through __setitem__.
+        return (type(self), (dict(self),))
+
+
 # In YAML each task is any loss form (an expression string, a node, a sum); the schema says so.
 TaskLosses = Annotated[
     dict[str, LossSpec],
+    AfterValidator(FrozenDict),
     WithJsonSchema({"type": "object", "minProperties": 1,
                     "additionalProperties": {LOSS_SCHEMA_MARKER: True}}),
 ]
@@ -37,9 +63,12 @@ class MultiTask(LossNode):
     def _named_tasks(cls, tasks: dict[str, Any]) -> dict[str, Any]:
         if not tasks:
             raise ValueError("needs at least one task")
-        for name in tasks:
+        for name, spec in tasks.items():
             if not name.isidentifier():
                 raise ValueError(f"task names must be identifiers, got {name!r}")
+            problem = nesting_problem(name, spec)
+            if problem:
+                raise ValueError(problem)
         return tasks
 
     @property
@@ -47,7 +76,15 @@ class MultiTask(LossNode):
         return None
 
     def expand(self) -> LossNode:
-        return self.model_copy(update={"tasks": {k: v.expand() for k, v in self.tasks.items()}})
+        # model_copy does not validate: the rebuilt tasks must be frozen here.
+        return self.model_copy(update={"tasks": FrozenDict((k, v.expand()) for k, v in self.tasks.items())})
+
+
+def nesting_problem(name: str, spec: LossSpec) -> str | None:
+    """Why task ``name`` cannot hold ``spec`` (None when it can): each task is one plain loss."""
+    if any(term.loss.task_fields for term in spec.terms):
+        return f"task '{name}' is itself a multi-task loss; tasks do not nest"
+    return None
 
 
 @register
