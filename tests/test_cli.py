@@ -191,7 +191,8 @@ def test_tree_shows_every_parameter_with_its_default_marked(capsys):
     assert code == 0
     assert out.splitlines()[1:] == [
         "term 1: weight 1, reduction pos_mean, head sigmoid",
-        "  bce: weight=none (default), pos_weight=2, smoothing=0 (default), ignore_index=-100 (default)",
+        "  bce: weight=none (default), pos_weight=2, smoothing=0 (default), ignore_index=-100 (default), "
+        "background=false (default)",
         "learnable parameters: none",
         "running buffers: none",
     ]

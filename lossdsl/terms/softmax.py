@@ -155,7 +155,7 @@ class SoftmaxTerm(TermModule):
         return (weight[safe] * inputs.valid).sum()
 
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
-        plain = not self.plan.steps and inputs.weight is None
+        plain = len(self.plan.steps) == 0 and inputs.weight is None  # (dynamo cannot trace `not tuple`)
         if plain and self.reduction != "none":  # torch's kernel sums for us
             total = self.plain_ce(inputs, "sum")
             return self.reduce_sum(total, inputs, batch_size=inputs.x.shape[0],
