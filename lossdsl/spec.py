@@ -62,13 +62,11 @@ def composition_problem(terms: Sequence[Term]) -> CompositionProblem | None:
             "give reduction=none to every term, or to none of them",
         )
     for index, term in enumerate(terms):
-        if term.loss.is_regression and term.reduction == "pos_mean":
+        reason = term.loss.without_positives() if term.reduction == "pos_mean" else None
+        if reason:
             return CompositionProblem(
-                index,
-                f"reduction=pos_mean counts positive targets; {term.loss.kind_name()} is a regression "
-                "loss and has none",
-                "use mean, sum, batchmean or none",
-                about_reduction=True,
+                index, f"reduction=pos_mean counts positive targets; {reason}",
+                "use mean, sum, batchmean or none", about_reduction=True,
             )
     return None
 

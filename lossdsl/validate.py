@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, lookup
+from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, NodeArgumentsError, lookup
 from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
@@ -458,6 +458,9 @@ class _Walker:
 
     def _translate(self, cls: type[LossNode], exc: ValidationError, item: Located, path: str):
         name = cls.kind_name()
+        inner = exc.errors(include_url=False)[0].get("ctx", {}).get("error")
+        if isinstance(inner, NodeArgumentsError):  # raised by LossNode.__init__: pydantic's own report
+            exc = inner.validation_error
         errors = exc.errors(include_url=False)
         first = errors[0]
         loc = [part for part in first["loc"]]

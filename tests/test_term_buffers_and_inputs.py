@@ -119,3 +119,10 @@ def test_an_ignore_index_beyond_int64_is_refused_at_parse_time():
     with pytest.raises(LossDSLError) as error:
         lossdsl.parse("ce(ignore_index=100000000000000000000)")
     assert "ignore_index must be in [-9223372036854775808, 9223372036854775807]" in str(error.value)
+
+
+def test_a_node_built_in_python_with_a_bad_value_is_a_lossdsl_error():
+    from lossdsl.catalogue.named import Focal
+
+    with pytest.raises(LossDSLError, match=r"focal\(\): gamma: Input should be greater than or equal to 0"):
+        Focal(gamma=-1)

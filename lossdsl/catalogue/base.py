@@ -11,9 +11,9 @@ from __future__ import annotations
 import typing
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, WithJsonSchema
 
-from ..errors import LossSpecError, unknown_name_hint
+from ..errors import LossDSLError, LossSpecError, unknown_name_hint
 
 # Scalars are strict (no "2" -> 2.0, no true -> 1.0) but an int is accepted where a float is expected.
 Number = Annotated[float, Strict()]
@@ -68,6 +68,19 @@ class LossNode(BaseModel):
     def is_regression(self) -> bool:
         return False
 
+    def without_positives(self) -> str | None:
+        """Why ``reduction=pos_mean`` (a division by the positive count) does not apply, or None."""
+        if self.is_regression:
+            return f"{self.kind_name()} is a regression loss and has none"
+        return getattr(self, "positives_reason", None)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            # A node built in Python with a bad value: the same LossDSLError family as from text.
+            raise _node_error(type(self), exc) from None
+
     def children(self) -> tuple[LossNode, ...]:
         return tuple(getattr(self, name) for name in self.loss_fields)
 
@@ -91,6 +104,26 @@ class LossNode(BaseModel):
             if name in self.loss_fields or value != self.default_for(name):
                 out[name] = value
         return out
+
+
+class NodeArgumentsError(LossSpecError):
+    """A node built with arguments pydantic refused; ``validation_error`` keeps pydantic's own report
+    (the text validator reads it to point at the offending parameter in the user's text)."""
+
+    def __init__(self, reason: str, validation_error: ValidationError) -> None:
+        super().__init__(reason)
+        self.validation_error = validation_error
+
+
+def _node_error(cls: type[LossNode], exc: ValidationError) -> LossDSLError:
+    """The first problem pydantic found with a node's arguments, as a LossSpecError."""
+    first = exc.errors(include_url=False)[0]
+    original = first.get("ctx", {}).get("error")
+    if isinstance(original, LossDSLError):
+        return original
+    where = ".".join(str(part) for part in first["loc"])
+    reason = str(original) if original is not None else first["msg"]
+    return NodeArgumentsError(f"{cls.kind_name()}(): {where + ': ' if where else ''}{reason}", exc)
 
 
 def _coerce_child(value: Any) -> Any:
