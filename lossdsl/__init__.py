@@ -8,6 +8,8 @@
 
 from .api import compile, json_schema, load, parse
 from .catalogue import CATALOGUE, LossNode, register
+from .catalogue.plugins import ElementLoss
+from .catalogue.region import RegionLoss
 from .errors import (
     LossConfigError,
     LossDSLError,
@@ -23,12 +25,14 @@ __version__ = "0.1.0"
 __all__ = [
     "CATALOGUE",
     "CompiledLoss",
+    "ElementLoss",
     "LossConfigError",
     "LossDSLError",
     "LossInputError",
     "LossNode",
     "LossSpec",
     "LossSpecError",
+    "RegionLoss",
     "LossSyntaxError",
     "Term",
     "compile",

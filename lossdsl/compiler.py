@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from .catalogue.base import LossNode
 from .catalogue.boxes import DFL, BoxLoss
-from .catalogue.region import RegionLoss
 from .catalogue.detection import Varifocal
 from .catalogue.likelihoods import BCE, CE
 from .catalogue.modifiers import Modifier
 from .catalogue.multitask import MultiTask
 from .catalogue.named import ZLPR
+from .catalogue.plugins import ElementLoss
+from .catalogue.region import RegionLoss
 from .errors import LossSpecError
 from .module import CompiledLoss
 from .multitask import MultiTaskLoss
@@ -18,6 +19,7 @@ from .printer import term_to_expr
 from .spec import LossSpec, Term
 from .terms.base import TermModule
 from .terms.boxes import BoxTerm, DFLTerm
+from .terms.element import ElementTerm
 from .terms.region import RegionTerm
 from .terms.regression import RegressionTerm
 from .terms.sigmoid import SigmoidTerm
@@ -58,6 +60,8 @@ def compile_term(term: Term, label: str, check_values: bool, distributed: bool =
         raise LossSpecError(f"{blocks[-1].kind_name()}() needs a loss with a probability")
     if isinstance(base, RegionLoss):
         return RegionTerm(term, label, check_values, distributed)
+    if isinstance(base, ElementLoss):
+        return ElementTerm(term, label, check_values, distributed)
     if isinstance(base, BoxLoss):
         return BoxTerm(term, label, check_values, distributed)
     if isinstance(base, DFL):

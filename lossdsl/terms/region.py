@@ -143,7 +143,8 @@ class RegionTerm(TermModule):
         if not self.include_background:
             stats = stats.select(slice(1, None))
         if isinstance(node, Tversky):
-            return tversky(stats, alpha=node.alpha, beta=node.beta, gamma=node.gamma, smooth=node.smooth), None
+            value = tversky(stats, alpha=node.alpha, beta=node.beta, gamma=node.gamma, smooth=node.smooth)
+            return value, None
         if isinstance(node, GDice):
             return generalized_dice(stats, weighting=node.weighting, smooth=node.smooth), None
         # dice that is not a Tversky special case (squared or log); the others were expanded
