@@ -53,6 +53,23 @@ class RegionTerm(TermModule):
         self.class_values("class_weight", node.weight)
         # Set by the compiled loss when an element term of the same sum computes log_softmax too.
         self.shared_log_softmax = False
+        # What to compute, as plain values read once here (forward reads no pydantic model: they do
+        # not trace under torch.compile).
+        if isinstance(node, Lovasz):
+            self.formula = "lovasz"
+            self.options = {"per_image": node.per_image, "classes": node.classes}
+        elif not isinstance(node, RegionRatio) or type(node).region is not RegionLoss.region:
+            self.formula = "plugin"
+            self.options = {}
+        elif isinstance(node, Tversky):
+            self.formula = "tversky"
+            self.options = {"alpha": node.alpha, "beta": node.beta, "gamma": node.gamma, "smooth": node.smooth}
+        elif isinstance(node, GDice):
+            self.formula = "gdice"
+            self.options = {"weighting": node.weighting, "smooth": node.smooth}
+        else:  # dice that is not a Tversky special case (squared or log); the others were expanded
+            self.formula = "dice"
+            self.options = {"smooth": node.smooth, "squared": node.squared, "log": node.log}
 
     # -- inputs
     def prepare(self, input: Tensor, target: Tensor) -> RegionInputs:
@@ -102,12 +119,11 @@ class RegionTerm(TermModule):
     def unreduced_shape(self, inputs: RegionInputs) -> torch.Size:
         n, classes = inputs.x.shape[:2]
         counted = classes if self.include_background else classes - 1
-        if isinstance(self.node, GDice):
+        if self.formula == "gdice":
             return torch.Size(() if self.batch else (n,))
-        rows = (n, counted) if (self.batch is False and not isinstance(self.node, Lovasz)) else (counted,)
-        if isinstance(self.node, Lovasz) and self.node.per_image:
-            rows = (n, counted)
-        return torch.Size(rows)
+        if self.formula == "lovasz":
+            return torch.Size((n, counted) if self.options["per_image"] else (counted,))
+        return torch.Size((counted,) if self.batch else (n, counted))
 
     # -- computation
     def probabilities(self, inputs: RegionInputs) -> Tensor:
@@ -125,30 +141,22 @@ class RegionTerm(TermModule):
 
     def per_class(self, inputs: RegionInputs) -> tuple[Tensor, Tensor | None]:
         """The loss per sample and class (per sample for gdice), and which rows count (lovasz)."""
-        node = self.node
-        if isinstance(node, Lovasz):
+        if self.formula == "lovasz":
             y = self.dense_target(inputs)
             if self.head == "sigmoid":
-                loss, counted = lovasz_hinge(inputs.x, y, inputs.valid, per_image=node.per_image,
-                                             classes=node.classes)
+                loss, counted = lovasz_hinge(inputs.x, y, inputs.valid, **self.options)
             else:
-                loss, counted = lovasz_softmax(self.probabilities(inputs), y, inputs.valid,
-                                               per_image=node.per_image, classes=node.classes)
+                loss, counted = lovasz_softmax(self.probabilities(inputs), y, inputs.valid, **self.options)
             return self._without_background(loss), self._without_background(counted)
-        if not isinstance(node, RegionRatio) or type(node).region is not RegionLoss.region:
+        if self.formula == "plugin":
             return self._plugin(inputs), None
-        squared = getattr(node, "squared", False)
+        squared = self.options.get("squared", False)
         stats = region_stats(self.probabilities(inputs), inputs.target, inputs.valid, batch=self.batch,
                              powers=(2,) if squared else (1,))
         if not self.include_background:
             stats = stats.select(slice(1, None))
-        if isinstance(node, Tversky):
-            value = tversky(stats, alpha=node.alpha, beta=node.beta, gamma=node.gamma, smooth=node.smooth)
-            return value, None
-        if isinstance(node, GDice):
-            return generalized_dice(stats, weighting=node.weighting, smooth=node.smooth), None
-        # dice that is not a Tversky special case (squared or log); the others were expanded
-        return dice(stats, smooth=node.smooth, squared=squared, log=node.log), None
+        function = {"tversky": tversky, "gdice": generalized_dice, "dice": dice}[self.formula]
+        return function(stats, **self.options), None
 
     def _plugin(self, inputs: RegionInputs) -> Tensor:
         """A registered region loss's own function on the whole mask: probabilities and dense targets
@@ -170,7 +178,7 @@ class RegionTerm(TermModule):
 
     def _weighted(self, value: Tensor, like: Tensor) -> Tensor:
         weight = self.constant("class_weight", like)
-        if weight is None or isinstance(self.node, GDice):
+        if weight is None or self.formula == "gdice":
             return value
         if weight.numel() == like.shape[1] and not self.include_background:
             weight = weight[1:]
