@@ -63,7 +63,7 @@ class RegionTerm(TermModule):
             self.options = {}
         elif isinstance(node, Tversky):
             self.formula = "tversky"
-            self.options = {"alpha": node.alpha, "beta": node.beta, "gamma": node.gamma, "smooth": node.smooth}
+            self.options = {name: getattr(node, name) for name in ("alpha", "beta", "gamma", "smooth")}
         elif isinstance(node, GDice):
             self.formula = "gdice"
             self.options = {"weighting": node.weighting, "smooth": node.smooth}
