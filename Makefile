@@ -25,6 +25,7 @@ venv: $(VENV)/.ready
 demo: venv
 	$(PY) examples/demo.py
 	$(PY) examples/train.py examples/tagging.yaml
+	$(PY) examples/train_segmentation.py
 
 test: venv
 	$(PY) -m pytest -q

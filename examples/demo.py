@@ -27,9 +27,10 @@ def batch_for(loss, classes: int, generator: torch.Generator):
 
 def term_batch(term, classes: int, generator: torch.Generator):
     kind = type(term).__name__
-    if kind == "SoftmaxTerm":  # segmentation-shaped: [N, C, H, W] logits, [N, H, W] indices
+    if kind in ("SoftmaxTerm", "RegionTerm"):  # segmentation-shaped: [N, C, H, W] logits, [N, H, W] indices
         target = torch.randint(0, classes, (2, 8, 8), generator=generator)
-        target[0, :2] = 255  # a strip of void pixels, ignored by ignore_index=255
+        if term.ignore_index == 255:
+            target[0, :2] = 255  # a strip of void pixels, ignored by ignore_index=255
         return torch.randn(2, classes, 8, 8, generator=generator), target
     if kind == "BoxTerm":  # boxes (x1, y1, x2, y2) and targets near them
         corner = torch.rand(16, 2, generator=generator) * 10

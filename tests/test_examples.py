@@ -259,3 +259,18 @@ def test_train_multitask_with_a_dtp_expression(train_multitask, capsys):
     assert [step for step, _, _ in rows] == [1, 20]
     for _, seg, depth in rows:
         assert seg > 0 and depth > 0 and (seg, depth) != (1.0, 1.0)  # priorities from the KPIs
+
+
+# -- the segmentation demo ----------------------------------------------------------------------------
+
+
+def test_train_segmentation_prints_the_per_class_iou_of_ce_against_ce_plus_dice(capsys):
+    segmentation = import_example("train_segmentation")
+    assert segmentation.main(["--steps", "20"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tiny segmenter, 20 steps, per-class IoU")
+    rows = {line.split("  ")[0]: line for line in out[2:]}
+    assert set(rows) == set(segmentation.DEFAULT_LOSSES)
+    for line in rows.values():
+        scores = [float(cell) for cell in line.split()[-6:-2]]
+        assert all(0 <= score <= 1 for score in scores)
