@@ -220,7 +220,8 @@ def main() -> None:
          hand_softmax_focal, t, "<= 1.0"),
         ("ghm(bins=30)", lossdsl.compile("ghm(bins=30)"), "per-bin GHM-C loop (mmdet)", ghm_loop(30), y,
          "<= 0.2"),
-        ("qfocal()", lossdsl.compile("qfocal()"), "mmdet quality_focal_loss, plainly", mmdet_qfl, soft, "<= 0.7"),
+        ("qfocal()", lossdsl.compile("qfocal()"), "mmdet quality_focal_loss, plainly", mmdet_qfl, soft,
+         "<= 0.7"),
         ("varifocal()", lossdsl.compile("varifocal()"), "mmdet varifocal_loss, plainly", mmdet_vfl, soft,
          "<= 0.7"),
     ]

@@ -1,19 +1,19 @@
-"""Speed of lossdsl's region losses (lossdsl.functional.region) against MONAI and smp, in one process.
+"""Speed of lossdsl's region losses against MONAI and smp, in one process.
 
     python benchmarks/bench_region.py                 # CPU, logits 8 x 21 x 128 x 128, index targets
     python benchmarks/bench_region.py --threads 1     # steadier on a shared machine
     python benchmarks/bench_region.py --device cuda   # on a GPU
     python benchmarks/bench_region.py --quick         # small sizes, a smoke run
 
-Each row times forward + backward from the logits and the class-index targets, with everything each
-side does on the way, as bench_losses.py does: median of interleaved runs, then the ratio of lossdsl
-to the reference. Ratios, not absolute times, are the result. The references take the softmax and a
-one-hot; lossdsl's side does what a softmax-head term does: zero the ignored positions' logits
-(SPEC: they may be inf or NaN; MONAI and smp do not guard against that), the softmax, and the
-statistics straight from the class indices (no one-hot; the "one-hot targets" row builds one, as
-for dense targets). Targets (issue 9): dice no slower than MONAI's DiceLoss (<= 1.0), tversky at
-most 0.6x MONAI's TverskyLoss, lovasz at most 0.5x smp's LovaszLoss; ce + dice at most 0.8x MONAI's
-DiceCELoss once the term modules share the softmax (the row here shares one log-softmax).
+Each row times forward + backward of a compiled loss (``lossdsl.compile(...)``, default settings:
+value checks on) from the logits and the class-index targets, against the reference doing the same:
+median of interleaved runs, then the ratio of lossdsl to the reference. Ratios, not absolute times,
+are the result. The references take the softmax and a one-hot; lossdsl's terms zero the ignored
+positions' logits (SPEC: they may be inf or NaN; MONAI and smp do not guard against that), take
+the softmax (in ``ce() + dice()`` one log-softmax shared by both terms) and the statistics straight
+from the class indices (no one-hot). Targets (issue 9): dice no slower than MONAI's DiceLoss
+(<= 1.0), tversky at most 0.6x MONAI's TverskyLoss, ce + dice at most 0.8x MONAI's DiceCELoss,
+lovasz at most 0.5x smp's LovaszLoss.
 
 On a machine shared with other jobs, more than one intra-op thread makes every row several times
 slower and the ratios erratic (threads wait for each other); --threads 1 measures the work itself.
@@ -32,58 +32,14 @@ import types
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_losses import time_pair  # noqa: E402
 
-from lossdsl.functional import region  # noqa: E402
-from lossdsl.functional.targets import index_to_one_hot, zero_ignored  # noqa: E402
+import lossdsl  # noqa: E402
 
 IGNORE = -100
-
-
-# -- lossdsl: the steps a term module takes ----------------------------------------------------------
-
-
-def softmax_of(x, t):
-    """The softmax a softmax-head term computes: ignored positions' logits zeroed first (they may be
-    inf or NaN, SPEC section 4)."""
-    valid = (t != IGNORE).unsqueeze(1)
-    return torch.softmax(zero_ignored(x, valid), dim=1), valid
-
-
-def ours_dice(x, t):
-    """Class-index targets go to region_stats as they are: no one-hot."""
-    p, valid = softmax_of(x, t)
-    return region.dice(region.region_stats(p, t, valid)).mean()
-
-
-def ours_dice_one_hot(x, t):
-    """The same with a one-hot, as when it is shared with another term (or for dense targets)."""
-    p, _ = softmax_of(x, t)
-    y, valid = index_to_one_hot(t, x.shape[1], IGNORE, x.dtype)
-    return region.dice(region.region_stats(p, y, valid)).mean()
-
-
-def ours_tversky(x, t):
-    p, valid = softmax_of(x, t)
-    return region.tversky(region.region_stats(p, t, valid), alpha=0.3, beta=0.7).mean()
-
-
-def ours_lovasz(x, t):
-    p, _ = softmax_of(x, t)
-    y, valid = index_to_one_hot(t, x.shape[1], IGNORE, x.dtype)
-    return region.mean_over_counted(*region.lovasz_softmax(p, y, valid))
-
-
-def ours_ce_dice(x, t):
-    """ce + dice sharing one log-softmax."""
-    valid = (t != IGNORE).unsqueeze(1)
-    log_p = torch.log_softmax(zero_ignored(x, valid), dim=1)
-    ce = F.nll_loss(log_p, t, ignore_index=IGNORE)
-    return ce + region.dice(region.region_stats(log_p.exp(), t, valid)).mean()
 
 
 # -- references ---------------------------------------------------------------------------------------
@@ -141,20 +97,20 @@ def main() -> None:
         dice_ce_ref = monai.DiceCELoss(softmax=True, to_onehot_y=True)
         with_channel = lambda loss: (lambda x, t: loss(x, t.unsqueeze(1)))  # noqa: E731
         rows += [
-            ("dice", ours_dice, "MONAI DiceLoss", with_channel(dice_ref), "<= 1.0"),
-            ("dice (one-hot targets)", ours_dice_one_hot, "MONAI DiceLoss", with_channel(dice_ref), "<= 1.0"),
-            ("tversky(0.3, 0.7)", ours_tversky, "MONAI TverskyLoss", with_channel(tversky_ref), "<= 0.6"),
-            ("ce + dice (shared softmax)", ours_ce_dice, "MONAI DiceCELoss", with_channel(dice_ce_ref),
+            ("dice()", lossdsl.compile("dice()"), "MONAI DiceLoss", with_channel(dice_ref), "<= 1.0"),
+            ("tversky(alpha=0.3, beta=0.7)", lossdsl.compile("tversky(alpha=0.3, beta=0.7)"),
+             "MONAI TverskyLoss", with_channel(tversky_ref), "<= 0.6"),
+            ("ce() + dice()", lossdsl.compile("ce() + dice()"), "MONAI DiceCELoss", with_channel(dice_ce_ref),
              "<= 0.8"),
         ]
     lovasz = smp_loss_module("lovasz")
     if lovasz is not None:
-        rows.append(("lovasz", ours_lovasz, "smp LovaszLoss(multiclass)", lovasz.LovaszLoss("multiclass"),
-                     "<= 0.5"))
+        rows.append(("lovasz()", lossdsl.compile("lovasz()"), "smp LovaszLoss(multiclass)",
+                     lovasz.LovaszLoss("multiclass"), "<= 0.5"))
 
     print(f"device {device}, logits {'x'.join(map(str, shape))}, index targets, float32, forward+backward, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    header = f"{'lossdsl.functional':28} {'reference':28} {'ms':>8} {'ref ms':>8} {'ratio':>6} {'target':>7}"
+    header = f"{'lossdsl':28} {'reference':28} {'ms':>8} {'ref ms':>8} {'ratio':>6} {'target':>7}"
     print(header)
     print("-" * len(header))
     for name, ours, ref_name, ref, goal in rows:
