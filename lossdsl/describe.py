@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, lookup
-from .catalogue.likelihoods import BCE, CE
-from .printer import format_number, format_value, node_to_expr
+from .catalogue.base import LossNode
+from .catalogue_text import CATEGORIES, catalogue_listing, explain  # noqa: F401  (the CLI's views)
+from .printer import format_number, format_value
 from .spec import LossSpec
-from .typetext import bounds_text, describe_type
-
-CATEGORIES = [
-    ("likelihood", "base likelihoods"),
-    ("regression", "regression losses"),
-    ("modifier", "blocks (wrap a loss with a probability p_t)"),
-    ("named", "named losses (each exactly its expansion)"),
-    ("region", "region losses (segmentation: whole masks per sample and class; no block wraps them)"),
-    ("multitask", "multi-task weighting"),
-    ("plugin", "registered plug-ins"),
-]
 
 # What each kind of module state is, for the tree's last section.
 _STATE_NOTES = {
@@ -111,76 +99,4 @@ def _is_state(module: Any, name: str) -> bool:
     return name in module.state_dict()
 
 
-# -- the catalogue -------------------------------------------------------------------------------
-
-
-def catalogue_listing() -> str:
-    lines = []
-    for category, title in CATEGORIES:
-        names = sorted(n for n, cls in CATALOGUE.items() if cls.category == category)
-        if not names:
-            continue
-        lines.append(f"{title}:")
-        width = max(len(n) for n in names)
-        lines += [f"  {n.ljust(width)}  {CATALOGUE[n].summary}" for n in names]
-    return "\n".join(lines)
-
-
-def explain(name: str) -> str:
-    """Formula, parameters (type, range, default), expansion and paper of one catalogue name."""
-    cls = lookup(name)
-    example = _example(cls)
-    lines = [f"{name}: {cls.summary}"]
-    if cls.paper:
-        lines.append(f"paper: {cls.paper}")
-    lines += ["", inspect.cleandoc(cls.__doc__ or ""), "", "parameters:"]
-    rows = []
-    if cls.positional:
-        rows.append((f"<{cls.positional}>", "positional: " + (
-            "the loss it wraps" if cls.positional in cls.loss_fields else "named tasks {name: loss, ...}"
-        ), ""))
-    for field_name, field in cls.model_fields.items():
-        if field_name in ("kind", cls.positional):
-            continue
-        kind = describe_type(field.annotation)
-        bounds = bounds_text(field.annotation, field.metadata)
-        if bounds:
-            kind += f", {bounds}"
-        default = _default_text(cls, example, field_name)
-        rows.append((field_name, kind, default))
-    if cls.category != "multitask":
-        rows.append(("reduction", "one of " + ", ".join(REDUCTIONS) + " (outermost call of a term)",
-                     "mean"))
-    width = max(len(r[0]) for r in rows)
-    for field_name, kind, default in rows:
-        lines.append(f"  {field_name.ljust(width)}  {kind}" + (f"; default {default}" if default else ""))
-    if example is not None and cls.category == "named":
-        expanded = example.expand()
-        if expanded is not example:
-            lines += ["", f"expands to: {node_to_expr(expanded, full=True)}"]
-    return "\n".join(lines)
-
-
-def _example(cls: type[LossNode]) -> LossNode | None:
-    """An instance with default parameters (wrapping bce/ce, or one task, where one is needed)."""
-    from .spec import Term
-
-    one_task = {"task": LossSpec(terms=(Term(loss=CE()),))}
-    for extra in ({}, {"loss": BCE()}, {"loss": CE()}, {"tasks": one_task}):
-        try:
-            return cls.model_validate(extra)
-        except Exception:  # noqa: BLE001 - trying the next shape of example
-            continue
-    return None
-
-
-def _default_text(cls: type[LossNode], example: LossNode | None, field_name: str) -> str:
-    if "head" in cls.model_fields and field_name in ("alpha", "clip") and example is not None:
-        sigmoid = example.model_copy(update={"head": "sigmoid"}).default_for(field_name)
-        softmax = example.model_copy(update={"head": "softmax"}).default_for(field_name)
-        if sigmoid != softmax:  # the default follows the head
-            return f"{format_value(sigmoid)} (sigmoid), {format_value(softmax)} (softmax)"
-    value = example.default_for(field_name) if example is not None else cls.model_fields[field_name].default
-    if field_name == "gamma" and cls.kind_name() == "modulate":
-        return "2 (or gamma_pos and gamma_neg instead)"
-    return format_value(value)
+# -- the catalogue: see lossdsl.catalogue_text -----------------------------------------------------

@@ -27,6 +27,20 @@ Smoothing = Annotated[float, Strict(), Field(ge=0, lt=1)]
 PerClass = tuple[Number, ...]
 Head = Literal["sigmoid", "softmax"]
 
+
+def described(annotation: Any, description: str) -> Any:
+    """``annotation`` with its meaning attached: every parameter is described once, on its field
+    (the JSON Schema, ``lossdsl explain``, ``lossdsl list --params`` and the README read it there)."""
+    return Annotated[annotation, Field(description=description)]
+
+
+# Parameters several names share, described once.
+HeadChoice = described(Head, "how logits become probabilities: sigmoid (each element its own binary "
+                              "problem) or softmax (classes compete along dimension 1)")
+IgnoreIndex = described(Integer, "class index whose positions count for nothing (with class-index targets)")
+Background = described(Flag, "read class index C as an all-negative row (mmdetection's num_classes "
+                             "label) instead of refusing it (sigmoid head)")
+
 REDUCTIONS = ("mean", "sum", "batchmean", "pos_mean", "none")
 Reduction = Literal["mean", "sum", "batchmean", "pos_mean", "none"]
 
@@ -56,6 +70,10 @@ class LossNode(BaseModel):
     bare: ClassVar[bool] = False
     # Why no block may wrap this name (None: a block may, when the name has a probability).
     unwrappable: ClassVar[str | None] = None
+    # The same loss in other libraries, as calls (lossdsl explain prints them).
+    equivalents: ClassVar[tuple[str, ...]] = ()
+    # The targets the compiled term accepts, in words (None: the head's or category's usual ones).
+    targets: ClassVar[str | None] = None
 
     @classmethod
     def kind_name(cls) -> str:

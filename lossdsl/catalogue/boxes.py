@@ -13,7 +13,8 @@ from pydantic import Field, Strict
 
 from .base import LossNode, register
 
-BoxEps = Annotated[float, Strict(), Field(gt=0, le=1)]
+BoxEps = Annotated[float, Strict(), Field(gt=0, le=1, description="added to every denominator (union, "
+                                         "enclosing area, diagonal), as torchvision's eps")]
 
 
 class BoxLoss(LossNode):
@@ -40,6 +41,11 @@ class IoU(BoxLoss):
     kind: Literal["iou"] = "iou"
     eps: BoxEps = 1e-7
     formula = "iou"
+    equivalents = (
+        "mmdet IoULoss(mode='linear', eps=1e-7) (its default mode is log)",
+        '1 - torchvision.ops.box_iou, per aligned pair',
+    )
+    targets = 'target boxes [..., 4] shaped like the predictions'
     summary = "1 - IoU of predicted and target boxes (x1, y1, x2, y2)"
     paper = "Yu et al. 2016, UnitBox; mmdetection IoULoss(mode='linear')"
 
@@ -52,6 +58,11 @@ class GIoU(BoxLoss):
     kind: Literal["giou"] = "giou"
     eps: BoxEps = 1e-7
     formula = "giou"
+    equivalents = (
+        'torchvision.ops.generalized_box_iou_loss(p, t)',
+        'mmdet GIoULoss()',
+    )
+    targets = 'target boxes [..., 4] shaped like the predictions'
     summary = "generalized IoU loss: 1 - IoU + (C - U) / C"
     paper = "Rezatofighi et al. 2019, Generalized Intersection over Union"
 
@@ -64,6 +75,11 @@ class DIoU(BoxLoss):
     kind: Literal["diou"] = "diou"
     eps: BoxEps = 1e-7
     formula = "diou"
+    equivalents = (
+        'torchvision.ops.distance_box_iou_loss(p, t)',
+        'mmdet DIoULoss()',
+    )
+    targets = 'target boxes [..., 4] shaped like the predictions'
     summary = "distance IoU loss: 1 - IoU + centre distance^2 / enclosing diagonal^2"
     paper = "Zheng et al. 2020, Distance-IoU Loss"
 
@@ -78,6 +94,11 @@ class CIoU(BoxLoss):
     kind: Literal["ciou"] = "ciou"
     eps: BoxEps = 1e-7
     formula = "ciou"
+    equivalents = (
+        'torchvision.ops.complete_box_iou_loss(p, t)',
+        'mmdet CIoULoss() (adds the aspect term above IoU 0.5 only)',
+    )
+    targets = 'target boxes [..., 4] shaped like the predictions'
     summary = "complete IoU loss: diou plus an aspect-ratio term"
     paper = "Zheng et al. 2020, Distance-IoU Loss (CIoU)"
 
@@ -92,6 +113,10 @@ class DFL(LossNode):
 
     kind: Literal["dfl"] = "dfl"
     category = "regression"
+    equivalents = (
+        'mmdet DistributionFocalLoss()',
+    )
+    targets = 'distances [...] in [0, n] for logits [..., n + 1]'
     summary = "distribution focal loss over the integer distances 0..n of a box edge (GFL)"
     paper = "Li et al. 2020, Generalized Focal Loss; mmdetection DistributionFocalLoss"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .base import Flag, LossNode, NonNegative, Probability, register
+from .base import Flag, LossNode, NonNegative, Probability, described, register
 from .likelihoods import BCE
 from .modifiers import Modulate
 
@@ -27,8 +27,14 @@ class QFocal(LossNode):
     """
 
     kind: Literal["qfocal"] = "qfocal"
-    beta: NonNegative = 2.0
+    beta: described(NonNegative, "focusing exponent on |y - p|, the distance to the quality "
+                                 "target") = 2.0
 
+    equivalents = (
+        'mmdet QualityFocalLoss(use_sigmoid=True, beta=2.0): qfocal(reduction=batchmean), targets '
+        '(labels, scores) as the dense matrix',
+    )
+    targets = 'soft IoU targets shaped like the logits: the IoU at the label class, 0 elsewhere'
     summary = "quality focal loss bce(x, y) |y - p|^beta on soft IoU targets (GFL)"
     paper = "Li et al. 2020, Generalized Focal Loss; mmdetection QualityFocalLoss"
     category = "named"
@@ -52,10 +58,15 @@ class Varifocal(LossNode):
     """
 
     kind: Literal["varifocal"] = "varifocal"
-    alpha: Probability = 0.75
-    gamma: NonNegative = 2.0
-    iou_weighted: Flag = True
+    alpha: described(Probability, "weight of the negatives' focal term alpha p^gamma") = 0.75
+    gamma: described(NonNegative, "focusing exponent of negatives") = 2.0
+    iou_weighted: described(Flag, "weight positives by their IoU target (else by 1)") = True
 
+    equivalents = (
+        'mmdet VarifocalLoss(use_sigmoid=True, alpha=0.75, gamma=2.0, iou_weighted=True): '
+        'varifocal(reduction=batchmean) or avg_factor',
+    )
+    targets = 'soft IoU targets shaped like the logits: the IoU at the label class, 0 elsewhere'
     summary = "varifocal loss: positives weighted by their IoU target, negatives by alpha p^gamma"
     paper = "Zhang et al. 2021, VarifocalNet: An IoU-aware Dense Object Detector; mmdetection VarifocalLoss"
     category = "named"

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, Strict
 
-from .base import Flag, Integer, LossNode, Smoothing, register
+from .base import Background, IgnoreIndex, LossNode, Smoothing, described, register
 
 NonNegativeNumber = Annotated[float, Strict(), Field(ge=0)]
 ClassWeights = tuple[NonNegativeNumber, ...]
@@ -22,13 +22,20 @@ class CE(LossNode):
     """
 
     kind: Literal["ce"] = "ce"
-    weight: ClassWeights | None = None
-    ignore_index: Integer = -100
-    smoothing: Smoothing = 0.0
+    weight: described(ClassWeights | None, "one weight per class; the mean becomes the weighted mean, as "
+                                          "F.cross_entropy's") = None
+    ignore_index: IgnoreIndex = -100
+    smoothing: described(Smoothing, "label smoothing s: the target becomes (1-s) onehot + s/C") = 0.0
 
     summary = "softmax cross-entropy (class weights, ignore_index, label smoothing)"
     paper = "torch.nn.functional.cross_entropy; label smoothing: Szegedy et al. 2016"
     category = "likelihood"
+    equivalents = (
+        'torch.nn.functional.cross_entropy(x, t, weight=w, ignore_index=i, label_smoothing=s)',
+        'timm LabelSmoothingCrossEntropy(smoothing=s) (index targets), SoftTargetCrossEntropy '
+        '(probabilities)',
+        'mmdet CrossEntropyLoss(use_sigmoid=False, class_weight=w, ignore_index=i)',
+    )
 
     @property
     def head(self) -> str:
@@ -48,16 +55,23 @@ class BCE(LossNode):
     """
 
     kind: Literal["bce"] = "bce"
-    weight: NonNegativeNumber | ClassWeights | None = None
-    pos_weight: NonNegativeNumber | ClassWeights | None = None
-    smoothing: Smoothing = 0.0
-    ignore_index: Integer = -100
+    weight: described(NonNegativeNumber | ClassWeights | None,
+                      "multiplies the loss: one number, or one per class (dimension 1)") = None
+    pos_weight: described(NonNegativeNumber | ClassWeights | None,
+                          "weight of the positive part pw y log p: one number, or one per class") = None
+    smoothing: described(Smoothing, "label smoothing s: targets move to y (1-s) + s/2") = 0.0
+    ignore_index: IgnoreIndex = -100
     # Opt-in, so that a 1-based label map cannot silently lose its last class.
-    background: Flag = False
+    background: Background = False
 
     summary = "sigmoid binary cross-entropy (weight, pos_weight, label smoothing)"
     paper = "torch.nn.functional.binary_cross_entropy_with_logits"
     category = "likelihood"
+    equivalents = (
+        'torch.nn.functional.binary_cross_entropy_with_logits(x, y, weight=w, pos_weight=pw)',
+        'timm BinaryCrossEntropy(smoothing=s): bce(smoothing=s)',
+        'smp SoftBCEWithLogitsLoss(smooth_factor=f): bce(smoothing=2 f)',
+    )
 
     @property
     def head(self) -> str:

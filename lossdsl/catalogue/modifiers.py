@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, Strict, model_validator
 
-from .base import Child, Flag, LossNode, NonNegative, Probability, head_of, register
+from .base import Child, Flag, LossNode, NonNegative, Probability, described, head_of, register
 
 
 def walk(node: LossNode) -> Iterator[LossNode]:
@@ -80,11 +80,16 @@ class Modulate(Modifier):
 
     kind: Literal["modulate"] = "modulate"
     loss: Child
-    gamma: NonNegative = 2.0
-    gamma_pos: NonNegative | None = None
-    gamma_neg: NonNegative | None = None
-    detach: Flag = False
-    focus: Literal["pt", "quality"] = "pt"
+    gamma: described(NonNegative, "focusing exponent: the loss is multiplied by q^gamma, q = 1 - p_t, "
+                                  "down-weighing easy examples (0: no focusing)") = 2.0
+    gamma_pos: described(NonNegative | None, "exponent for positive targets instead of gamma "
+                                             "(with gamma_neg)") = None
+    gamma_neg: described(NonNegative | None, "exponent for negative targets (sigmoid), or the weight "
+                                             "p_c^gamma_neg of the other classes (softmax)") = None
+    detach: described(Flag, "compute the focusing weight without gradient (ASL's "
+                            "disable_torch_grad_focal_loss)") = False
+    focus: described(Literal["pt", "quality"], "what q is: pt is 1 - p_t (focal loss); quality is "
+                                               "|y - p| for soft IoU targets (GFL, sigmoid head)") = "pt"
 
     summary = "focusing factor (1-p_t)^gamma, optionally asymmetric (gamma_pos / gamma_neg)"
     paper = "Lin et al. 2017 (focal loss); Ridnik et al. 2021 (asymmetric focusing)"
@@ -122,7 +127,9 @@ class Clip(Modifier):
 
     kind: Literal["clip"] = "clip"
     loss: Child
-    margin: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.05
+    margin: Annotated[float, Strict(), Field(ge=0, lt=1, description="probability shift of negatives: "
+                                             "they see max(p - margin, 0); easy ones (p <= margin) "
+                                             "count for nothing")] = 0.05
 
     summary = "asymmetric probability shifting p_m = max(p - margin, 0) for negatives (sigmoid)"
     paper = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification"
@@ -147,7 +154,9 @@ class Poly(Modifier):
 
     kind: Literal["poly"] = "poly"
     loss: Child
-    eps: PolyCoefficient | tuple[Annotated[float, Strict()], ...] = 1.0
+    eps: described(PolyCoefficient | tuple[Annotated[float, Strict()], ...],
+                   "coefficient of (1-p_t)^(1+g) (Poly-1), or a list [e1, ..., eN] of the first N "
+                   "polynomial terms; e1 >= -1") = 1.0
 
     summary = "polynomial terms e_j (1-p_t)^(j+gamma) added to the loss (Poly-1, Poly-N)"
     paper = "Leng et al. 2022, PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions"
@@ -179,7 +188,9 @@ class Balance(Modifier):
 
     kind: Literal["balance"] = "balance"
     loss: Child
-    alpha: Probability | tuple[Probability, ...] = 0.25
+    alpha: described(Probability | tuple[Probability, ...],
+                     "weight of positives (1 - alpha for negatives) on the sigmoid head, or one weight "
+                     "per class") = 0.25
 
     summary = "class balancing weight alpha (positives vs negatives, or per class)"
     paper = "Lin et al. 2017, Focal Loss for Dense Object Detection (alpha-balanced form)"
@@ -198,8 +209,10 @@ class Density(Modifier):
 
     kind: Literal["density"] = "density"
     loss: Child
-    bins: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 10
-    momentum: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.0
+    bins: Annotated[int, Strict(), Field(ge=1, le=10_000, description="number of bins of the gradient "
+                                         "norm |p - y| over [0, 1]")] = 10
+    momentum: Annotated[float, Strict(), Field(ge=0, lt=1, description="running average of the bin "
+                                               "counts across batches (0: this batch's counts only)")] = 0.0
 
     summary = "GHM-C gradient-density weights over `bins` bins of |p - y|, with optional momentum"
     paper = "Li et al. 2019, Gradient Harmonized Single-stage Detector"

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NoReturn
 from pydantic import AfterValidator, Field, Strict, WithJsonSchema, field_validator
 
 from ..spec import LossSpec
-from .base import LOSS_SCHEMA_MARKER, LossNode, NonNegative, register
+from .base import LOSS_SCHEMA_MARKER, LossNode, NonNegative, described, register
 
 
 class FrozenDict(dict):
@@ -56,7 +56,7 @@ class MultiTask(LossNode):
     positional = "tasks"
     task_fields = ("tasks",)
 
-    tasks: TaskLosses
+    tasks: described(TaskLosses, "named tasks, each a whole loss: {seg: ce(), depth: l1()}")
 
     @field_validator("tasks")
     @classmethod
@@ -66,6 +66,8 @@ class MultiTask(LossNode):
         for name, spec in tasks.items():
             if not name.isidentifier():
                 raise ValueError(f"task names must be identifiers, got {name!r}")
+            if name == "total":  # last_terms logs the sum under "total"
+                raise ValueError("'total' names the sum of the tasks in last_terms; choose another task name")
             problem = nesting_problem(name, spec)
             if problem:
                 raise ValueError(problem)
@@ -111,7 +113,9 @@ class Uncertainty(MultiTask):
     """
 
     kind: Literal["uncertainty"] = "uncertainty"
-    form: Literal["kendall", "simple", "positive"] = "kendall"
+    form: described(Literal["kendall", "simple", "positive"],
+                    "kendall: exp(-s) L + s/2 (regression L/2); simple: exp(-s) L + s; positive: "
+                    "L / (2 c^2) + log(1 + c^2)") = "kendall"
     summary = "learnable uncertainty weights per task: exp(-s) L + s/2 (Kendall et al.)"
     paper = "Kendall, Gal and Cipolla 2018, Multi-Task Learning Using Uncertainty to Weigh Losses"
 
@@ -129,7 +133,8 @@ class DTP(MultiTask):
     """
 
     kind: Literal["dtp"] = "dtp"
-    gamma: NonNegative = 1.0
-    alpha: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.9
+    gamma: described(NonNegative, "focusing exponent of the task weight -(1 - k)^gamma log k") = 1.0
+    alpha: Annotated[float, Strict(), Field(gt=0, le=1, description="weight of a new indicator in the "
+                                            "running average k <- alpha kpi + (1 - alpha) k")] = 0.9
     summary = "dynamic task prioritization: weight -(1-k)^gamma log k from each task's running KPI"
     paper = "Guo et al. 2018, Dynamic Task Prioritization for Multitask Learning"

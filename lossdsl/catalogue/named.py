@@ -9,7 +9,18 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, Strict, model_validator
 
-from .base import Flag, Head, Integer, LossNode, NonNegative, Probability, Smoothing, register
+from .base import (
+    Background,
+    Flag,
+    HeadChoice,
+    IgnoreIndex,
+    LossNode,
+    NonNegative,
+    Probability,
+    Smoothing,
+    described,
+    register,
+)
 from .likelihoods import BCE, CE
 from .modifiers import Balance, Clip, Density, Modulate
 
@@ -68,12 +79,21 @@ class Focal(Named):
     """
 
     kind: Literal["focal"] = "focal"
-    gamma: NonNegative = 2.0
-    alpha: Alpha = None
-    head: Head = "sigmoid"
-    ignore_index: Integer = -100
-    background: Flag = False
+    gamma: described(NonNegative, "focusing exponent: the loss is multiplied by (1 - p_t)^gamma "
+                                  "(0: plain cross-entropy)") = 2.0
+    alpha: described(Alpha, "weight of positives (1 - alpha for negatives) on the sigmoid head, one "
+                            "weight per class on the softmax head; none disables it") = None
+    head: HeadChoice = "sigmoid"
+    ignore_index: IgnoreIndex = -100
+    background: Background = False
 
+    equivalents = (
+        "torchvision.ops.sigmoid_focal_loss(x, y, alpha=0.25, gamma=2, reduction='mean')",
+        'kornia.losses.binary_focal_loss_with_logits(x, y, alpha=0.25, gamma=2) (sigmoid head)',
+        'mmdet FocalLoss(use_sigmoid=True, gamma=2.0, alpha=0.25): focal(background=true) for its labels',
+        'kornia.losses.focal_loss(x, t, alpha=None, gamma=2) times C (kornia averages over classes): '
+        'focal(head=softmax)',
+    )
     summary = "focal loss -alpha_t (1-p_t)^gamma log p_t, sigmoid or softmax"
     paper = "Lin et al. 2017, Focal Loss for Dense Object Detection"
     head_defaults = {"alpha": (0.25, None)}  # torchvision's default on the sigmoid head
@@ -96,15 +116,23 @@ class ASL(Named):
     """
 
     kind: Literal["asl"] = "asl"
-    gamma_pos: NonNegative = 1.0
-    gamma_neg: NonNegative = 4.0
-    clip: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.05
-    detach: Flag = False
-    head: Head = "sigmoid"
-    smoothing: Smoothing = 0.0
-    ignore_index: Integer = -100
-    background: Flag = False
+    gamma_pos: described(NonNegative, "focusing exponent of positives") = 1.0
+    gamma_neg: described(NonNegative, "focusing exponent of negatives (larger: easy negatives fade "
+                                      "faster)") = 4.0
+    clip: Annotated[float, Strict(), Field(ge=0, lt=1, description="probability margin of negatives: "
+                                           "they see max(p - clip, 0) (sigmoid head only)")] = 0.05
+    detach: described(Flag, "compute the focusing weight without gradient (timm's "
+                            "disable_torch_grad_focal_loss)") = False
+    head: HeadChoice = "sigmoid"
+    smoothing: described(Smoothing, "label smoothing (timm's single-label eps)") = 0.0
+    ignore_index: IgnoreIndex = -100
+    background: Background = False
 
+    equivalents = (
+        'timm AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=1, clip=0.05) (timm sums; mean here)',
+        'timm AsymmetricLossSingleLabel(gamma_pos=1, gamma_neg=4, eps=s): asl(head=softmax, clip=0, '
+        'smoothing=s)',
+    )
     summary = "asymmetric loss: asymmetric focusing plus probability clipping of negatives"
     paper = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification"
     head_defaults = {"clip": (0.05, 0.0)}  # a softmax head has no clip
@@ -130,11 +158,16 @@ class GHM(Named):
     """
 
     kind: Literal["ghm"] = "ghm"
-    bins: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 10
-    momentum: Annotated[float, Strict(), Field(ge=0, lt=1)] = 0.0
-    ignore_index: Integer = -100
-    background: Flag = False
+    bins: Annotated[int, Strict(), Field(ge=1, le=10_000, description="number of bins of the gradient "
+                                         "norm |p - y| over [0, 1]")] = 10
+    momentum: Annotated[float, Strict(), Field(ge=0, lt=1, description="running average of the bin "
+                                               "counts across batches (0: this batch's counts only)")] = 0.0
+    ignore_index: IgnoreIndex = -100
+    background: Background = False
 
+    equivalents = (
+        'mmdet GHMC(bins=10, momentum=0, use_sigmoid=True, loss_weight=1.0)',
+    )
     summary = "GHM-C: bce weighted by the inverse gradient density"
     paper = "Li et al. 2019, Gradient Harmonized Single-stage Detector"
 
@@ -162,6 +195,9 @@ class ZLPR(LossNode):
     @property
     def head(self) -> None:  # no p_t: the classes of a sample are coupled
         return None
+    equivalents = (
+        'timm ZlprLoss() (mean over samples)',
+    )
     summary = "ZLPR multi-label loss: log(1+sum_neg e^x) + log(1+sum_pos e^-x) per sample"
     paper = "Su et al. 2022, ZLPR: A Novel Loss for Multi-label Classification"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Head, Integer, LossNode
+from .base import HeadChoice, IgnoreIndex, LossNode
 
 if TYPE_CHECKING:  # the catalogue itself needs no torch
     from torch import Tensor
@@ -30,8 +30,8 @@ class ElementLoss(LossNode):
 
     unwrappable = "a plug-in's own element loss has no p_t for a block to act on"
 
-    head: Head = "sigmoid"
-    ignore_index: Integer = -100
+    head: HeadChoice = "sigmoid"
+    ignore_index: IgnoreIndex = -100
 
     def elementwise(self, p: Tensor, y: Tensor) -> Tensor:
         """The loss per element: ``p`` probabilities ``[N, C, d1, ...]`` (sigmoid or softmax of the

@@ -12,12 +12,14 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field, Strict, model_validator
 
-from .base import Flag, Head, Integer, LossNode, NonNegative, register
+from .base import Flag, HeadChoice, IgnoreIndex, LossNode, NonNegative, described, register
 
 if TYPE_CHECKING:  # the catalogue itself needs no torch (lossdsl check runs without it)
     from torch import Tensor
 
 Smooth = Annotated[float, Strict(), Field(ge=0)]
+SmoothTerm = Annotated[float, Strict(), Field(ge=0, description="added to the numerator and the "
+                                              "denominator of the ratio (MONAI's smooth_nr = smooth_dr)")]
 ClassWeights = tuple[NonNegative, ...]
 
 
@@ -34,10 +36,12 @@ class RegionLoss(LossNode):
         "a region loss gives one value per sample and class, not one per element"
     )
 
-    head: Head = "softmax"
-    include_background: Flag = True
-    weight: ClassWeights | None = None
-    ignore_index: Integer = -100
+    head: HeadChoice = "softmax"
+    include_background: described(Flag, "count class 0; false drops it from the loss (MONAI's "
+                                        "include_background)") = True
+    weight: described(ClassWeights | None, "multiplies each class's value: one per class (or one per "
+                                           "class but the background)") = None
+    ignore_index: IgnoreIndex = -100
 
     def region(self, p: Tensor, y: Tensor, valid: Tensor | None) -> Tensor:
         """A plug-in's own region function: probabilities ``p`` and dense targets ``y``
@@ -50,7 +54,8 @@ class RegionLoss(LossNode):
 class RegionRatio(RegionLoss):
     """Region losses from the per-(sample, class) sums, which can also pool over the batch."""
 
-    batch: Flag = False
+    batch: described(Flag, "sum over the whole batch per class instead of per sample (MONAI's "
+                           "batch)") = False
 
 
 @register
@@ -66,11 +71,16 @@ class Tversky(RegionRatio):
     """
 
     kind: Literal["tversky"] = "tversky"
-    alpha: NonNegative = 0.5
-    beta: NonNegative = 0.5
-    gamma: Annotated[float, Strict(), Field(gt=0)] = 1.0
-    smooth: Smooth = 1e-5
+    alpha: described(NonNegative, "weight of the false positives") = 0.5
+    beta: described(NonNegative, "weight of the false negatives (above alpha favours recall)") = 0.5
+    gamma: Annotated[float, Strict(), Field(gt=0, description="focal Tversky exponent, per class "
+                                            "(1: plain Tversky)")] = 1.0
+    smooth: SmoothTerm = 1e-5
 
+    equivalents = (
+        'monai.losses.TverskyLoss(alpha, beta, smooth_nr=s, smooth_dr=s, softmax=True, to_onehot_y=True)',
+        "smp TverskyLoss('multiclass', alpha=a, beta=b, gamma=g) (its gamma on the class mean)",
+    )
     summary = "Tversky loss 1 - TP / (TP + alpha FP + beta FN), focal with gamma (segmentation)"
     paper = "Salehi et al. 2017, Tversky loss; Abraham and Khan 2019, focal Tversky"
 
@@ -87,11 +97,16 @@ class Dice(RegionRatio):
     """
 
     kind: Literal["dice"] = "dice"
-    smooth: Smooth = 1e-5
-    squared: Flag = False
-    log: Flag = False
+    smooth: SmoothTerm = 1e-5
+    squared: described(Flag, "squares in the denominator, sum p^2 + sum y^2 (V-Net; MONAI's "
+                             "squared_pred)") = False
+    log: described(Flag, "-log of the dice ratio instead of 1 - it (smp's log_loss)") = False
 
     category = "region"
+    equivalents = (
+        'monai.losses.DiceLoss(smooth_nr=s, smooth_dr=s, softmax=True, to_onehot_y=True)',
+        "smp DiceLoss('multiclass', smooth=s/2): pooled over the batch, absent classes dropped",
+    )
     summary = "soft dice loss 1 - 2 TP / (sum p + sum y) (segmentation, nnU-Net's with ce)"
     paper = "Milletari et al. 2016, V-Net; Sudre et al. 2017"
 
@@ -110,8 +125,12 @@ class Jaccard(RegionRatio):
     """
 
     kind: Literal["jaccard"] = "jaccard"
-    smooth: Smooth = 1e-5
+    smooth: SmoothTerm = 1e-5
 
+    equivalents = (
+        'monai.losses.DiceLoss(jaccard=True, smooth_nr=2 s, smooth_dr=2 s, softmax=True, to_onehot_y=True)',
+        "smp JaccardLoss('multiclass', smooth=s)",
+    )
     summary = "soft Jaccard (IoU) loss 1 - TP / (TP + FP + FN) (segmentation)"
     paper = "Rahman and Wang 2016, IoU loss"
 
@@ -131,8 +150,9 @@ class GDice(RegionRatio):
     """
 
     kind: Literal["gdice"] = "gdice"
-    weighting: Literal["square", "simple", "uniform"] = "square"
-    smooth: Smooth = 1e-5
+    weighting: described(Literal["square", "simple", "uniform"], "class weights: 1/(sum y)^2, "
+                                                                 "1/sum y, or 1 (MONAI's w_type)") = "square"
+    smooth: SmoothTerm = 1e-5
 
     @model_validator(mode="after")
     def _weights_its_own_classes(self):
@@ -141,6 +161,9 @@ class GDice(RegionRatio):
                              "weight does not apply")
         return self
 
+    equivalents = (
+        "monai.losses.GeneralizedDiceLoss(w_type='square', softmax=True, to_onehot_y=True)",
+    )
     summary = "generalized dice loss with class weights 1/(sum y)^2 (very unequal classes)"
     paper = "Sudre et al. 2017, Generalised Dice overlap as a deep learning loss function"
 
@@ -158,9 +181,15 @@ class Lovasz(RegionLoss):
     """
 
     kind: Literal["lovasz"] = "lovasz"
-    per_image: Flag = False
-    classes: Literal["present", "all"] = "present"
+    per_image: described(Flag, "one loss per image, then their mean (else one over the whole "
+                               "batch)") = False
+    classes: described(Literal["present", "all"], "average over the classes present in the target, "
+                                                  "or over all") = "present"
 
+    equivalents = (
+        "smp LovaszLoss('multiclass', per_image=False)",
+        "Berman et al.'s lovasz_softmax(probas, labels)",
+    )
     summary = "Lovász-Softmax (or hinge) loss, a convex surrogate of 1 - IoU (segmentation)"
     paper = "Berman et al. 2018, The Lovász-Softmax loss"
 

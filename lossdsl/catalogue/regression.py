@@ -47,6 +47,7 @@ class SmoothL1(_Regression):
     """
 
     kind: Literal["smooth_l1"] = "smooth_l1"
-    beta: Annotated[float, Strict(), Field(gt=0)] = 1.0
+    beta: Annotated[float, Strict(), Field(gt=0, description="where the quadratic part becomes linear "
+                                                             "(in the units of the predictions)")] = 1.0
     summary = "smooth L1 (Huber) error with threshold beta"
     paper = "Girshick 2015, Fast R-CNN; torch.nn.functional.smooth_l1_loss"
