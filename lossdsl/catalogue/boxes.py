@@ -11,26 +11,18 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, Strict
 
-from .base import LossNode, register
+from .base import register
+from .regression import RegressionLoss
 
 BoxEps = Annotated[float, Strict(), Field(gt=0, le=1, description="added to every denominator (union, "
                                          "enclosing area, diagonal), as torchvision's eps")]
 
 
-class BoxLoss(LossNode):
+class BoxLoss(RegressionLoss):
     """An IoU-family loss on boxes ``[..., 4]`` as ``(x1, y1, x2, y2)``, per box."""
 
-    category = "regression"
     # Which formula of lossdsl.functional.boxes the name computes.
     formula: ClassVar[str] = ""
-
-    @property
-    def head(self) -> None:
-        return None
-
-    @property
-    def is_regression(self) -> bool:
-        return True
 
 
 @register
@@ -104,7 +96,7 @@ class CIoU(BoxLoss):
 
 
 @register
-class DFL(LossNode):
+class DFL(RegressionLoss):
     """Distribution Focal Loss (Li et al. 2020, GFL): logits ``[..., n + 1]`` over the distances
     ``0..n`` (last dimension), target ``y`` in ``[0, n]`` of shape ``[...]``:
     ``(y_r - y) ce(x, y_l) + (y - y_l) ce(x, y_r)``, ``y_l = floor(y)``, ``y_r = y_l + 1`` (``y = n``:
@@ -112,18 +104,9 @@ class DFL(LossNode):
     branch: a regression term for ``uncertainty`` and ``pos_mean``."""
 
     kind: Literal["dfl"] = "dfl"
-    category = "regression"
     equivalents = (
         'mmdet DistributionFocalLoss()',
     )
     targets = 'distances [...] in [0, n] for logits [..., n + 1]'
     summary = "distribution focal loss over the integer distances 0..n of a box edge (GFL)"
     paper = "Li et al. 2020, Generalized Focal Loss; mmdetection DistributionFocalLoss"
-
-    @property
-    def head(self) -> None:
-        return None
-
-    @property
-    def is_regression(self) -> bool:
-        return True

@@ -9,7 +9,10 @@ from pydantic import Field, Strict
 from .base import LossNode, register
 
 
-class _Regression(LossNode):
+class RegressionLoss(LossNode):
+    """A loss without a probability: predictions against targets of the same kind (no block wraps
+    it, pos_mean does not apply, uncertainty uses its regression form)."""
+
     category = "regression"
 
     @property
@@ -22,7 +25,7 @@ class _Regression(LossNode):
 
 
 @register
-class MSE(_Regression):
+class MSE(RegressionLoss):
     """Squared error ``(x - y)^2`` per element. Exactly ``torch.nn.functional.mse_loss``."""
 
     kind: Literal["mse"] = "mse"
@@ -31,7 +34,7 @@ class MSE(_Regression):
 
 
 @register
-class L1(_Regression):
+class L1(RegressionLoss):
     """Absolute error ``|x - y|`` per element. Exactly ``torch.nn.functional.l1_loss``."""
 
     kind: Literal["l1"] = "l1"
@@ -40,7 +43,7 @@ class L1(_Regression):
 
 
 @register
-class SmoothL1(_Regression):
+class SmoothL1(RegressionLoss):
     """Huber-style error: ``0.5 (x-y)^2 / beta`` where ``|x-y| < beta``, else ``|x-y| - beta/2``.
 
     Exactly ``torch.nn.functional.smooth_l1_loss`` (Girshick 2015, Fast R-CNN).
