@@ -35,14 +35,30 @@ SOFTMAX = [
     "focal(head=softmax, gamma=2, ignore_index=255)",
     "asl(head=softmax, smoothing=0.1, ignore_index=255)",
     "poly(ce(smoothing=0.1, ignore_index=255), eps=2)",
+    # region losses (the first shares one log_softmax with its ce term)
+    "ce(ignore_index=255) + dice(include_background=false, ignore_index=255)",
+    "tversky(alpha=0.3, beta=0.7, gamma=0.75, ignore_index=255)",
+    "jaccard(ignore_index=255) + gdice(ignore_index=255)",
+    "lovasz(ignore_index=255, per_image=true)",
 ]
+QUALITY = ["qfocal(beta=2)", "varifocal()", "balance(poly(modulate(bce(), gamma=1.5, focus=quality)))"]
+BOXES = ["giou() + diou() + ciou() + iou()", "dfl()"]
 
 
 def batch(expr: str, device: str, generator: torch.Generator):
     x = torch.randn(64, 8, 4, 4, generator=generator) * 4
+    if expr in BOXES:
+        if expr == "dfl()":
+            return (torch.randn(256, 4, 17, generator=generator).to(device),
+                    (torch.rand(256, 4, generator=generator) * 16).to(device))
+        corner = torch.rand(256, 2, generator=generator) * 10
+        boxes = torch.cat([corner, corner + 1 + 3 * torch.rand(256, 2, generator=generator)], 1)
+        return (boxes + torch.randn(256, 4, generator=generator) * 0.5).to(device), boxes.to(device)
     if expr in SOFTMAX:
         t = torch.randint(0, 8, (64, 4, 4), generator=generator)
         t[0] = 255
+    elif expr in QUALITY:  # IoU targets: 10% positives with a soft quality
+        t = (torch.rand(64, 8, 4, 4, generator=generator) < 0.1) * torch.rand(64, 8, 4, 4, generator=generator)
     else:
         t = (torch.rand(64, 8, 4, 4, generator=generator) < 0.1).float()
     return x.to(device), t.to(device)
@@ -79,7 +95,7 @@ def main() -> int:
         failures += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {name} {detail}")
 
-    for expr in (SIGMOID + SOFTMAX) * ("--compile-only" not in sys.argv):
+    for expr in (SIGMOID + SOFTMAX + QUALITY + BOXES) * ("--compile-only" not in sys.argv):
         x, t = batch(expr, device, generator)
         cpu = lossdsl.compile(expr)
         gpu = lossdsl.compile(expr).to(device)
@@ -91,6 +107,16 @@ def main() -> int:
             hv, hg = value_and_grad(lossdsl.compile(expr).to(device), x, t, dtype=dtype)
             report(f"{str(dtype)[6:]:9} == fp32 {expr}",
                    hv.dtype == torch.float32 and close(hv, half_ref_v) and bool(torch.isfinite(hg).all()))
+        # float64 on the device is computed in float64: equal to the CPU's float64 to 1e-12.
+        dv, dg = value_and_grad(lossdsl.compile(expr).to(device), x.double(), t)
+        cv, cg = value_and_grad(lossdsl.compile(expr), x.cpu().double(), t.cpu())
+        report(f"float64 == cpu    {expr}", dv.dtype == torch.float64 and close(dv, cv, 1e-12, 1e-12)
+               and close(dg, cg, 1e-10, 1e-12))
+        if not any(name in expr for name in ("dice", "tversky", "jaccard", "lovasz")):  # region: no weight
+            w = torch.rand(x.shape[0], generator=generator)
+            wv, _ = value_and_grad(lambda a, b: gpu(a, b, weight=w.to(device)), x, t)
+            cv, _ = value_and_grad(lambda a, b: cpu(a, b, weight=w), x.cpu(), t.cpu())
+            report(f"call weight       {expr}", close(wv, cv))
         av, ag = value_and_grad(lossdsl.compile(expr).to(device), x, t, autocast=True)
         report(f"autocast bf16     {expr}", av.dtype == torch.float32 and close(av, ref_v, 1e-2, 1e-3)
                and bool(torch.isfinite(ag).all()))
@@ -110,7 +136,9 @@ def main() -> int:
         report(f"no host sync     {expr}", not synced, synced)
 
     for expr in ["poly(focal(gamma=2), eps=1) + 0.5 * ghm(bins=30, momentum=0.75)", "asl()",
-                 "focal(head=softmax, gamma=2, ignore_index=255)"] * (device == "cuda"):
+                 "focal(head=softmax, gamma=2, ignore_index=255)", "varifocal()",
+                 "ce(ignore_index=255) + dice(include_background=false, ignore_index=255)",
+                 "giou() + diou() + ciou() + iou()"] * (device == "cuda"):
         x, t = batch(expr, "cuda", generator)
         eager = lossdsl.compile(expr).cuda()
         compiled_module = lossdsl.compile(expr).cuda()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .errors import LossInputError
@@ -63,8 +64,14 @@ class CompiledLoss(nn.Module):
         return prepared
 
     def combine(self, prepared: list[Any]) -> Tensor:
-        """Compute every term from its prepared inputs and add them with their weights."""
-        values = [term.compute(inputs) for term, inputs in zip(self.terms, prepared)]
+        """Compute every term from its prepared inputs and add them with their weights.
+
+        Autocast is switched off around the arithmetic: the inputs are already in the computation
+        dtype (float32 for half precision), and an op that autocast lists (a matmul, a dot product)
+        must not drop back to bfloat16 halfway through a loss.
+        """
+        with torch.autocast(prepared[0].x.device.type, enabled=False):
+            values = [term.compute(inputs) for term, inputs in zip(self.terms, prepared)]
         total = None
         for weight, value in zip(self.weights, values):
             weighted = value if weight == 1 else weight * value

@@ -401,3 +401,16 @@ def test_an_all_ignored_batch_with_extreme_logits_is_zero_with_zero_gradient(exp
     value.backward()
     assert value.item() == 0
     assert (x.grad == 0).all()
+
+
+@pytest.mark.parametrize("expr", ALL_SINGLE)
+def test_autocast_does_not_reach_the_arithmetic(expr):
+    """Under autocast every name computes in float32 and returns float32, the very numbers it gives
+    without autocast (an autocast-listed op such as a dot product must not drop to bfloat16)."""
+    x, y = _inputs(expr, dtype=torch.float32)
+    x, y = x.detach(), y.detach()
+    plain = lossdsl.compile(expr)(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = lossdsl.compile(expr)(x, y)
+    assert autocast.dtype == torch.float32
+    torch.testing.assert_close(autocast, plain, rtol=1e-6, atol=1e-7)
