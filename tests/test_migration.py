@@ -1136,10 +1136,10 @@ def _(row):
 def _(row):
     exact(row)
     smp_same(row, logits(2, 1, 5, 4), multi_hot(2, 1, 5, 4, rate=0.4))
-    # a batch without foreground: smp 0, lossdsl's log dice with smooth=0 infinite
+    # a batch without foreground: smp 0, lossdsl's log dice with smooth=0 large but finite (SPEC 6)
     x, empty = logits(2, 1, 5, 4), torch.zeros(2, 1, 5, 4, dtype=torch.float64)
     assert float(their(row, smp())(x, empty)) == 0.0
-    assert torch.isinf(compiled(row)(x, empty))
+    assert torch.isfinite(compiled(row)(x, empty)) and compiled(row)(x, empty) > 10
 
 
 @check("smp-dice-multilabel-probabilities")

@@ -54,7 +54,7 @@ class Varifocal(LossNode):
 
     Positives are weighted by their quality, negatives down-weighted focally; the weight carries its
     gradient w.r.t. the logits, as in mmdetection's ``varifocal_loss``. No block wraps it. mmdetection's
-    default mean is ``reduction=batchmean`` here, or pass ``avg_factor``.
+    default mean averages over every element, as ``mean`` here (or pass ``avg_factor``).
     """
 
     kind: Literal["varifocal"] = "varifocal"
@@ -64,7 +64,7 @@ class Varifocal(LossNode):
 
     equivalents = (
         'mmdet VarifocalLoss(use_sigmoid=True, alpha=0.75, gamma=2.0, iou_weighted=True): '
-        'varifocal(reduction=batchmean) or avg_factor',
+        'varifocal() (its mean is over every element too) or avg_factor',
     )
     targets = 'soft IoU targets shaped like the logits: the IoU at the label class, 0 elsewhere'
     summary = "varifocal loss: positives weighted by their IoU target, negatives by alpha p^gamma"

@@ -286,7 +286,15 @@ def _ratio_loss(hit: Tensor, miss: Tensor, gamma: float = 1.0, log: bool = False
     where ``d u^gamma / du`` is infinite for ``gamma < 1``.
     """
     if log:
-        loss = torch.log1p(miss / hit.clamp(min=tiny(hit.dtype)))
+        # -log(hit / (hit + miss)) = log1p(miss / hit); where hit is 0 or so small that the ratio
+        # overflows (smooth=0, an absent class), log(hit + miss) - log(hit) instead: large, finite.
+        floor = hit.clamp(min=tiny(hit.dtype))
+        ratio = miss / floor
+        finite = ratio < 1e30
+        # each branch computed on safe inputs where it is not taken (a 0 * inf in backward is NaN)
+        whole = torch.where(finite, torch.ones_like(hit), hit + miss)
+        part = torch.where(finite, torch.ones_like(floor), floor)
+        loss = torch.where(finite, torch.log1p(torch.where(finite, ratio, 0)), torch.log(whole) - torch.log(part))
     else:
         total = hit + miss
         loss = miss / torch.where(total > 0, total, torch.ones_like(total))
