@@ -294,7 +294,8 @@ def _ratio_loss(hit: Tensor, miss: Tensor, gamma: float = 1.0, log: bool = False
         # each branch computed on safe inputs where it is not taken (a 0 * inf in backward is NaN)
         whole = torch.where(finite, torch.ones_like(hit), hit + miss)
         part = torch.where(finite, torch.ones_like(floor), floor)
-        loss = torch.where(finite, torch.log1p(torch.where(finite, ratio, 0)), torch.log(whole) - torch.log(part))
+        small = torch.log1p(torch.where(finite, ratio, 0))
+        loss = torch.where(finite, small, torch.log(whole) - torch.log(part))
     else:
         total = hit + miss
         loss = miss / torch.where(total > 0, total, torch.ones_like(total))
