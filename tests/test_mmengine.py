@@ -148,3 +148,20 @@ def test_the_gfl_example_computes_what_gfl_head_calls():
                         avg_factor=4.0))
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(cls_score.grad).all() and torch.isfinite(pred_corners.grad).all()
+
+
+def test_ghm_through_the_adapter_reads_label_weights_as_mmdetections_ghmc_does():
+    """mmdet/models/losses/ghm_loss.py GHMC.forward: label_weight > 0 marks the anchors that count
+    (the others stay out of the bins), avg_factor is not used; the loss is sum(w * bce) / tot."""
+    import reference
+
+    pred, labels = batch()
+    label_weight = (torch.rand(pred.shape[0]) > 0.3).double()
+    loss = build(expr="ghm(bins=10)")
+    ours = loss(pred, labels, weight=label_weight, avg_factor=1234.0)
+    target = F.one_hot(labels, pred.shape[1] + 1)[:, :-1].double()
+    valid = (label_weight > 0).unsqueeze(1).expand_as(target)
+    weights = reference.ghm_weights(pred.detach(), target, 10, valid)
+    expected = (weights * F.binary_cross_entropy_with_logits(pred, target, reduction="none")).sum() \
+        / valid.sum()
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-12)

@@ -20,6 +20,7 @@ from ..api import compile as compile_loss
 from ..api import load, parse
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import BCE
+from ..catalogue.modifiers import Density, walk
 from ..catalogue.multitask import MultiTask
 from ..errors import LossConfigError, LossInputError
 from ..spec import LossSpec
@@ -66,6 +67,10 @@ class MMDetLoss(nn.Module):
         self.spec = LossSpec(terms=tuple(
             term.model_copy(update={"loss": with_background_label(term.loss)}) for term in spec.terms
         ))
+        # GHM-C's label weights are a validity mask in mmdetection (GHMC.forward: anchors of weight 0
+        # stay out of the bins, avg_factor is not used): a gradient-density term reads them so.
+        self.density = next((node for term in self.spec.terms for node in walk(term.loss)
+                             if isinstance(node, Density)), None)
         heads = {getattr(term.loss, "head", None) for term in self.spec.terms} - {None}
         sigmoid = heads == {"sigmoid"}
         if use_sigmoid is not None and heads and bool(use_sigmoid) != sigmoid:
@@ -87,6 +92,10 @@ class MMDetLoss(nn.Module):
             )
         if isinstance(target, (tuple, list)):
             target = quality_targets(pred, target)
+        if self.density is not None and weight is not None and not target.is_floating_point():
+            ignore_index = self.density.loss.ignore_index if isinstance(self.density.loss, BCE) else -100
+            target = torch.where(weight.reshape(target.shape) > 0, target, ignore_index)
+            weight = avg_factor = None
         with reductions_overridden(self.loss, reduction_override):
             value = self.loss(pred, target, weight=weight, avg_factor=avg_factor)
         return self.loss_weight * value
