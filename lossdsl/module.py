@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,15 @@ from .errors import LossInputError
 from .spec import LossSpec
 from .terms.base import TermModule, is_compiling, shape_of
 from .terms.shared import SharedComputations
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A context with autocast disabled on ``device_type`` (nothing to disable on devices autocast
+    does not know, such as meta)."""
+    available = getattr(torch.amp, "is_autocast_available", None)
+    if available is not None and not available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
 
 
 class CompiledLoss(nn.Module):
@@ -70,7 +80,7 @@ class CompiledLoss(nn.Module):
         dtype (float32 for half precision), and an op that autocast lists (a matmul, a dot product)
         must not drop back to bfloat16 halfway through a loss.
         """
-        with torch.autocast(prepared[0].x.device.type, enabled=False):
+        with autocast_off(prepared[0].x.device.type):
             values = [term.compute(inputs) for term, inputs in zip(self.terms, prepared)]
         total = None
         for weight, value in zip(self.weights, values):

@@ -40,6 +40,12 @@ def holds_no_data(tensor: Tensor) -> bool:
     return fake is not None and isinstance(tensor, fake.FakeTensor)
 
 
+def host_range(tensor: Tensor) -> tuple[float, float]:
+    """The smallest and largest value of ``tensor``, read in one host synchronisation (one
+    ``tolist`` of both, not one read each)."""
+    return tuple(torch.stack(torch.aminmax(tensor.detach())).tolist())
+
+
 def shape_text(tensor: Tensor) -> str:
     return "[" + ", ".join(str(d) for d in tensor.shape) + "]"
 
@@ -205,7 +211,7 @@ class TermModule(nn.Module):
         """Value check: soft or multi-hot targets lie in [0, 1] (one pass, one host sync; skippable)."""
         if not self.values_checked(target) or not target.is_floating_point() or target.numel() == 0:
             return
-        low, high = (float(v) for v in torch.aminmax(target.detach()))
+        low, high = host_range(target)
         if not (low >= 0 and high <= 1):  # also catches NaN, for which every comparison is False
             raise self.fail(
                 f"{what} must lie in [0, 1]; found values from {low:g} to {high:g}",
@@ -225,7 +231,7 @@ class TermModule(nn.Module):
         if not self.values_checked(index) or index.numel() == 0:
             return False
         limit = num_classes + 1 if background else num_classes
-        low, high = (int(v) for v in torch.aminmax(index))
+        low, high = (int(v) for v in host_range(index))
         if low >= 0 and high < limit:
             return not 0 <= ignore_index < limit
         bad = ((index < 0) | (index >= limit)) & (index != ignore_index)

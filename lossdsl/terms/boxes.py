@@ -11,7 +11,7 @@ from ..functional.boxes import box_loss
 from ..functional.dfl import distribution_focal
 from ..functional.plan import compute_dtype
 from ..spec import Term
-from .base import TermInputs, TermModule, shape_text
+from .base import TermInputs, TermModule, host_range, shape_text
 
 
 @dataclass
@@ -75,7 +75,7 @@ class DFLTerm(TermModule):
             raise self.fail(f"dfl targets are distances, got {target.dtype}")
         n = input.shape[-1] - 1
         if self.values_checked(target) and target.numel():
-            low, high = (float(v) for v in torch.aminmax(target.detach().to(compute_dtype(input))))
+            low, high = host_range(target.to(compute_dtype(input)))
             if not (low >= 0 and high <= n):
                 raise self.fail(
                     f"dfl targets must lie in [0, {n}] (the distances the {n + 1} logits cover); found "
