@@ -26,7 +26,7 @@ from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value
-from .spec import LossSpec, Term, composition_problem
+from .spec import LossSpec, Term, composition_problem, term_name_problem
 from .typetext import bounds_text, describe_type, literal_values
 
 # Bounds on what define: substitution may build. Each definition that uses the previous one twice
@@ -38,7 +38,7 @@ from .typetext import bounds_text, describe_type, literal_values
 # before could not see, such as a define: inside a define:).
 MAX_TERMS = 10_000
 MAX_EXPANDED_NODES = 50_000  # catalogue calls, blocks included: poly(focal()) is two
-_TERM_KEYS = ("loss", "weight", "reduction")
+_TERM_KEYS = ("loss", "weight", "reduction", "name")
 _EXPR_KEYS = ("expr", "define", "reduction")
 _FORM_HINT = (
     "a loss is an expression string, or a mapping with 'kind' (one node), 'terms' (a weighted sum) "
@@ -65,6 +65,8 @@ class _Walker:
         # Expression strings parsed once each, however often a define: name repeats them.
         self.parsed: dict[int, tuple[Located, Located]] = {}
         self.term_count = 0
+        # The name: entry of a named term, by the id of the item its loss came from.
+        self.name_items: dict[int, Located] = {}
 
     # -- errors
     @staticmethod
@@ -243,9 +245,30 @@ class _Walker:
             self._check_keys(term, _TERM_KEYS, where, "a term")
             factor = self._weight_of(term, where)
             term_reduction = self._reduction_of(term, where, reduction)
-            out += self.terms(term.value["loss"], _join(where, "loss"), weight * factor,
-                              term_reduction, depth + 1)
+            built = self.terms(term.value["loss"], _join(where, "loss"), weight * factor,
+                               term_reduction, depth + 1)
+            if "name" in term.value:
+                built = self._named(built, term, _join(where, "name"))
+            out += built
         return out
+
+    def _named(self, built: list[tuple[Term, Located]], term: Located, path: str) -> list[tuple[Term, Located]]:
+        """The one term a ``{loss: ..., name: ...}`` entry built, with its name."""
+        item = term.value["name"]
+        problem = term_name_problem(item.value)
+        if problem:
+            raise self._fail(problem, item.location, path)
+        if len(built) != 1:
+            raise self._fail(
+                f"name: labels one term, but this loss is a sum of {len(built)} terms", item.location, path,
+                hint="give each term of the sum its own entry and name",
+            )
+        (built_term, source), = built
+        if built_term.name is not None and built_term.name != item.value:
+            raise self._fail(f"this term is already named '{built_term.name}'", item.location, path)
+        # The walker points later errors about the name at this entry's name key.
+        self.name_items[id(source)] = item
+        return [(built_term.model_copy(update={"name": item.value}), source)]
 
     def _ref(self, item, path, weight, reduction, depth):
         name_item = item.value["ref"]
@@ -454,6 +477,8 @@ class _Walker:
             return
         _, source = terms[problem.term]
         where = source.key_location("reduction") if problem.about_reduction else source.location
+        if problem.about_name and id(source) in self.name_items:
+            where = self.name_items[id(source)].location
         raise self._fail(problem.reason, where, path, hint=problem.hint)
 
     def _translate(self, cls: type[LossNode], exc: ValidationError, item: Located, path: str):
