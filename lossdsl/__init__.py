@@ -7,6 +7,7 @@
 """
 
 from .api import compile, json_schema, load, parse
+from .arguments import argtype
 from .catalogue import CATALOGUE, LossNode, register
 from .errors import (
     LossConfigError,
@@ -20,6 +21,15 @@ from .spec import LossSpec, Term
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # lossdsl.plot needs matplotlib (an optional extra): imported when first used.
+    if name == "plot":
+        from .plotting import plot
+
+        return plot
+    raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")
+
 __all__ = [
     "CATALOGUE",
     "CompiledLoss",
@@ -31,9 +41,11 @@ __all__ = [
     "LossSpecError",
     "LossSyntaxError",
     "Term",
+    "argtype",
     "compile",
     "json_schema",
     "load",
     "parse",
+    "plot",
     "register",
 ]

@@ -92,24 +92,45 @@ def _looks_like_file(text: str) -> bool:
 
 
 def compile(  # noqa: A001
-    source: Source, *, check_values: bool = True, distributed: bool = True
+    source: Source, *, key: str | None = None, check_values: bool = True, distributed: bool = True
 ) -> CompiledLoss | MultiTaskLoss:
     """Build the nn.Module for a loss.
 
     Args:
-        source: a LossSpec, an expression string, or a mapping (any form ``load`` accepts).
+        source: a LossSpec; an expression string; a path (a ``pathlib.Path``, or a string ending in
+            .yaml, .yml or .json, or naming an existing file with a folder in it: ``configs/loss``);
+            or a mapping (any form ``load`` accepts).
+        key: a dotted key of the loss inside a file or mapping, e.g. ``"model.loss"``.
         check_values: check target values (class index range, probabilities in [0, 1]) on each call.
             Costs one host synchronisation per call; skipped automatically under torch.compile.
         distributed: when torch.distributed is initialised, sum GHM-C's bin counts and dtp's
             indicators over the process group (one all_reduce per use); False keeps them local.
     """
-    if isinstance(source, LossSpec):
+    if isinstance(source, LossSpec) and key is None:
         spec = source
-    elif isinstance(source, str):
+    elif isinstance(source, str) and not is_path_string(source):
+        if key is not None:
+            raise LossConfigError(f"key={key!r} selects a loss inside a file or mapping, not in an expression")
         spec = parse(source)
+    elif isinstance(source, str):
+        spec = load(Path(source.strip()), key=key)
     else:  # a path or a mapping
-        spec = load(source)
+        spec = load(source, key=key)
     return compile_spec(spec, check_values=check_values, distributed=distributed)
+
+
+def is_path_string(text: str) -> bool:
+    """Whether a string given for a loss names a file: it ends in .yaml, .yml or .json (read even
+    when missing, so the error says the file cannot be read), or it names an existing file and has
+    a folder in it (a bare ``focal`` stays an expression whatever files the folder holds)."""
+    if _looks_like_file(text):
+        return True
+    if "\n" in text or os.sep not in text and "/" not in text:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a long expression is no file name (ENAMETOOLONG)
+        return False
 
 
 def json_schema() -> dict[str, Any]:
@@ -119,4 +140,4 @@ def json_schema() -> dict[str, Any]:
     return loss_json_schema()
 
 
-__all__ = ["parse", "load", "compile", "json_schema"]
+__all__ = ["parse", "load", "compile", "json_schema", "is_path_string"]
