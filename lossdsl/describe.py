@@ -34,24 +34,54 @@ _STATE_NOTES = {
 # -- the tree of one spec ------------------------------------------------------------------------
 
 
-def spec_tree(spec: LossSpec, *, expand: bool = False) -> str:
+def spec_tree(spec: LossSpec, *, expand: bool = False, module: Any = None) -> str:
     """Each term with weight, reduction and head, each node with all its parameters (defaults
-    marked), then the learnable parameters and running buffers the compiled module holds."""
-    from .compiler import compile_spec
-
+    marked), then the learnable parameters and running buffers of the compiled module (``module``,
+    or the spec compiled here), in aligned columns."""
     if expand:
         spec = spec.expand()
     lines = [f"loss: {spec.to_expr()}"]
     lines += _terms_lines(spec, depth=0)
-    module = compile_spec(spec)
-    lines.append("learnable parameters:" + ("" if any(True for _ in module.parameters()) else " none"))
-    for name, parameter in module.named_parameters():
-        lines.append(f"  {name}  {_shape(parameter)}  {_note(name)}")
-    buffers = [(name, buffer) for name, buffer in module.named_buffers() if _is_state(module, name)]
+    return "\n".join(lines + _state_lines(spec, module))
+
+
+def _state_lines(spec: LossSpec, module: Any = None) -> list[str]:
+    if module is None:
+        from .compiler import compile_spec
+
+        module = compile_spec(spec)
+    parameters = [(name, _shape(tensor), _note(name)) for name, tensor in module.named_parameters()]
+    buffers = [(name, _shape(tensor), _note(name)) for name, tensor in module.named_buffers()
+               if _is_state(module, name)]
+    # One set of column widths for both sections, so the shapes and notes line up under each other.
+    rows = parameters + buffers
+    widths = [max((len(row[column]) for row in rows), default=0) for column in (0, 1)]
+
+    def row_line(name: str, shape: str, note: str) -> str:
+        return f"  {name.ljust(widths[0])}  {shape.ljust(widths[1])}  {note}".rstrip()
+
+    lines = ["learnable parameters:" + ("" if parameters else " none")]
+    lines += [row_line(*row) for row in parameters]
     lines.append("running buffers:" + ("" if buffers else " none"))
-    for name, buffer in buffers:
-        lines.append(f"  {name}  {_shape(buffer)}  {_note(name)}")
-    return "\n".join(lines)
+    lines += [row_line(*row) for row in buffers]
+    return lines
+
+
+def spec_html(spec: LossSpec, module: Any = None) -> str:
+    """The tree as HTML for notebooks: a spec shows its terms; a compiled loss (``module``) adds
+    its learnable parameters and running buffers."""
+    import html
+
+    lines = [f"loss: {spec.to_expr()}"] + _terms_lines(spec, depth=0)
+    if module is not None:
+        lines += _state_lines(spec, module)
+        title = f"lossdsl.compile({spec.to_expr()!r})"
+    else:
+        title = f"LossSpec {spec.to_expr()}"
+    return (
+        f"<details open><summary><code>{html.escape(title)}</code></summary>"
+        f"<pre>{html.escape(chr(10).join(lines))}</pre></details>"
+    )
 
 
 def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
@@ -69,8 +99,9 @@ def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
         head = getattr(node, "head", None) or (
             "none (regression)" if node.is_regression else "none (no p_t: blocks cannot wrap it)"
         )
+        named = f" ({term.name})" if term.name else ""
         lines.append(
-            f"{pad}term {index}: weight {format_number(term.weight)}, reduction {term.reduction}, "
+            f"{pad}term {index}{named}: weight {format_number(term.weight)}, reduction {term.reduction}, "
             f"head {head}"
         )
         lines += _node_lines(node, depth + 1)
