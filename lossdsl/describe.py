@@ -84,6 +84,79 @@ def spec_html(spec: LossSpec, module: Any = None) -> str:
     )
 
 
+# -- the same as a JSON document --------------------------------------------------------------
+
+
+COMPILE_FORMAT = "lossdsl.compile/1"
+
+
+def spec_document(spec: LossSpec, *, module: Any = None) -> dict[str, Any]:
+    """What the tree shows, as plain data (``lossdsl compile --format json``; README "Command line"
+    documents the shape). ``loss`` holds the node form, so ``lossdsl.load(doc["loss"])`` (or
+    ``lossdsl compile doc.json``, which finds the key) gives the spec back."""
+    if module is None:
+        from .compiler import compile_spec
+
+        module = compile_spec(spec)
+
+    def rows(named: Any) -> list[dict[str, Any]]:
+        return [{"name": name, "dtype": str(tensor.dtype).replace("torch.", ""),
+                 "shape": list(tensor.shape), "note": _note(name)} for name, tensor in named]
+
+    # No top-level "expr", "terms", "kind" or "tasks": those would make the document read as a loss
+    # itself, where `lossdsl compile doc.json` should find its "loss" member.
+    return {
+        "format": COMPILE_FORMAT,
+        "expression": spec.to_expr(),
+        "expanded": spec.expand().to_expr(),
+        "loss": spec.to_dict(),
+        "tree": _terms_document(spec, module),
+        "parameters": rows(module.named_parameters()),
+        "buffers": rows((name, b) for name, b in module.named_buffers() if _is_state(module, name)),
+    }
+
+
+def _terms_document(spec: LossSpec, module: Any) -> list[dict[str, Any]]:
+    keys = getattr(module, "keys", None) or [None] * len(spec.terms)
+    out = []
+    for index, (term, key) in enumerate(zip(spec.terms, keys), 1):
+        out.append({
+            "index": index,
+            "key": key,
+            "name": term.name,
+            "weight": term.weight,
+            "reduction": term.reduction,
+            "head": getattr(term.loss, "head", None),
+            "node": _node_document(term.loss, module),
+        })
+    return out
+
+
+def _node_document(node: LossNode, module: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": node.kind_name(), "parameters": {}}
+    for name in type(node).model_fields:
+        if name == "kind" or name in node.loss_fields or name in node.task_fields:
+            continue
+        value = getattr(node, name)
+        out["parameters"][name] = {"value": _plain_value(value), "default": value == node.default_for(name)}
+    for name in node.loss_fields:
+        out[name] = _node_document(getattr(node, name), module)
+    for name in node.task_fields:
+        out[name] = {
+            task: {"expression": task_spec.to_expr(), "tree": _terms_document(task_spec, module.tasks[task])}
+            for task, task_spec in getattr(node, name).items()
+        }
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    return value
+
+
 def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
     pad = "  " * depth
     lines = []
