@@ -106,17 +106,24 @@ def compile(  # noqa: A001
         distributed: when torch.distributed is initialised, sum GHM-C's bin counts and dtp's
             indicators over the process group (one all_reduce per use); False keeps them local.
     """
+    return compile_spec(as_spec(source, key), check_values=check_values, distributed=distributed)
+
+
+def as_spec(source: Any, key: str | None = None) -> LossSpec:
+    """The spec of anything ``compile`` accepts, or of a compiled loss (its ``spec``)."""
     if isinstance(source, LossSpec) and key is None:
-        spec = source
-    elif isinstance(source, str) and not is_path_string(source):
+        return source
+    if isinstance(source, str) and not is_path_string(source):
         if key is not None:
-            raise LossConfigError(f"key={key!r} selects a loss inside a file or mapping, not in an expression")
-        spec = parse(source)
-    elif isinstance(source, str):
-        spec = load(Path(source.strip()), key=key)
-    else:  # a path or a mapping
-        spec = load(source, key=key)
-    return compile_spec(spec, check_values=check_values, distributed=distributed)
+            raise LossConfigError(
+                f"key={key!r} selects a loss inside a file or mapping, not in an expression"
+            )
+        return parse(source)
+    if isinstance(source, str):
+        return load(Path(source.strip()), key=key)
+    if isinstance(getattr(source, "spec", None), LossSpec) and key is None:  # a compiled loss
+        return source.spec
+    return load(source, key=key)  # a path or a mapping
 
 
 def is_path_string(text: str) -> bool:
@@ -140,4 +147,4 @@ def json_schema() -> dict[str, Any]:
     return loss_json_schema()
 
 
-__all__ = ["parse", "load", "compile", "json_schema", "is_path_string"]
+__all__ = ["parse", "load", "compile", "json_schema", "as_spec", "is_path_string"]

@@ -29,7 +29,7 @@ from .catalogue.boxes import DFL, BoxLoss
 from .catalogue.modifiers import Density
 from .catalogue.region import RegionLoss
 from .errors import LossConfigError, LossSpecError, MissingDependencyError
-from .spec import LossSpec
+from .spec import LossSpec, per_class_lengths
 
 POINTS = 400
 DEFAULT_CLASSES = 10
@@ -159,18 +159,9 @@ def _figure_class() -> Any:
 
 
 def _spec_of(source: Any) -> LossSpec:
-    from .api import is_path_string, load, parse
+    from .api import as_spec
 
-    if isinstance(source, LossSpec):
-        return source
-    if isinstance(source, str):
-        return load(Path(source.strip())) if is_path_string(source) else parse(source)
-    spec = getattr(source, "spec", None)
-    if isinstance(spec, LossSpec):  # a compiled loss
-        return spec
-    raise LossConfigError(
-        f"plot draws an expression, a LossSpec or a compiled loss, got {type(source).__name__}"
-    )
+    return as_spec(source)
 
 
 def _kind(spec: LossSpec, label: str) -> str:
@@ -205,22 +196,8 @@ def _kind(spec: LossSpec, label: str) -> str:
 # -- curves against p_t ----------------------------------------------------------------------------
 
 
-def _per_class_lengths(spec: LossSpec) -> set[int]:
-    """Lengths of the per-class lists (class weights, alpha, pos_weight) anywhere in the loss."""
-    lengths: set[int] = set()
-    stack = [term.loss for term in spec.terms]
-    while stack:
-        node = stack.pop()
-        for name in type(node).model_fields:
-            value = getattr(node, name)
-            if isinstance(value, tuple) and value and all(isinstance(v, (int, float)) for v in value):
-                lengths.add(len(value))
-        stack += list(node.children())
-    return lengths
-
-
 def _class_count(spec: LossSpec, classes: int | None, floor: int) -> int:
-    lengths = _per_class_lengths(spec)
+    lengths = per_class_lengths(spec)
     if len(lengths) > 1:
         raise LossSpecError(f"per-class lists of different lengths ({sorted(lengths)}) in {spec.to_expr()}")
     if lengths:
@@ -359,7 +336,7 @@ def region_curves(spec: LossSpec, label: str, points: int = REGION_POINTS) -> Cu
     if heads - {"softmax", "sigmoid"} or len(heads) > 1:
         raise LossSpecError("plot cannot mix softmax and sigmoid terms in one expression")
     softmax = heads == {"softmax"}
-    lengths = _per_class_lengths(spec)
+    lengths = per_class_lengths(spec)
     classes = 2 if softmax else 1
     if lengths - {classes}:
         raise LossSpecError(
@@ -395,8 +372,8 @@ def region_curves(spec: LossSpec, label: str, points: int = REGION_POINTS) -> Cu
         "the true foreground first",
         ("softmax: 2 classes (background, foreground)" if softmax else "sigmoid: 1 class (foreground)"),
     )
-    return Curves(label, "region", fractions.float(), (torch.stack(values).float(), torch.stack(slopes).float()),
-                  None, notes)
+    curve = (torch.stack(values).float(), torch.stack(slopes).float())
+    return Curves(label, "region", fractions.float(), curve, None, notes)
 
 
 # -- sweeps ---------------------------------------------------------------------------------------
@@ -517,8 +494,8 @@ def _draw_single(ax: Any, curves: Sequence[Curves], region: bool, log_y: bool) -
         ax.axvline(FOREGROUND, color="black", linestyle=":", linewidth=0.8)
         ax.set_xlabel(REGION_LABEL)
     else:
-        ax.set_xlabel(P_T_LABEL + ("  (dashed: negative target)" if any(c.negative is not None for c in curves)
-                                   else ""))
+        dashed = any(c.negative is not None for c in curves)
+        ax.set_xlabel(P_T_LABEL + ("  (dashed: negative target)" if dashed else ""))
     ax.set_ylabel(LOSS_LABEL)
     if log_y:
         ax.set_yscale("log")

@@ -12,11 +12,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .catalogue.base import Child, Reduction
 from .errors import LossDSLError, LossSpecError
-
 
 # A term's name keys its value in ``loss.last_terms`` and in logged metrics, so it is a plain ASCII
 # identifier (safe in every metric store: MLflow accepts only [/\w.\- ]); ``total`` is the sum's key.
@@ -28,7 +35,8 @@ def term_name_problem(name: Any) -> str | None:
     """Why ``name`` cannot name a term, or None."""
     if not isinstance(name, str) or not TERM_NAME.fullmatch(name):
         shown = repr(name) if isinstance(name, str) else type(name).__name__
-        return f"a term name must be an identifier (letters, digits, _; not starting with a digit), got {shown}"
+        return (f"a term name must be an identifier (letters, digits, _; not starting with a digit), "
+                f"got {shown}")
     if name in RESERVED_TERM_NAMES:
         return f"'{name}' is reserved (last_terms['{name}'] holds the whole loss)"
     return None
@@ -184,6 +192,21 @@ class LossSpec(BaseModel):
         from .describe import spec_html
 
         return spec_html(self)
+
+
+def per_class_lengths(spec: LossSpec) -> set[int]:
+    """Lengths of the per-class lists (class weights, alpha, pos_weight) anywhere in a loss: the
+    class count its inputs must have, when it has any."""
+    lengths: set[int] = set()
+    stack = [term.loss for term in spec.terms]
+    while stack:
+        node = stack.pop()
+        for name in type(node).model_fields:
+            value = getattr(node, name)
+            if isinstance(value, tuple) and value and all(isinstance(v, (int, float)) for v in value):
+                lengths.add(len(value))
+        stack += list(node.children())
+    return lengths
 
 
 def _lossdsl_error(exc: ValidationError) -> LossDSLError | None:
