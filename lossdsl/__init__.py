@@ -30,6 +30,7 @@ def __getattr__(name: str):
         return plot
     raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")
 
+
 __all__ = [
     "CATALOGUE",
     "CompiledLoss",

@@ -132,7 +132,8 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shape", metavar="N,C,...", help="logits shape (default depends on the loss, "
                        "e.g. 4096,80 for a sigmoid loss, 8,4,64,64 for a region loss)")
     bench.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    bench.add_argument("--compile", action="store_true", help="time torch.compile(loss) (the floor stays eager)")
+    bench.add_argument("--compile", action="store_true",
+                       help="time torch.compile(loss) (the floor stays eager)")
     bench.add_argument("--repeat", type=int, default=20, metavar="K", help="timed runs of each (default 20)")
     bench.add_argument("--format", choices=REPORT_FORMATS, default="text", help="output form (default: text)")
     return parser

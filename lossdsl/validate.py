@@ -299,7 +299,9 @@ class _Walker:
             built = self._named(built, term, _join(where, "name"))
         return built
 
-    def _named(self, built: list[tuple[Term, Located]], term: Located, path: str) -> list[tuple[Term, Located]]:
+    def _named(
+        self, built: list[tuple[Term, Located]], term: Located, path: str
+    ) -> list[tuple[Term, Located]]:
         """The one term a ``{loss: ..., name: ...}`` entry built, with its name."""
         item = term.value["name"]
         problem = term_name_problem(item.value)

@@ -59,7 +59,8 @@ def ran(tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("elsewhere")
     commands = {"module": [sys.executable, "-m", "lossdsl"], "script": [console_script()]}
     # The entry points import this checkout, whichever checkout the environment was installed from.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     running = {}
     for entry, args in INVOCATIONS:
         if commands[entry][0] is None:
