@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import re
 import statistics
 import sys
 import time
@@ -410,9 +411,9 @@ def _device(name: str) -> str:
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"4096,80"`` -> (4096, 80)."""
+    """``"4096,80"`` (or ``"4096x80"``) -> (4096, 80)."""
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        shape = tuple(int(part) for part in re.split(r"[,x]", text))
     except ValueError:
         raise LossConfigError(
             f"--shape expects integers separated by commas, e.g. 4096,80; got {text!r}"

@@ -250,6 +250,10 @@ def _has_omegaconf() -> bool:
     return True
 
 
+def _is_file_like(source: str) -> bool:
+    return source == STDIN or _is_file_argument(source)
+
+
 def _load(source: str, key: str | None):
     """The validated spec of a command-line SOURCE; the first problem raises."""
     if source != STDIN and not _is_file_argument(source):
@@ -363,7 +367,9 @@ def _diff(args: argparse.Namespace) -> int:
 
     if args.first == STDIN and args.second == STDIN:
         raise LossConfigError("stdin (-) can be read once; give it for A or for B")
-    first, second = _load(args.first, args.key), _load(args.second, args.key)
+    # --key applies to whichever of A and B is a file: `lossdsl diff exp.yaml "focal()" --key model.loss`.
+    first, second = (_load(source, args.key if _is_file_like(source) else None)
+                     for source in (args.first, args.second))
     result = compare(first, second, rtol=args.rtol, atol=args.atol, seed=args.seed)
     if args.format == "json":
         print(json.dumps(result.to_dict(), indent=2))
