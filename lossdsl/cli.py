@@ -203,9 +203,10 @@ def _is_config_text(text: str) -> bool:
     return bool(_TOP_LEVEL_KEY.search(text))
 
 
-def _locate(source: str, key: str | None) -> _Source:
+def _locate(source: str, key: str | None, expressions: bool = True) -> _Source:
     """The loss of a command-line SOURCE (expression, file, or - for stdin), located in its text and
-    not yet validated. Errors before validation (unreadable file, invalid YAML, missing key) raise."""
+    not yet validated. Errors before validation (unreadable file, invalid YAML, missing key) raise.
+    Without ``expressions`` every SOURCE but - is a file (``check FILE``)."""
     from .located import Located
 
     if source == STDIN:
@@ -216,7 +217,7 @@ def _locate(source: str, key: str | None) -> _Source:
             raise LossConfigError("--key applies to files; stdin holds an expression", filename=STDIN_NAME)
         located = Located(text, Location(1, 1, text, STDIN_NAME), locate=offset_locator(text, STDIN_NAME))
         return _Source(STDIN_NAME, located)
-    if _is_file_argument(source):
+    if _is_file_argument(source) or not expressions:
         from .yaml_io import read_config_file
 
         return _locate_document(read_config_file(Path(source)), source, key)
@@ -296,7 +297,7 @@ def _check_source(name: str, key: str | None) -> tuple[_Source, Any]:
     from .validate import build_spec, find_problems
 
     try:
-        located = _locate(name, key)
+        located = _locate(name, key, expressions=False)
     except LossDSLError as error:
         return _Source(name, problems=[error]), None
     located.problems = find_problems(located.item, path=located.path)

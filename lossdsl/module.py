@@ -130,10 +130,12 @@ class LossModule(nn.Module):
             )
         if expression == ours:
             return None
-        from .api import parse
+        from .syntax import parse_text  # the text layers sit below this one; api sits above
+        from .validate import build_spec
 
         try:
-            same = parse(expression).without_names().expand() == self.spec.without_names().expand()
+            saved = build_spec(parse_text(expression))
+            same = saved.without_names().expand() == self.spec.without_names().expand()
         except Exception as error:  # noqa: BLE001 - e.g. a plug-in name not registered here
             same, unreadable = False, error
         else:

@@ -160,6 +160,11 @@ def test_check_json_reports_unreadable_files_as_problems(capsys, tmp_path):
 # -- stdin ------------------------------------------------------------------------------------------
 
 
+def test_check_takes_files_not_expressions(capsys):
+    code, out, _ = run(capsys, "check", "focal(gama=2)")
+    assert code == 1 and out.startswith("focal(gama=2):1:1: cannot read focal(gama=2)")
+
+
 def test_check_reads_an_expression_from_stdin(capsys, monkeypatch):
     code, out, _ = run(capsys, "check", "-", stdin="ce() +\n  focal(gama=2)\n", monkeypatch=monkeypatch)
     assert code == 1
@@ -183,7 +188,9 @@ def test_compile_reads_stdin(capsys, monkeypatch):
     assert (code, out) == (0, "uncertainty({seg: ce(), depth: l1()})\n")
     code, out, err = run(capsys, "compile", "-", stdin="focal(gama=2)", monkeypatch=monkeypatch)
     assert code == 1 and out == ""
-    assert err.startswith("error: <stdin>:1:7: focal() has no parameter 'gama'\n    focal(gama=2)\n          ^")
+    assert err.startswith(
+        "error: <stdin>:1:7: focal() has no parameter 'gama'\n    focal(gama=2)\n          ^"
+    )
 
 
 def test_stdin_read_twice_or_empty_is_a_user_error(capsys, monkeypatch):
@@ -194,7 +201,8 @@ def test_stdin_read_twice_or_empty_is_a_user_error(capsys, monkeypatch):
 
 
 def test_version_and_stdin_through_the_entry_point(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)  # this checkout, whichever one the environment installed
     version = subprocess.run([sys.executable, "-m", "lossdsl", "--version"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert (version.returncode, version.stdout) == (0, f"lossdsl {lossdsl.__version__}\n")
@@ -291,7 +299,8 @@ def test_tree_state_columns_line_up(capsys, expression):
 
 def test_tree_shows_term_names(capsys, tmp_path):
     path = tmp_path / "named.yaml"
-    path.write_text("terms:\n  - {loss: focal(), name: cls}\n  - {loss: ce(), weight: 0.5}\n", encoding="utf-8")
+    path.write_text("terms:\n  - {loss: focal(), name: cls}\n  - {loss: ce(), weight: 0.5}\n",
+                    encoding="utf-8")
     _, out, _ = run(capsys, "compile", str(path))
     assert "term 1 (cls): weight 1, reduction mean, head sigmoid" in out.splitlines()
     assert "term 2: weight 0.5, reduction mean, head softmax" in out.splitlines()

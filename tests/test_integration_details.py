@@ -201,7 +201,9 @@ def test_term_names_key_last_terms_and_logged_terms(tmp_path):
     loss = lossdsl.compile(str(path), key="model.loss")
     loss(*batch())
     assert list(loss.last_terms) == ["cls", "hard_negatives", "ce()", "total"]
-    assert list(loss.logged_terms(prefix="loss/")) == ["loss/cls", "loss/hard_negatives", "loss/ce", "loss/total"]
+    assert list(loss.logged_terms(prefix="loss/")) == [
+        "loss/cls", "loss/hard_negatives", "loss/ce", "loss/total"
+    ]
 
 
 def test_term_names_print_back_in_the_node_form_and_not_in_the_expression():
@@ -233,9 +235,10 @@ def test_bad_term_names_point_at_the_name(text, token, fragment):
         lossdsl.load(text)
     error = raised.value
     assert fragment in error.reason
-    line = text.split("\n")[error.line - 1]
-    expected_line = max(i for i, row in enumerate(text.split("\n")) if token.strip() in row) + 1
-    assert (error.line, line[error.column - 1:].startswith(token.strip())) == (expected_line, True), str(error)
+    rows = text.split("\n")
+    expected_line = max(i for i, row in enumerate(rows) if token.strip() in row) + 1
+    assert error.line == expected_line, str(error)
+    assert rows[error.line - 1][error.column - 1:].startswith(token.strip()), str(error)
 
 
 def test_term_names_are_checked_on_specs_built_in_python():

@@ -93,7 +93,8 @@ def test_softmax_plots_state_the_class_count():
     figure = lossdsl.plot("focal(head=softmax)")
     assert len(figure.axes) == 2  # one target class per position: no negative-target column
     assert figure.axes[0].get_title() == "target class"
-    assert "softmax: 10 classes assumed; the target's logit z_t swept, the other 9 logits 0" in figure_text(figure)
+    stated = "softmax: 10 classes assumed; the target's logit z_t swept, the other 9 logits 0"
+    assert stated in figure_text(figure)
     figure = lossdsl.plot("ce(smoothing=0.1)", classes=3)
     assert "softmax: 3 classes assumed" in figure_text(figure)
     figure = lossdsl.plot("ce(weight=[1, 2, 4, 8])")  # per-class lists fix the count
