@@ -23,11 +23,16 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # lossdsl.plot needs matplotlib (an optional extra): imported when first used.
+    # Imported when first used: lossdsl.plot needs matplotlib (an optional extra); lossdsl.diff
+    # (compare) and lossdsl.bench (bench) are tools rather than the loss itself.
     if name == "plot":
         from .plotting import plot
 
         return plot
+    if name in ("diff", "bench"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")
 
 
