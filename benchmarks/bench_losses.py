@@ -16,13 +16,8 @@ eager version, asl at most 0.8x timm, GHM-C at bins=30 at least 5x faster than t
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
-import gc
 import importlib.util
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lossdsl  # noqa: E402
+import lossdsl.bench  # noqa: E402
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -121,73 +117,18 @@ def load_timm(file: str, name: str):
     return getattr(module, name)
 
 
-# -- measurement ------------------------------------------------------------------------------------
-
-
-def step(loss: Loss, x: torch.Tensor, y: torch.Tensor) -> None:
-    leaf = x.detach().requires_grad_(True)
-    loss(leaf, y).backward()
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+# -- measurement: the helpers `lossdsl bench` uses -------------------------------------------------
 
 
 def time_pair(ours: Loss, ref: Loss, x, y, repeat: int, device: str) -> tuple[float, float]:
-    """Median ms of forward+backward for both, interleaved so machine noise hits both alike."""
-    for _ in range(2):
-        step(ours, x, y)
-        step(ref, x, y)
-    # Fast rows are noisier: repeat until both sides have run for about two seconds (50 at most).
-    sync(device)
-    start = time.perf_counter()
-    step(ours, x, y)
-    step(ref, x, y)
-    sync(device)
-    pair = time.perf_counter() - start
-    repeat = min(50, max(repeat, int(2.0 / max(pair, 1e-6))))
-    ours_times, ref_times = [], []
-    for _ in range(repeat):
-        for fn, times in ((ours, ours_times), (ref, ref_times)):
-            sync(device)
-            start = time.perf_counter()
-            step(fn, x, y)
-            sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(ours_times), statistics.median(ref_times)
+    """Median ms of forward+backward for both, interleaved; fast rows are noisier, so both sides run
+    for about two seconds (50 runs at most)."""
+    return lossdsl.bench.time_pair(ours, ref, x, y, repeat, device, min_seconds=2.0, max_repeat=50)
 
 
 def peak_mib(loss: Loss, x, y, device: str) -> float:
-    """Peak memory during one forward+backward, beyond what existed before it (MiB)."""
-    step(loss, x, y)  # warm-up: compilation, lazily built constants
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step(loss, x, y)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # On the CPU: the process's resident-memory high-water mark, reset just before the step
-    # (Linux: writing 5 to clear_refs), after handing freed memory back to the system.
-    gc.collect()
-    _LIBC.malloc_trim(0)
-    base = _status_mib("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")
-    step(loss, x, y)
-    return _status_mib("VmHWM:") - base
-
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def _status_mib(key: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
+    peak = lossdsl.bench.peak_mib(loss, x, y, device)
+    return float("nan") if peak is None else peak
 
 
 def main() -> None:

@@ -7,6 +7,7 @@
 """
 
 from .api import compile, json_schema, load, parse
+from .arguments import argtype
 from .catalogue import CATALOGUE, LossNode, register
 from .catalogue.plugins import ElementLoss
 from .catalogue.region import RegionLoss
@@ -22,6 +23,21 @@ from .spec import LossSpec, Term
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Imported when first used: lossdsl.plot needs matplotlib (an optional extra); lossdsl.diff
+    # (compare) and lossdsl.bench (bench) are tools rather than the loss itself.
+    if name == "plot":
+        from .plotting import plot
+
+        return plot
+    if name in ("diff", "bench"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'lossdsl' has no attribute {name!r}")
+
+
 __all__ = [
     "CATALOGUE",
     "CompiledLoss",
@@ -35,9 +51,11 @@ __all__ = [
     "RegionLoss",
     "LossSyntaxError",
     "Term",
+    "argtype",
     "compile",
     "json_schema",
     "load",
     "parse",
+    "plot",
     "register",
 ]

@@ -92,24 +92,52 @@ def _looks_like_file(text: str) -> bool:
 
 
 def compile(  # noqa: A001
-    source: Source, *, check_values: bool = True, distributed: bool = True
+    source: Source, *, key: str | None = None, check_values: bool = True, distributed: bool = True
 ) -> CompiledLoss | MultiTaskLoss:
     """Build the nn.Module for a loss.
 
     Args:
-        source: a LossSpec, an expression string, or a mapping (any form ``load`` accepts).
+        source: a LossSpec; an expression string; a path (a ``pathlib.Path``, or a string ending in
+            .yaml, .yml or .json, or naming an existing file with a folder in it: ``configs/loss``);
+            or a mapping (any form ``load`` accepts).
+        key: a dotted key of the loss inside a file or mapping, e.g. ``"model.loss"``.
         check_values: check target values (class index range, probabilities in [0, 1]) on each call.
             Costs one host synchronisation per call; skipped automatically under torch.compile.
         distributed: when torch.distributed is initialised, sum GHM-C's bin counts and dtp's
             indicators over the process group (one all_reduce per use); False keeps them local.
     """
-    if isinstance(source, LossSpec):
-        spec = source
-    elif isinstance(source, str):
-        spec = parse(source)
-    else:  # a path or a mapping
-        spec = load(source)
-    return compile_spec(spec, check_values=check_values, distributed=distributed)
+    return compile_spec(as_spec(source, key), check_values=check_values, distributed=distributed)
+
+
+def as_spec(source: Any, key: str | None = None) -> LossSpec:
+    """The spec of anything ``compile`` accepts, or of a compiled loss (its ``spec``)."""
+    if isinstance(source, LossSpec) and key is None:
+        return source
+    if isinstance(source, str) and not is_path_string(source):
+        if key is not None:
+            raise LossConfigError(
+                f"key={key!r} selects a loss inside a file or mapping, not in an expression"
+            )
+        return parse(source)
+    if isinstance(source, str):
+        return load(Path(source.strip()), key=key)
+    if isinstance(getattr(source, "spec", None), LossSpec) and key is None:  # a compiled loss
+        return source.spec
+    return load(source, key=key)  # a path or a mapping
+
+
+def is_path_string(text: str) -> bool:
+    """Whether a string given for a loss names a file: it ends in .yaml, .yml or .json (read even
+    when missing, so the error says the file cannot be read), or it names an existing file and has
+    a folder in it (a bare ``focal`` stays an expression whatever files the folder holds)."""
+    if _looks_like_file(text):
+        return True
+    if "\n" in text or os.sep not in text and "/" not in text:
+        return False
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a long expression is no file name (ENAMETOOLONG)
+        return False
 
 
 def json_schema() -> dict[str, Any]:
@@ -119,4 +147,4 @@ def json_schema() -> dict[str, Any]:
     return loss_json_schema()
 
 
-__all__ = ["parse", "load", "compile", "json_schema"]
+__all__ = ["parse", "load", "compile", "json_schema", "as_spec", "is_path_string"]

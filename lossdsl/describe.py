@@ -22,24 +22,127 @@ _STATE_NOTES = {
 # -- the tree of one spec ------------------------------------------------------------------------
 
 
-def spec_tree(spec: LossSpec, *, expand: bool = False) -> str:
+def spec_tree(spec: LossSpec, *, expand: bool = False, module: Any = None) -> str:
     """Each term with weight, reduction and head, each node with all its parameters (defaults
-    marked), then the learnable parameters and running buffers the compiled module holds."""
-    from .compiler import compile_spec
-
+    marked), then the learnable parameters and running buffers of the compiled module (``module``,
+    or the spec compiled here), in aligned columns."""
     if expand:
         spec = spec.expand()
     lines = [f"loss: {spec.to_expr()}"]
     lines += _terms_lines(spec, depth=0)
-    module = compile_spec(spec)
-    lines.append("learnable parameters:" + ("" if any(True for _ in module.parameters()) else " none"))
-    for name, parameter in module.named_parameters():
-        lines.append(f"  {name}  {_shape(parameter)}  {_note(name)}")
-    buffers = [(name, buffer) for name, buffer in module.named_buffers() if _is_state(module, name)]
+    return "\n".join(lines + _state_lines(spec, module))
+
+
+def _state_lines(spec: LossSpec, module: Any = None) -> list[str]:
+    if module is None:
+        from .compiler import compile_spec
+
+        module = compile_spec(spec)
+    parameters = [(name, _shape(tensor), _note(name)) for name, tensor in module.named_parameters()]
+    buffers = [(name, _shape(tensor), _note(name)) for name, tensor in module.named_buffers()
+               if _is_state(module, name)]
+    # One set of column widths for both sections, so the shapes and notes line up under each other.
+    rows = parameters + buffers
+    widths = [max((len(row[column]) for row in rows), default=0) for column in (0, 1)]
+
+    def row_line(name: str, shape: str, note: str) -> str:
+        return f"  {name.ljust(widths[0])}  {shape.ljust(widths[1])}  {note}".rstrip()
+
+    lines = ["learnable parameters:" + ("" if parameters else " none")]
+    lines += [row_line(*row) for row in parameters]
     lines.append("running buffers:" + ("" if buffers else " none"))
-    for name, buffer in buffers:
-        lines.append(f"  {name}  {_shape(buffer)}  {_note(name)}")
-    return "\n".join(lines)
+    lines += [row_line(*row) for row in buffers]
+    return lines
+
+
+def spec_html(spec: LossSpec, module: Any = None) -> str:
+    """The tree as HTML for notebooks: a spec shows its terms; a compiled loss (``module``) adds
+    its learnable parameters and running buffers."""
+    import html
+
+    lines = [f"loss: {spec.to_expr()}"] + _terms_lines(spec, depth=0)
+    if module is not None:
+        lines += _state_lines(spec, module)
+        title = f"lossdsl.compile({spec.to_expr()!r})"
+    else:
+        title = f"LossSpec {spec.to_expr()}"
+    return (
+        f"<details open><summary><code>{html.escape(title)}</code></summary>"
+        f"<pre>{html.escape(chr(10).join(lines))}</pre></details>"
+    )
+
+
+# -- the same as a JSON document --------------------------------------------------------------
+
+
+COMPILE_FORMAT = "lossdsl.compile/1"
+
+
+def spec_document(spec: LossSpec, *, module: Any = None) -> dict[str, Any]:
+    """What the tree shows, as plain data (``lossdsl compile --format json``; README "Command line"
+    documents the shape). ``loss`` holds the node form, so ``lossdsl.load(doc["loss"])`` (or
+    ``lossdsl compile doc.json``, which finds the key) gives the spec back."""
+    if module is None:
+        from .compiler import compile_spec
+
+        module = compile_spec(spec)
+
+    def rows(named: Any) -> list[dict[str, Any]]:
+        return [{"name": name, "dtype": str(tensor.dtype).replace("torch.", ""),
+                 "shape": list(tensor.shape), "note": _note(name)} for name, tensor in named]
+
+    # No top-level "expr", "terms", "kind" or "tasks": those would make the document read as a loss
+    # itself, where `lossdsl compile doc.json` should find its "loss" member.
+    return {
+        "format": COMPILE_FORMAT,
+        "expression": spec.to_expr(),
+        "expanded": spec.expand().to_expr(),
+        "loss": spec.to_dict(),
+        "tree": _terms_document(spec, module),
+        "parameters": rows(module.named_parameters()),
+        "buffers": rows((name, b) for name, b in module.named_buffers() if _is_state(module, name)),
+    }
+
+
+def _terms_document(spec: LossSpec, module: Any) -> list[dict[str, Any]]:
+    keys = getattr(module, "keys", None) or [None] * len(spec.terms)
+    out = []
+    for index, (term, key) in enumerate(zip(spec.terms, keys), 1):
+        out.append({
+            "index": index,
+            "key": key,
+            "name": term.name,
+            "weight": term.weight,
+            "reduction": term.reduction,
+            "head": getattr(term.loss, "head", None),
+            "node": _node_document(term.loss, module),
+        })
+    return out
+
+
+def _node_document(node: LossNode, module: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": node.kind_name(), "parameters": {}}
+    for name in type(node).model_fields:
+        if name == "kind" or name in node.loss_fields or name in node.task_fields:
+            continue
+        value = getattr(node, name)
+        out["parameters"][name] = {"value": _plain_value(value), "default": value == node.default_for(name)}
+    for name in node.loss_fields:
+        out[name] = _node_document(getattr(node, name), module)
+    for name in node.task_fields:
+        out[name] = {
+            task: {"expression": task_spec.to_expr(), "tree": _terms_document(task_spec, module.tasks[task])}
+            for task, task_spec in getattr(node, name).items()
+        }
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    return value
 
 
 def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
@@ -57,8 +160,9 @@ def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
         head = getattr(node, "head", None) or (
             "none (regression)" if node.is_regression else "none (no p_t: blocks cannot wrap it)"
         )
+        named = f" ({term.name})" if term.name else ""
         lines.append(
-            f"{pad}term {index}: weight {format_number(term.weight)}, reduction {term.reduction}, "
+            f"{pad}term {index}{named}: weight {format_number(term.weight)}, reduction {term.reduction}, "
             f"head {head}"
         )
         lines += _node_lines(node, depth + 1)

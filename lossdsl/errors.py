@@ -95,6 +95,11 @@ class LossDSLError(ValueError):
     def __str__(self) -> str:
         return self.render()
 
+    def __repr__(self) -> str:
+        # Frameworks that report an exception by its repr (Hydra's instantiate) show the whole
+        # message: the position, the source line with its caret and the hint, on lines of their own.
+        return f"{type(self).__name__}: {self.render()}"
+
     def render(self) -> str:
         """``file:line:col: reason``, then the source line and a caret, then the hint."""
         where = []
@@ -149,6 +154,11 @@ class LossConfigError(LossDSLError):
 
 class LossInputError(LossDSLError):
     """Tensors given to a compiled loss that do not fit it (shapes, dtypes, values)."""
+
+
+class MissingDependencyError(LossConfigError, ImportError):
+    """An optional dependency a feature needs is not installed (matplotlib for plots). Both a
+    LossDSLError (the command line prints it without a traceback) and an ImportError."""
 
 
 def suggest(name: str, valid: Iterable[str]) -> str | None:

@@ -22,7 +22,7 @@ from .functional.distributed import sum_over_processes, with_gradients_averaged
 from .functional.targets import index_to_one_hot
 from .functional.tracing import is_compiling
 from .metrics import sigmoid_hits, softmax_hits
-from .module import CompiledLoss
+from .module import CompiledLoss, LossModule
 from .running import apply_keeping_dtype
 from .spec import LossSpec
 
@@ -143,7 +143,7 @@ def out_of_range(name: str, shown: str) -> LossInputError:
     return LossInputError(f"the indicator of task '{name}' must lie in [0, 1], got {shown}")
 
 
-class MultiTaskLoss(nn.Module):
+class MultiTaskLoss(LossModule):
     """Weighted sum over named tasks. ``last_terms`` holds, per task ``t``, ``t`` (the raw loss),
     ``t.weight`` and ``t.weighted``, detached, plus ``total``."""
 
@@ -154,6 +154,8 @@ class MultiTaskLoss(nn.Module):
         self.spec = spec
         self.node = node
         self.tasks = ByTask(tasks)
+        for task in tasks.values():
+            task.records_expression = False
         self.names = list(tasks)
         self.distributed = distributed
         self.last_terms: dict[str, Tensor] = {}
@@ -394,8 +396,6 @@ class MultiTaskLoss(nn.Module):
             return agree.sum().to(torch.float64), counted
         return sigmoid_hits(logits, target)
 
-    def __repr__(self) -> str:
-        return f"lossdsl.compile({self.spec.to_expr()!r})"
 
 
 __all__ = ["ByTask", "MultiTaskLoss", "RunningState", "TaskParameters", "task_head", "task_is_regression"]

@@ -80,6 +80,8 @@ def term_to_expr(term: Term, *, with_weight: bool = True) -> str:
 
 
 def spec_to_expr(spec: LossSpec) -> str:
+    """The canonical expression. Term names have no syntax and are left out (``spec_to_dict`` keeps
+    them)."""
     parts: list[str] = []
     for term in spec.terms:
         if not parts:
@@ -111,7 +113,7 @@ def node_to_dict(node: LossNode) -> dict[str, Any]:
 
 
 def spec_to_dict(spec: LossSpec) -> dict[str, Any]:
-    if len(spec.terms) == 1 and spec.terms[0].weight == 1:
+    if len(spec.terms) == 1 and spec.terms[0].weight == 1 and spec.terms[0].name is None:
         term = spec.terms[0]
         out = node_to_dict(term.loss)
         if term.reduction != "mean":
@@ -124,5 +126,7 @@ def spec_to_dict(spec: LossSpec) -> dict[str, Any]:
             item["weight"] = term.weight
         if term.reduction != "mean":
             item["reduction"] = term.reduction
+        if term.name is not None:
+            item["name"] = term.name
         terms.append(item)
     return {"terms": terms}

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from .catalogue.base import CATALOGUE, LOSS_SCHEMA_MARKER, NODE_SCHEMA_MARKER, REDUCTIONS
+from .spec import RESERVED_TERM_NAMES, TERM_NAME
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
 
@@ -69,6 +70,13 @@ def loss_json_schema(key: str | None = None) -> dict[str, Any]:
             "loss": _ref("Loss"),
             "weight": {"type": "number"},
             "reduction": _ref("Reduction"),
+            "name": {
+                "type": "string",
+                "pattern": "^" + TERM_NAME.pattern + "$",
+                "not": {"enum": list(RESERVED_TERM_NAMES)},
+                "description": "the term's key in loss.last_terms and logged metrics (an identifier, "
+                "unique in the loss), instead of its expression",
+            },
         },
         "required": ["loss"],
         "additionalProperties": False,

@@ -26,7 +26,7 @@ from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value
-from .spec import LossSpec, Term, composition_problem
+from .spec import LossSpec, Term, composition_problem, term_name_problem
 from .typetext import bounds_text, describe_type, literal_values
 
 # Bounds on what define: substitution may build. Each definition that uses the previous one twice
@@ -38,7 +38,7 @@ from .typetext import bounds_text, describe_type, literal_values
 # before could not see, such as a define: inside a define:).
 MAX_TERMS = 10_000
 MAX_EXPANDED_NODES = 50_000  # catalogue calls, blocks included: poly(focal()) is two
-_TERM_KEYS = ("loss", "weight", "reduction")
+_TERM_KEYS = ("loss", "weight", "reduction", "name")
 _EXPR_KEYS = ("expr", "define", "reduction")
 _FORM_HINT = (
     "a loss is an expression string, or a mapping with 'kind' (one node), 'terms' (a weighted sum) "
@@ -56,8 +56,34 @@ def build_node_from_plain(data: dict[str, Any]) -> LossNode:
     return _Walker().single_node(wrap(data), "", None)
 
 
+def find_problems(item: Located, *, path: str = "") -> list[LossDSLError]:
+    """Every problem of a loss that can be found without one causing the next (``lossdsl check``).
+
+    The walk goes on past a failed term of a sum, task of a multi-task loss, or parameter of a
+    node; whatever contains a failed part is not built (so its own rules, which would only repeat
+    the failure, are not checked). The first problem is the error ``build_spec`` raises.
+    """
+    walker = _Walker(collect=True)
+    try:
+        walker.spec(item, path)
+    except _Skipped:
+        pass
+    except LossDSLError as error:
+        walker.problems.append(error)
+    unique: dict[tuple[Any, ...], LossDSLError] = {}
+    for error in walker.problems:  # a define: used twice reports its problem once
+        unique.setdefault((error.filename, error.line, error.column, error.reason), error)
+    return list(unique.values())
+
+
+class _Skipped(Exception):
+    """A part of the loss had problems, already recorded: what contains it cannot be built."""
+
+
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, collect: bool = False) -> None:
+        # Collecting (find_problems): the problems found so far; None: the first one is raised.
+        self.problems: list[LossDSLError] | None = [] if collect else None
         self.defines: list[dict[str, Located]] = []
         # Where each define: block sits, so errors inside a definition name its full path.
         self.define_paths: list[str] = []
@@ -65,8 +91,23 @@ class _Walker:
         # Expression strings parsed once each, however often a define: name repeats them.
         self.parsed: dict[int, tuple[Located, Located]] = {}
         self.term_count = 0
+        # The name: entry of a named term, by the id of the item its loss came from.
+        self.name_items: dict[int, Located] = {}
 
     # -- errors
+    def _recover(self, step: Any, *args: Any) -> tuple[bool, Any]:
+        """``(True, step(*args))``; when collecting, ``(False, None)`` after recording the problem
+        of a step that failed, so the walk goes on with the next independent part."""
+        if self.problems is None:
+            return True, step(*args)
+        try:
+            return True, step(*args)
+        except _Skipped:
+            return False, None
+        except LossDSLError as error:
+            self.problems.append(error)
+            return False, None
+
     @staticmethod
     def _fail(
         reason: str, location: Location | None, path: str, hint: str | None = None,
@@ -231,21 +272,52 @@ class _Walker:
             raise self._fail("terms: expects a non-empty list of terms", listed.location,
                              _join(path, "terms"), cls=LossConfigError)
         out = []
+        failed = False
         for index, term in enumerate(listed.value):
             where = f"{_join(path, 'terms')}[{index}]"
-            if not term.is_mapping() or "loss" not in term.value:
-                if term.is_mapping() and "kind" not in term.value and "terms" not in term.value:
-                    raise self._fail("a term needs a 'loss'", term.location, where,
-                                     hint="for example {loss: ce(), weight: 0.5}", cls=LossConfigError)
-                # A bare loss in the list is a term of weight 1.
-                out += self.terms(term, where, weight, reduction, depth + 1)
-                continue
-            self._check_keys(term, _TERM_KEYS, where, "a term")
-            factor = self._weight_of(term, where)
-            term_reduction = self._reduction_of(term, where, reduction)
-            out += self.terms(term.value["loss"], _join(where, "loss"), weight * factor,
-                              term_reduction, depth + 1)
+            ok, built = self._recover(self._listed_term, term, where, weight, reduction, depth)
+            out += built if ok else []
+            failed = failed or not ok
+        if failed:
+            raise _Skipped()
         return out
+
+    def _listed_term(self, term: Located, where: str, weight: float, reduction: str | None,
+                     depth: int) -> list[tuple[Term, Located]]:
+        if not term.is_mapping() or "loss" not in term.value:
+            if term.is_mapping() and "kind" not in term.value and "terms" not in term.value:
+                raise self._fail("a term needs a 'loss'", term.location, where,
+                                 hint="for example {loss: ce(), weight: 0.5}", cls=LossConfigError)
+            # A bare loss in the list is a term of weight 1.
+            return self.terms(term, where, weight, reduction, depth + 1)
+        self._check_keys(term, _TERM_KEYS, where, "a term")
+        factor = self._weight_of(term, where)
+        term_reduction = self._reduction_of(term, where, reduction)
+        built = self.terms(term.value["loss"], _join(where, "loss"), weight * factor,
+                           term_reduction, depth + 1)
+        if "name" in term.value:
+            built = self._named(built, term, _join(where, "name"))
+        return built
+
+    def _named(
+        self, built: list[tuple[Term, Located]], term: Located, path: str
+    ) -> list[tuple[Term, Located]]:
+        """The one term a ``{loss: ..., name: ...}`` entry built, with its name."""
+        item = term.value["name"]
+        problem = term_name_problem(item.value)
+        if problem:
+            raise self._fail(problem, item.location, path)
+        if len(built) != 1:
+            raise self._fail(
+                f"name: labels one term, but this loss is a sum of {len(built)} terms", item.location, path,
+                hint="give each term of the sum its own entry and name",
+            )
+        (built_term, source), = built
+        if built_term.name is not None and built_term.name != item.value:
+            raise self._fail(f"this term is already named '{built_term.name}'", item.location, path)
+        # The walker points later errors about the name at this entry's name key.
+        self.name_items[id(source)] = item
+        return [(built_term.model_copy(update={"name": item.value}), source)]
 
     def _ref(self, item, path, weight, reduction, depth):
         name_item = item.value["ref"]
@@ -328,44 +400,69 @@ class _Walker:
             cls = lookup(kind_item.value)
         except LossDSLError as exc:
             raise exc.located(kind_item.location, path=_join(path, "kind")) from None
-        name = cls.kind_name()
         params: dict[str, Any] = {}
+        failed = children_failed = False
         for key, child in value.items():
             if key == "kind" or (key == "reduction" and allow_reduction):
                 continue
-            where = _join(path, key)
-            if key == POSITIONAL:
-                if cls.positional is None:
-                    raise self._fail(f"{name}() takes no positional argument", child.location, path,
-                                     hint=f"{name} has no loss to wrap; parameters are given by name")
-                key = cls.positional
-                where = _join(path, key)
-                if key in value:
-                    raise self._fail(f"{name}() got its {key} both by position and by name",
-                                     item.key_location(key), where)
-            if key == "reduction":
-                raise self._fail(
-                    "reduction= belongs on the outermost call of a term", item.key_location(key), where,
-                    hint="a term is reduced once, after every modifier has acted",
-                )
-            if key not in cls.model_fields or key == "kind":
-                valid = [f for f in cls.model_fields if f != "kind"] + ["reduction"]
-                raise self._fail(
-                    f"{name}() has no parameter '{key}'", item.key_location(key), where,
-                    hint=unknown_name_hint(key, valid, f"parameters of {name}"),
-                )
-            if key in cls.loss_fields:
-                params[key] = self.single_node(child, where, name, depth + 1)
-            elif key in getattr(cls, "task_fields", ()):
-                params[key] = self.task_specs(child, where, name, depth + 1)
+            ok, parameter = self._recover(self._parameter, cls, item, key, child, path, depth)
+            if ok:
+                params[parameter[0]] = parameter[1]
             else:
-                params[key] = self.plain_value(child, where, depth + 1)
+                failed = True
+                is_child = key == POSITIONAL or key in cls.loss_fields or key in cls.task_fields
+                children_failed = children_failed or is_child
+        if children_failed:
+            # Without its child the node cannot be checked as a whole ("requires the parameter
+            # 'loss'" would only repeat the child's problem).
+            raise _Skipped()
         try:
-            return cls.model_validate(params)
+            node = cls.model_validate(params)
         except ValidationError as exc:
-            raise self._translate(cls, exc, item, path) from None
+            if self.problems is None:
+                raise self._translate(cls, _field_errors(exc), item, path) from None
+            errors = _field_errors(exc)
+            if failed:  # a parameter is misspelt or bad: its absence is no second problem
+                errors = [e for e in errors if e["loc"] and e["type"] != "missing"]
+            self.problems += self._translate_each(cls, errors, item, path)
+            raise _Skipped() from None
         except LossDSLError as exc:
             raise exc.located(item.location, path=path or None) from None
+        if failed:
+            raise _Skipped()
+        return node
+
+    def _parameter(self, cls: type[LossNode], item: Located, key: str, child: Located, path: str,
+                   depth: int) -> tuple[str, Any]:
+        """One parameter of a node, validated as far as it can be alone: ``(field, value)``."""
+        name = cls.kind_name()
+        value = item.value
+        where = _join(path, key)
+        if key == POSITIONAL:
+            if cls.positional is None:
+                raise self._fail(f"{name}() takes no positional argument", child.location, path,
+                                 hint=f"{name} has no loss to wrap; parameters are given by name")
+            key = cls.positional
+            where = _join(path, key)
+            if key in value:
+                raise self._fail(f"{name}() got its {key} both by position and by name",
+                                 item.key_location(key), where)
+        if key == "reduction":
+            raise self._fail(
+                "reduction= belongs on the outermost call of a term", item.key_location(key), where,
+                hint="a term is reduced once, after every modifier has acted",
+            )
+        if key not in cls.model_fields or key == "kind":
+            valid = [f for f in cls.model_fields if f != "kind"] + ["reduction"]
+            raise self._fail(
+                f"{name}() has no parameter '{key}'", item.key_location(key), where,
+                hint=unknown_name_hint(key, valid, f"parameters of {name}"),
+            )
+        if key in cls.loss_fields:
+            return key, self.single_node(child, where, name, depth + 1)
+        if key in getattr(cls, "task_fields", ()):
+            return key, self.task_specs(child, where, name, depth + 1)
+        return key, self.plain_value(child, where, depth + 1)
 
     def task_specs(self, item: Located, path: str, owner: str, depth: int) -> dict[str, LossSpec]:
         """``{name: loss, ...}`` -> one LossSpec per task (each an ordinary sum of terms)."""
@@ -378,19 +475,33 @@ class _Walker:
                       else f"{owner}() expects named tasks, e.g. {owner}({example})")
             raise self._fail(reason, item.location, path, cls=LossConfigError)
         specs = {}
+        failed = False
         for name, task in item.value.items():
-            where = _join(path, name)
-            if not name.isidentifier():
-                raise self._fail(f"task name {name!r} is not an identifier", item.key_location(name),
-                                 where, cls=LossConfigError)
-            try:
-                specs[name] = self.spec(task, where, depth=depth + 1)
-            except LossDSLError as error:
-                raise _in_task(error, name) from None
-            problem = nesting_problem(name, specs[name])
-            if problem:
-                raise self._fail(problem, task.location, where)
+            before = len(self.problems or ())
+            ok, spec = self._recover(self._task_spec, item, name, task, path, depth)
+            if ok:
+                specs[name] = spec
+            else:
+                failed = True
+                for error in self.problems[before:]:
+                    _in_task(error, name)
+        if failed:
+            raise _Skipped()
         return specs
+
+    def _task_spec(self, item: Located, name: str, task: Located, path: str, depth: int) -> LossSpec:
+        where = _join(path, name)
+        if not name.isidentifier():
+            raise self._fail(f"task name {name!r} is not an identifier", item.key_location(name),
+                             where, cls=LossConfigError)
+        try:
+            spec = self.spec(task, where, depth=depth + 1)
+        except LossDSLError as error:
+            raise _in_task(error, name) from None
+        problem = nesting_problem(name, spec)
+        if problem:
+            raise self._fail(problem, task.location, where)
+        return spec
 
     def plain_value(self, item: Located, path: str, depth: int) -> Any:
         if depth > MAX_DEPTH:
@@ -454,14 +565,20 @@ class _Walker:
             return
         _, source = terms[problem.term]
         where = source.key_location("reduction") if problem.about_reduction else source.location
+        if problem.about_name and id(source) in self.name_items:
+            where = self.name_items[id(source)].location
         raise self._fail(problem.reason, where, path, hint=problem.hint)
 
-    def _translate(self, cls: type[LossNode], exc: ValidationError, item: Located, path: str):
+    def _translate_each(self, cls: type[LossNode], errors: list[dict[str, Any]], item: Located,
+                        path: str) -> list[LossDSLError]:
+        """One message per parameter pydantic refused (the first is ``_translate``'s)."""
+        fields: dict[Any, list[dict[str, Any]]] = {}
+        for error in errors:
+            fields.setdefault(error["loc"][0] if error["loc"] else None, []).append(error)
+        return [self._translate(cls, group, item, path) for group in fields.values()]
+
+    def _translate(self, cls: type[LossNode], errors: list[dict[str, Any]], item: Located, path: str):
         name = cls.kind_name()
-        inner = exc.errors(include_url=False)[0].get("ctx", {}).get("error")
-        if isinstance(inner, NodeArgumentsError):  # raised by LossNode.__init__: pydantic's own report
-            exc = inner.validation_error
-        errors = exc.errors(include_url=False)
         first = errors[0]
         loc = [part for part in first["loc"]]
         if not loc:  # a model-level rule (contradictory parameters), raised as ValueError
@@ -499,6 +616,14 @@ class _Walker:
         return self._fail(
             f"{name}(): {field} expects {describe_type(annotation)}, got {given}", location, where
         )
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors for a node (unwrapping those LossNode.__init__ re-raised)."""
+    inner = exc.errors(include_url=False)[0].get("ctx", {}).get("error")
+    if isinstance(inner, NodeArgumentsError):  # raised by LossNode.__init__: pydantic's own report
+        exc = inner.validation_error
+    return exc.errors(include_url=False)
 
 
 def _in_task(error: LossDSLError, name: str) -> LossDSLError:

@@ -7,6 +7,7 @@ once: each one imports torch, which takes seconds); the remaining behaviours of 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -57,12 +58,16 @@ INVOCATIONS = [
 def ran(tmp_path_factory) -> dict:
     cwd = tmp_path_factory.mktemp("elsewhere")
     commands = {"module": [sys.executable, "-m", "lossdsl"], "script": [console_script()]}
+    # The entry points import this checkout, whichever checkout the environment was installed from.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path)
     running = {}
     for entry, args in INVOCATIONS:
         if commands[entry][0] is None:
             continue
         running[entry, args] = subprocess.Popen(
-            [*commands[entry], *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*commands[entry], *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
         )
     results = {}
     for key, process in running.items():

@@ -77,7 +77,7 @@ def assert_unchanged(loss, before):
 def test_dtp_state_dict_keys_name_the_tasks():
     loss = lossdsl.compile(DTP3)
     assert set(loss.state_dict()) == {f"kpi_{what}.{task}" for what in ("average", "seen")
-                                      for task in ("seg", "tags", "depth")}
+                                      for task in ("seg", "tags", "depth")} | {"_extra_state"}
 
 
 def test_dtp_state_loads_into_the_same_tasks_listed_in_another_order():
@@ -314,7 +314,8 @@ MODULE_ATTRIBUTE_NAMES = [
 def test_uncertainty_with_a_task_named_like_a_module_attribute_compiles_and_trains(name):
     expr = f"uncertainty({{{name}: ghm(momentum=0.5), depth: l1()}})"
     loss = lossdsl.compile(expr)
-    assert {f"log_variance.{name}", "log_variance.depth", f"tasks.{name}.terms.0.ghm_accumulator"} == set(
+    assert {f"log_variance.{name}", "log_variance.depth", f"tasks.{name}.terms.0.ghm_accumulator",
+            "_extra_state"} == set(
         loss.state_dict()
     )
     tags, tags_t = torch.randn(4, 5, requires_grad=True), (torch.rand(4, 5) > 0.5).float()
@@ -341,7 +342,7 @@ def test_dtp_with_a_task_named_like_a_module_attribute_compiles_observes_and_res
     expr = f"dtp({{{name}: ce(), depth: l1()}}, alpha=0.5)"
     loss = lossdsl.compile(expr)
     assert set(loss.state_dict()) == {f"kpi_average.{name}", f"kpi_seen.{name}", "kpi_average.depth",
-                                      "kpi_seen.depth"}
+                                      "kpi_seen.depth", "_extra_state"}
     loss.observe(**{name: 0.25, "depth": 0.5})
     seg_t = torch.tensor([0, 1, 2, 0])
     preds, targets = ({name: 10 * F.one_hot(seg_t, 3).float(), "depth": torch.zeros(4)},
