@@ -115,12 +115,11 @@ from bench_losses import (  # noqa: E402
     mmdet_qfl,
     mmdet_vfl,
     peak_mib,
-    step,
-    sync,
     time_pair,
 )
 
 import lossdsl  # noqa: E402
+from lossdsl.bench import step, sync  # noqa: E402
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

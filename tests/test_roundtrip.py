@@ -189,7 +189,9 @@ def test_a_registered_plugin_is_generated_and_round_trips():
     register(PluginWrap)
     seen = []
     try:
-        @settings(max_examples=60)
+        # Derandomized: with three dozen names in the catalogue, a random run of this size could
+        # miss the plug-in (the test was flaky); a fixed sequence of examples is a fixed answer.
+        @settings(max_examples=200, derandomize=True)
         @given(specs(max_terms=2))
         def check(spec):
             text = spec.to_expr()

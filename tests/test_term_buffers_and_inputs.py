@@ -126,3 +126,14 @@ def test_a_node_built_in_python_with_a_bad_value_is_a_lossdsl_error():
 
     with pytest.raises(LossDSLError, match=r"focal\(\): gamma: Input should be greater than or equal to 0"):
         Focal(gamma=-1)
+
+
+@pytest.mark.parametrize("expr", ["ce(ignore_index=255)", "ce(ignore_index=255, smoothing=0.1) + dice(ignore_index=255)"])
+def test_probability_targets_with_a_non_default_ignore_index_compute(expr):
+    """ignore_index applies to class indices; with probability targets it has nothing to ignore
+    (torch's cross_entropy refuses the combination outright)."""
+    x = torch.randn(4, 3, 5)
+    probabilities = torch.softmax(torch.randn(4, 3, 5), 1)
+    value = lossdsl.compile(expr)(x, probabilities)
+    plain = lossdsl.compile(expr.replace("ignore_index=255", "ignore_index=-100").replace(", )", ")"))(x, probabilities)
+    torch.testing.assert_close(value, plain)

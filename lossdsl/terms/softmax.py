@@ -125,12 +125,15 @@ class SoftmaxTerm(TermModule):
         x = self.sanitised(inputs)
         weight = self.class_weight(inputs.x)
         log_p = self.shared_log_p(inputs, x)
+        # ignore_index selects among class indices; torch refuses it (any but its default) with
+        # probability targets, which have nothing to ignore.
+        ignore_index = self.ignore_index if inputs.is_index else -100
         if log_p is None:
-            return ce(x, inputs.target, weight, self.ignore_index, self.smoothing, reduction=reduction)
+            return ce(x, inputs.target, weight, ignore_index, self.smoothing, reduction=reduction)
         if self.smoothing == 0 and inputs.is_index:
-            return F.nll_loss(log_p, inputs.target, weight=weight, ignore_index=self.ignore_index,
+            return F.nll_loss(log_p, inputs.target, weight=weight, ignore_index=ignore_index,
                               reduction=reduction)
-        return ce(log_p, inputs.target, weight, self.ignore_index, self.smoothing, reduction=reduction)
+        return ce(log_p, inputs.target, weight, ignore_index, self.smoothing, reduction=reduction)
 
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
         if not self.plan.steps:
