@@ -18,15 +18,19 @@ from .errors import (
     LossSpecError,
     LossSyntaxError,
 )
-from .module import CompiledLoss
 from .spec import LossSpec, Term
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Imported when first used: lossdsl.plot needs matplotlib (an optional extra); lossdsl.diff
-    # (compare) and lossdsl.bench (bench) are tools rather than the loss itself.
+    # Imported when first used: torch only when a loss is compiled (CompiledLoss, compile()), so
+    # parse, load and `lossdsl check` run without it; lossdsl.plot needs matplotlib (an optional
+    # extra); lossdsl.diff (compare) and lossdsl.bench (bench) are tools rather than the loss itself.
+    if name == "CompiledLoss":
+        from .module import CompiledLoss
+
+        return CompiledLoss
     if name == "plot":
         from .plotting import plot
 

@@ -10,18 +10,19 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-from .compiler import compile_spec
 from .errors import LossConfigError
 from .interpolation import select_config
 from .located import Located, is_omegaconf, wrap
-from .module import CompiledLoss
-from .multitask import MultiTaskLoss
 from .spec import LossSpec
 from .syntax import parse_text
 from .validate import build_spec
 from .yaml_io import located_yaml, read_config_file, select_key
+
+if TYPE_CHECKING:  # checking a config needs no torch; compiling one imports it
+    from .module import CompiledLoss
+    from .multitask import MultiTaskLoss
 
 Source = Union[LossSpec, str, Mapping, os.PathLike]
 
@@ -106,6 +107,8 @@ def compile(  # noqa: A001
         distributed: when torch.distributed is initialised, sum GHM-C's bin counts and dtp's
             indicators over the process group (one all_reduce per use); False keeps them local.
     """
+    from .compiler import compile_spec  # torch is imported here, when a loss is compiled
+
     return compile_spec(as_spec(source, key), check_values=check_values, distributed=distributed)
 
 

@@ -1,132 +1,18 @@
-"""Specs back to text and to plain data: the canonical expression and the structured node form.
+"""Specs back to text and to plain data (the canonical expression, the structured node form).
 
-One small function per shape (the sqlglot generator pattern). Parameters print in declaration order
-and defaults are left out, so equal specs print equal text.
+Defined in ``lossdsl.catalogue.printing``, below the specs that print themselves with it; this is
+its public place.
 """
 
-from __future__ import annotations
+from .catalogue.printing import (
+    format_number,
+    format_value,
+    node_to_dict,
+    node_to_expr,
+    spec_to_dict,
+    spec_to_expr,
+    term_to_expr,
+)
 
-import math
-from typing import Any
-
-from .catalogue.base import LossNode
-from .spec import LossSpec, Term
-
-
-def format_number(value: float | int) -> str:
-    """Shortest text that parses back to the same number (2.0 -> '2', 1e-08 -> '1e-08')."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return repr(value)
-
-
-def format_value(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, (bool, int, float)):
-        return format_number(value)
-    if isinstance(value, str):
-        if value.isidentifier() and value not in ("true", "false", "none", "True", "False", "None", "null"):
-            return value
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    if isinstance(value, LossNode):
-        return node_to_expr(value)
-    if isinstance(value, LossSpec):
-        return spec_to_expr(value)
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot print {type(value).__name__}")
-
-
-def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None, full: bool = False) -> str:
-    """``name(positional, key=value, ...)``; ``full`` also prints the numeric parameters of blocks
-    at their defaults (``gamma=2``), for explanations rather than canonical text."""
-    params = node.parameters()
-    if full and node.category != "likelihood":
-        params = {
-            name: value for name in type(node).model_fields
-            if name != "kind" and (value := getattr(node, name)) is not None
-            and (name in params or (isinstance(value, (int, float)) and not isinstance(value, bool)))
-            # gamma is unused once gamma_pos/gamma_neg are given
-            and not (name == "gamma" and getattr(node, "gamma_pos", None) is not None)
-        }
-    if node.bare and not extra and list(params) == [node.positional]:
-        return format_value(params[node.positional])
-    args = []
-    if node.positional and node.positional in params:
-        child = params.pop(node.positional)
-        nested = full and isinstance(child, LossNode)
-        args.append(node_to_expr(child, full=True) if nested else format_value(child))
-    args += [f"{name}={format_value(value)}" for name, value in params.items()]
-    # Extras are the term's reduction, an enumerated name: printed bare, so reduction=none reads as
-    # written (format_value would quote "none" to keep it apart from the null value).
-    args += [f"{name}={value}" for name, value in (extra or {}).items()]
-    return f"{node.kind_name()}({', '.join(args)})"
-
-
-def term_to_expr(term: Term, *, with_weight: bool = True) -> str:
-    """A term as text; its reduction prints on the outermost call, where the syntax puts it."""
-    extra = {"reduction": term.reduction} if term.reduction != "mean" else None
-    text = node_to_expr(term.loss, extra)
-    if with_weight and term.weight != 1:
-        text = f"{format_number(term.weight)} * {text}"
-    return text
-
-
-def spec_to_expr(spec: LossSpec) -> str:
-    """The canonical expression. Term names have no syntax and are left out (``spec_to_dict`` keeps
-    them)."""
-    parts: list[str] = []
-    for term in spec.terms:
-        if not parts:
-            parts.append(term_to_expr(term))
-        elif term.weight < 0:
-            flipped = term.model_copy(update={"weight": -term.weight})
-            parts.append(f"- {term_to_expr(flipped)}")
-        else:
-            parts.append(f"+ {term_to_expr(term)}")
-    return " ".join(parts)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, LossNode):
-        return node_to_dict(value)
-    if isinstance(value, LossSpec):
-        return spec_to_dict(value)
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def node_to_dict(node: LossNode) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": node.kind_name()}
-    out.update({name: _plain(value) for name, value in node.parameters().items()})
-    return out
-
-
-def spec_to_dict(spec: LossSpec) -> dict[str, Any]:
-    if len(spec.terms) == 1 and spec.terms[0].weight == 1 and spec.terms[0].name is None:
-        term = spec.terms[0]
-        out = node_to_dict(term.loss)
-        if term.reduction != "mean":
-            out["reduction"] = term.reduction
-        return out
-    terms = []
-    for term in spec.terms:
-        item: dict[str, Any] = {"loss": node_to_dict(term.loss)}
-        if term.weight != 1:
-            item["weight"] = term.weight
-        if term.reduction != "mean":
-            item["reduction"] = term.reduction
-        if term.name is not None:
-            item["name"] = term.name
-        terms.append(item)
-    return {"terms": terms}
+__all__ = ["format_number", "format_value", "node_to_dict", "node_to_expr", "spec_to_dict", "spec_to_expr",
+           "term_to_expr"]

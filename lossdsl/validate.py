@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .catalogue import base as catalogue_base
 from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, NodeArgumentsError, lookup
 from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
@@ -54,6 +55,9 @@ def build_spec(item: Located, *, path: str = "") -> LossSpec:
 def build_node_from_plain(data: dict[str, Any]) -> LossNode:
     """Validate one node given as a plain dict (used when Python code passes dicts for children)."""
     return _Walker().single_node(wrap(data), "", None)
+
+
+catalogue_base.CHILD_BUILDER = build_node_from_plain  # the catalogue's models build dict children so
 
 
 def find_problems(item: Located, *, path: str = "") -> list[LossDSLError]:

@@ -9,6 +9,7 @@ parties add names with ``lossdsl.register``: the validator, the printer, the JSO
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, WithJsonSchema
@@ -144,14 +145,18 @@ def _node_error(cls: type[LossNode], exc: ValidationError) -> LossDSLError:
     return NodeArgumentsError(f"{cls.kind_name()}(): {where + ': ' if where else ''}{reason}", exc)
 
 
+# How a child given as a plain dict (from Python code) becomes a node: the validator's job, handed in
+# by lossdsl.validate when it is imported (the catalogue sits below the validator and imports nothing
+# of it).
+CHILD_BUILDER: Callable[[dict[str, Any]], LossNode] | None = None
+
+
 def _coerce_child(value: Any) -> Any:
     """Let Python users pass a plain dict for a child loss: it is validated through the registry."""
     if isinstance(value, LossNode):
         return value
-    if isinstance(value, dict):
-        from ..validate import build_node_from_plain  # the validator depends on this module
-
-        return build_node_from_plain(value)
+    if isinstance(value, dict) and CHILD_BUILDER is not None:
+        return CHILD_BUILDER(value)
     raise ValueError(f"expected a loss, got {type(value).__name__}")
 
 

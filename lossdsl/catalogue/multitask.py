@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import AfterValidator, Field, Strict, WithJsonSchema, field_validator
 
-from ..spec import LossSpec
 from .base import LOSS_SCHEMA_MARKER, LossNode, NonNegative, described, register
+from .spec import LossSpec
 
 
 class FrozenDict(dict):
