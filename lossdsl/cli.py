@@ -82,15 +82,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--key", help="dotted key of the loss in the documents, e.g. model.loss")
 
-    commands.add_parser("list", help="every catalogue name with a one-line description",
-                        description="List every loss and block the language knows.")
+    listing = commands.add_parser(
+        "list", help="every catalogue name with a one-line description",
+        description="List every loss and block the language knows; --params adds each parameter "
+        "with its default and meaning.",
+    )
+    listing.add_argument("--params", action="store_true", help="each parameter, its default and meaning")
+    listing.add_argument("--format", choices=("text", "json"), default="text",
+                         help="text, or a JSON document (format lossdsl.list/1)")
 
     explain = commands.add_parser(
         "explain", help="formula, parameters, expansion and paper of one name",
-        description="Explain one catalogue name: its formula, parameters with defaults and ranges, "
-        "what it expands to, and the paper it comes from.",
+        description="Explain one catalogue name: usage, formula, parameters with defaults, ranges and "
+        "meaning, accepted targets, what it expands to, the paper, and the same loss elsewhere.",
     )
     explain.add_argument("name")
+    explain.add_argument("--format", choices=("text", "json"), default="text",
+                         help="text, or a JSON document (format lossdsl.explain/1)")
 
     plot = commands.add_parser(
         "plot", help="plot loss and gradient against p_t (needs matplotlib)",
@@ -415,14 +423,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(loss_json_schema(args.key), indent=2))
             return 0
         if args.command == "list":
-            from .describe import catalogue_listing
+            from .catalogue_text import catalogue_entries, catalogue_listing
 
-            print(catalogue_listing())
+            if args.format == "json":
+                print(json.dumps({"format": "lossdsl.list/1", "names": catalogue_entries()}, indent=2))
+            else:
+                print(catalogue_listing(params=args.params))
             return 0
         if args.command == "explain":
-            from .describe import explain
+            from .catalogue_text import explain, explanation
 
-            print(explain(args.name))
+            if args.format == "json":
+                print(json.dumps({"format": "lossdsl.explain/1", **explanation(args.name)}, indent=2))
+            else:
+                print(explain(args.name))
             return 0
         if args.command == "plot":
             return _plot(args.expressions, args.out, args.sweep, args.log_y, args.signed, args.classes)

@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 from .catalogue.base import CATALOGUE, LOSS_SCHEMA_MARKER, NODE_SCHEMA_MARKER, REDUCTIONS
+from .catalogue_text import parameter_rows
 from .spec import RESERVED_TERM_NAMES, TERM_NAME
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -42,11 +43,27 @@ def node_schemas() -> dict[str, dict[str, Any]]:
         schema = _swap_markers(schema)
         schema["title"] = name
         schema["description"] = (cls.summary or (cls.__doc__ or "").strip().splitlines()[0]).strip()
-        schema.setdefault("properties", {})["reduction"] = _ref("Reduction")
+        _describe_parameters(cls, schema.setdefault("properties", {}))
+        schema["properties"]["reduction"] = _ref("Reduction")
         schema["required"] = sorted(set(schema.get("required", [])) | {"kind"})
         schema["additionalProperties"] = False
         definitions[f"node_{name}"] = schema
     return definitions
+
+
+def _describe_parameters(cls: type, properties: dict[str, Any]) -> None:
+    """Editors' hovers: each parameter's meaning, type, range and default (the same rows `lossdsl
+    explain` prints, from the field), as markdownDescription, and its default as an example."""
+    rows = {row["name"]: row for row in parameter_rows(cls)}
+    for name, prop in properties.items():
+        row = rows.get(name) or rows.get(f"<{name}>")  # the positional argument is listed as <name>
+        if row is None or name == "kind":
+            continue
+        default = f" Default `{row['default']}`." if row["default"] is not None else ""
+        prop["markdownDescription"] = f"{row['description']}\n\n*{row['type']}*.{default}"
+        value = cls.model_fields[name].default if name in cls.model_fields else None
+        if value is not None and not isinstance(value, (tuple, dict)) and "examples" not in prop:
+            prop["examples"] = [value]
 
 
 def loss_json_schema(key: str | None = None) -> dict[str, Any]:

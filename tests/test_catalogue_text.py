@@ -37,6 +37,7 @@ def test_the_schema_and_explain_read_the_same_description(name):
     for field in parameters(name):
         description = CATALOGUE[name].model_fields[field].description
         assert schema[field]["description"] == description
+        assert schema[field]["markdownDescription"].startswith(description)  # editors' hover text
         assert " ".join(description.split()[:4]) in " ".join(text.split())
 
 

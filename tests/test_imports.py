@@ -141,3 +141,15 @@ def test_the_catalogue_imports_nothing_above_it_not_even_lazily():
     for path in (PACKAGE / "catalogue").glob("*.py"):
         wrong = {target for target in every_import(path) if target.startswith(above)}
         assert not wrong, f"{path.name} imports {sorted(wrong)}"
+
+
+def test_the_pre_commit_hook_runs_lossdsl_check_on_config_files():
+    import yaml
+
+    hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text(encoding="utf-8"))
+    (hook,) = hooks
+    assert hook["id"] == "lossdsl-check" and hook["entry"] == "lossdsl check"
+    assert hook["language"] == "python"
+    import re
+
+    assert re.search(hook["files"], "configs/exp.yaml") and not re.search(hook["files"], "train.py")
