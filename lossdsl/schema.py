@@ -61,8 +61,9 @@ def _describe_parameters(cls: type, properties: dict[str, Any]) -> None:
             continue
         default = f" Default `{row['default']}`." if row["default"] is not None else ""
         prop["markdownDescription"] = f"{row['description']}\n\n*{row['type']}*.{default}"
-        value = cls.model_fields[name].default if name in cls.model_fields else None
-        if value is not None and not isinstance(value, (tuple, dict)) and "examples" not in prop:
+        field = cls.model_fields.get(name)
+        value = None if field is None or field.is_required() else field.default
+        if isinstance(value, (bool, int, float, str)) and "examples" not in prop:
             prop["examples"] = [value]
 
 
