@@ -12,6 +12,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def mmdet_weight_reduce_loss(loss: Tensor, weight=None, reduction="mean", avg_factor=None) -> Tensor:
+    """mmdetection 3.3.0, mmdet/models/losses/utils.py weight_reduce_loss: the loss times the weight,
+    then its mean, or with avg_factor its sum over (avg_factor + float32 eps)."""
+    if weight is not None:
+        loss = loss * weight
+    if avg_factor is None:
+        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+    if reduction == "mean":
+        return loss.sum() / (avg_factor + torch.finfo(torch.float32).eps)
+    assert reduction == "none", "mmdetection refuses avg_factor with reduction=sum"
+    return loss
+
+
 def smooth_binary(y: Tensor, s: float) -> Tensor:
     return y * (1 - s) + s / 2
 

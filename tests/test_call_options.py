@@ -11,22 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import mmdet_weight_reduce_loss
 
 import lossdsl
 from lossdsl import LossInputError
 
 EPS = torch.finfo(torch.float32).eps
-
-
-def mmdet_weight_reduce_loss(loss, weight=None, reduction="mean", avg_factor=None):
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
-    if reduction == "mean":
-        return loss.sum() / (avg_factor + EPS)
-    assert reduction == "none"
-    return loss
 
 
 def mmdet_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.25, reduction="mean",

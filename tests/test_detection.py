@@ -10,20 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import mmdet_weight_reduce_loss as weight_reduce_loss
 
 import lossdsl
 
 EPS = torch.finfo(torch.float32).eps
-
-
-def weight_reduce_loss(loss, weight=None, reduction="mean", avg_factor=None):
-    """mmdet/models/losses/utils.py."""
-    if weight is not None:
-        loss = loss * weight
-    if avg_factor is None:
-        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
-    assert reduction == "mean"
-    return loss.sum() / (avg_factor + EPS)
 
 
 def mmdet_quality_focal_loss(pred, label, score, beta=2.0):

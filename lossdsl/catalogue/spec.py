@@ -43,7 +43,21 @@ def term_name_problem(name: Any) -> str | None:
     return None
 
 
-class Term(BaseModel):
+class _RaisesOwnErrors(BaseModel):
+    """pydantic wraps whatever a validator raises as a ValueError in a ValidationError; a rule of
+    ours that a term or spec built in Python breaks must reach the user as the LossDSLError it is."""
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            own = _lossdsl_error(exc)
+            if own is None:
+                raise
+            raise own from None
+
+
+class Term(_RaisesOwnErrors):
     """One addend of a loss: ``weight * reduce(loss)``, reduced on its own before the sum.
 
     ``name`` (optional, YAML ``name:``) is the term's key in ``loss.last_terms`` and
@@ -57,15 +71,6 @@ class Term(BaseModel):
     weight: Annotated[float, Strict()] = 1.0
     reduction: Reduction = "mean"
     name: str | None = None
-
-    def __init__(self, /, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            own = _lossdsl_error(exc)
-            if own is None:
-                raise
-            raise own from None
 
     @field_validator("name")
     @classmethod
@@ -131,23 +136,12 @@ def composition_problem(terms: Sequence[Term]) -> CompositionProblem | None:
     return None
 
 
-class LossSpec(BaseModel):
+class LossSpec(_RaisesOwnErrors):
     """A validated loss expression: ``sum_i weight_i * reduce_i(loss_i)``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     terms: tuple[Term, ...] = Field(min_length=1)
-
-    def __init__(self, /, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            # pydantic wraps whatever a validator raises as ValueError; a rule of ours that a spec
-            # built in Python breaks must reach the user as the LossDSLError it is.
-            own = _lossdsl_error(exc)
-            if own is None:
-                raise
-            raise own from None
 
     @model_validator(mode="after")
     def _composable(self) -> LossSpec:
