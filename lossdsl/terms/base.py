@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import LossInputError
 from ..functional.distributed import mean_over_processes
-from ..functional.reduce import reduce_total
+from ..functional.reduce import reduce_loss, reduce_total
 from ..functional.tracing import is_compiling
 from ..running import apply_keeping_dtype
 from ..spec import Term
@@ -150,10 +150,10 @@ class TermModule(nn.Module):
         positives: Tensor | int | None = None,
     ) -> Tensor:
         """The term's reduction of its per-element loss (already multiplied by the call weight)."""
-        if self.reduction == "none":
-            return loss
-        return self.reduce_sum(loss.sum(), inputs, batch_size=loss.shape[0],
-                               count=loss.numel() if count is None else count, positives=positives)
+        return reduce_loss(
+            loss, self.reduction, count=count, positives=positives, batch_size=loss.shape[0],
+            avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.distributed else None,
+        )
 
     def reduce_sum(
         self, total: Tensor, inputs: TermInputs, *, batch_size: int, count: Tensor | float,
