@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .errors import LossConfigError, LossInputError
 from .spec import LossSpec
+from .state_updates import StateUpdates
 from .terms.base import TermModule, is_compiling, shape_of
 from .terms.shared import SharedComputations
 
@@ -203,15 +204,22 @@ class CompiledLoss(LossModule):
         """``weight`` multiplies every element term's per-element loss (broadcast from ``[N]``,
         ``[N, C]`` or the full shape); ``avg_factor`` replaces the denominator of ``mean`` and
         ``pos_mean`` (mmdetection's convention: ``sum / (avg_factor + eps)``)."""
-        return self.combine(self.prepare(input, target, weight, avg_factor))
+        updates = StateUpdates()
+        total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates))
+        updates.commit()  # only now that every term has computed (lossdsl.state_updates)
+        return total
 
     def prepare(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None,
+        avg_factor: Tensor | float | None = None, *, updates: StateUpdates | None = None,
     ) -> list[Any]:
         """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
-        checks of a call happen before any term touches a running buffer."""
+        checks of a call happen before any term touches a running buffer. The terms stage their
+        running-state updates in ``updates``, which the caller commits once the call has succeeded
+        (a multi-task loss passes one for all its tasks)."""
         prepared = [term.prepare_call(input, target, weight, avg_factor) for term in self.terms]
+        for inputs in prepared:
+            inputs.updates = updates
         if self.shares:
             shared = SharedComputations()
             for inputs in prepared:

@@ -25,6 +25,7 @@ from .metrics import sigmoid_hits, softmax_hits
 from .module import CompiledLoss, LossModule
 from .running import apply_keeping_dtype
 from .spec import LossSpec
+from .state_updates import StateUpdates
 
 # dtp's k is kept inside [eps, 1 - eps] so that -(1-k)^gamma log k stays finite.
 DTP_EPS = 1e-6
@@ -122,10 +123,11 @@ class RunningState(ByTask):
         return self
 
 
-def in_task(name: str, step: Callable[..., Any], *args: Any) -> Any:
-    """``step(*args)`` for task ``name``: an input error it raises says which task it comes from."""
+def in_task(name: str, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``step(*args, **kwargs)`` for task ``name``: an input error it raises says which task it comes
+    from."""
     try:
-        return step(*args)
+        return step(*args, **kwargs)
     except LossDSLError as error:
         error.reason = f"task '{name}': {error.reason}"
         error.args = (error.reason,)
@@ -212,17 +214,20 @@ class MultiTaskLoss(LossModule):
         self._check_keys(preds, targets)
         weights = self._per_task("weight", weight)
         avg_factors = self._per_task("avg_factor", avg_factor)
-        # Every task checks its inputs before any of them computes or updates a buffer.
+        # Every task checks its inputs before any of them computes; running state (the tasks' own
+        # and dtp's indicators) is staged in one StateUpdates and committed once everything has
+        # computed, so a failure in any task leaves every buffer as it was.
+        updates = StateUpdates()
         prepared = {
             name: in_task(name, self.tasks[name].prepare, preds[name], targets[name], weights.get(name),
-                          avg_factors.get(name))
+                          avg_factors.get(name), updates=updates)
             for name in self.names
         }
         if isinstance(self.node, DTP):
             # A missing indicator is an input error: raise it before any task updates a buffer.
             self._require_indicators()
         raw = {name: in_task(name, self.tasks[name].combine, prepared[name]) for name in self.names}
-        k = self._update_dtp(preds, targets) if isinstance(self.node, DTP) else {}
+        k = self._update_dtp(preds, targets, updates) if isinstance(self.node, DTP) else {}
         learned = self._learned_weights()
         total = None
         logged: dict[str, Tensor] = {}
@@ -232,6 +237,7 @@ class MultiTaskLoss(LossModule):
             logged[name] = raw[name].detach()
             logged[f"{name}.weight"] = weight.detach() if isinstance(weight, Tensor) else torch.tensor(weight)
             logged[f"{name}.weighted"] = weighted.detach()
+        updates.commit()
         if not is_compiling():
             logged["total"] = total.detach()
             self.last_terms = logged
@@ -329,14 +335,21 @@ class MultiTaskLoss(LossModule):
             raise out_of_range(name, reprlib.repr(value))
         return torch.tensor(float(value), dtype=torch.float32, device=device)
 
-    def _average(self, name: str, kpi: Tensor) -> None:
+    def _average(self, name: str, kpi: Tensor, updates: StateUpdates | None = None) -> Tensor:
+        """The task's new average after ``kpi``: stored at once (``observe``), or staged in
+        ``updates`` to be committed when the whole call has succeeded."""
         alpha = self.node.alpha
         average, seen = self.kpi_average[name], self.kpi_seen[name]
         # Running state never joins an autograd graph: it would keep every step's graph alive.
         kpi = kpi.detach()
         # The first observation starts the average; later ones are blended in.
-        average.copy_(torch.where(seen, alpha * kpi + (1 - alpha) * average, kpi))
-        seen.fill_(True)
+        new = torch.where(seen, alpha * kpi + (1 - alpha) * average, kpi)
+        staged = StateUpdates() if updates is None else updates
+        staged.stage(average, new)
+        staged.stage(seen, torch.ones_like(seen))
+        if updates is None:
+            staged.commit()
+        return new
 
     def _measured(self) -> list[str]:
         return [name for name in self.names if not self.regression[name] and self.heads[name]]
@@ -354,7 +367,9 @@ class MultiTaskLoss(LossModule):
                 )
             self._known_seen.add(name)
 
-    def _update_dtp(self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def _update_dtp(
+        self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor], updates: StateUpdates
+    ) -> dict[str, Tensor]:
         """Blend this batch's indicators into the averages (training mode) and return the ``k`` per
         task that weighs this step. In eval mode nothing is stored; a task never seen yet is
         weighed by this batch's indicator rather than by an empty average."""
@@ -377,7 +392,7 @@ class MultiTaskLoss(LossModule):
             hits, total = stacked[2 * i], stacked[2 * i + 1]
             kpi = (hits / total.clamp(min=1)).to(torch.float32)
             if self.training:
-                self._average(name, kpi)  # k[name] is the buffer: it sees the update
+                k[name] = self._average(name, kpi, updates)  # committed with the rest of the call
             else:
                 k[name] = torch.where(self.kpi_seen[name], self.kpi_average[name], kpi)
         return k

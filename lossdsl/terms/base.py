@@ -20,6 +20,7 @@ from ..functional.reduce import reduce_loss, reduce_total
 from ..functional.tracing import is_compiling
 from ..running import apply_keeping_dtype
 from ..spec import Term
+from ..state_updates import StateUpdates
 from .shared import SharedComputations
 
 
@@ -30,6 +31,10 @@ class TermInputs:
     weight: Tensor | None = None  # call-time weight, already shaped to broadcast to the loss
     avg_factor: Tensor | float | None = None  # call-time denominator of mean and pos_mean
     shared: SharedComputations | None = None  # what the terms of this call compute once
+    # Running-state updates of this call, committed by the module that owns the call once every
+    # term (and task) has computed: a failure anywhere leaves every buffer as it was.
+    # (None: a term called on its own, which commits at the end of its own call.)
+    updates: StateUpdates | None = None
 
 
 def holds_no_data(tensor: Tensor) -> bool:
@@ -87,7 +92,11 @@ class TermModule(nn.Module):
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
         avg_factor: Tensor | float | None = None,
     ) -> Tensor:
-        return self.compute(self.prepare_call(input, target, weight, avg_factor))
+        prepared = self.prepare_call(input, target, weight, avg_factor)
+        prepared.updates = StateUpdates()
+        value = self.compute(prepared)
+        prepared.updates.commit()
+        return value
 
     def prepare_call(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -164,6 +173,13 @@ class TermModule(nn.Module):
             total, self.reduction, count=count, positives=positives, batch_size=batch_size,
             avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.distributed else None,
         )
+
+    def stage_update(self, inputs: TermInputs, buffer: Tensor, value: Tensor) -> None:
+        """Running state is never written while computing: the new value waits in the call's
+        ``StateUpdates`` until the whole call has succeeded (see lossdsl.state_updates)."""
+        if inputs.updates is None:
+            raise RuntimeError(f"{self.label}: running state staged outside a call")  # a bug of ours
+        inputs.updates.stage(buffer, value)
 
     def fail(self, reason: str, hint: str | None = None) -> LossInputError:
         return LossInputError(f"{self.label}: {reason}", hint=hint)

@@ -122,5 +122,5 @@ class SigmoidTerm(TermModule):
             inputs.x, inputs.y, self.plan, weight, pos_weight, inputs.valid, accumulator, alphas
         )
         if new_accumulator is not None and self.training:
-            accumulator.copy_(new_accumulator)
+            self.stage_update(inputs, accumulator, new_accumulator)
         return self.reduce(loss, inputs, count=inputs.count, positives=inputs.positives)

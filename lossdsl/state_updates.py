@@ -1,0 +1,39 @@
+"""Running-state updates of one call, committed together once the whole call has succeeded.
+
+A loss call may update several running buffers (GHM-C's bin counts in two terms, a task's KPI
+average, class counts): if the third term's computation fails (a plug-in raises, an input check that
+needs a computed value), none of them may have moved (SPEC 6). Terms therefore *stage* their new
+values here while they compute, and the outermost module that owns the call commits them at its
+very end, in one place. Committing copies in place, so the buffers keep their identity (optimizers,
+DDP and hooks that hold them see the update) and their dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class StateUpdates:
+    """New values for running buffers, staged during a call and copied in by ``commit``."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Tensor, Tensor]] = []
+
+    def stage(self, buffer: Tensor, value: Tensor) -> None:
+        """Remember that ``buffer`` takes ``value`` (detached) when the call succeeds. A buffer
+        staged twice in one call takes the later value."""
+        self._staged.append((buffer, value.detach()))
+
+    def commit(self) -> None:
+        """Copy every staged value into its buffer (in staging order), then forget them."""
+        with torch.no_grad():
+            for buffer, value in self._staged:
+                buffer.copy_(value)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        self._staged.clear()
+
+    def __len__(self) -> int:
+        return len(self._staged)
