@@ -248,8 +248,14 @@ class CompiledLoss(LossModule):
             weighted = value if weight == 1 else weight * value
             total = weighted if total is None else total + weighted
         if not is_compiling():
-            self.last_terms = {key: value.detach() for key, value in zip(self.keys, values)}
-            self.last_terms["total"] = total.detach()
+            logged = {key: value.detach() for key, value in zip(self.keys, values)}
+            logged["total"] = total.detach()
+            # Replaced with the running state, when the whole call (every task) has succeeded.
+            updates = prepared[0].updates
+            if updates is None:
+                self.last_terms = logged
+            else:
+                updates.defer(lambda: setattr(self, "last_terms", logged))
         return total
 
     def _check_same_shapes(self, prepared: list[Any]) -> None:
