@@ -73,7 +73,8 @@ def loaded_value_problem(value: Any, buffer: Tensor, bounds: Bounds) -> str | No
     low, high = torch.stack(torch.aminmax(values)).tolist()  # one host read for both
     if low < bounds.low or high > bounds.high:
         found = f"{low:g}" if low == high else f"values from {low:g} to {high:g}"
-        allowed = f"be >= {bounds.low:g}" if math.isinf(bounds.high) else f"lie in [{bounds.low:g}, {bounds.high:g}]"
+        allowed = (f"be >= {bounds.low:g}" if math.isinf(bounds.high)
+                   else f"lie in [{bounds.low:g}, {bounds.high:g}]")
         return f"must {allowed}; found {found}"
     return None
 

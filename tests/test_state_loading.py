@@ -94,7 +94,8 @@ def test_dtp_averages_loaded_from_a_half_checkpoint_stay_float32_and_the_flags_b
     for task in ("seg", "tags", "depth"):
         assert resumed.kpi_average[task].dtype == torch.float32
         assert resumed.kpi_seen[task].dtype == torch.bool and bool(resumed.kpi_seen[task])
-        torch.testing.assert_close(resumed.kpi_average[task], checkpoint[f"kpi_average.{task}"].half().float())
+        saved = checkpoint[f"kpi_average.{task}"]
+        torch.testing.assert_close(resumed.kpi_average[task], saved.half().float())
     assert resumed.tasks["tags"].terms[0].ghm_accumulator.dtype == torch.float32
 
 
@@ -157,13 +158,16 @@ def test_damaged_ghm_counts_are_refused_by_name_before_anything_is_loaded(damage
     assert_unchanged(loss, before)
 
 
+AVERAGE = "(dtp's average of a task's indicator)"
 DTP_DAMAGE = [
-    ("kpi_average.tags", torch.tensor(1.5), "(dtp's average of a task's indicator) must lie in [0, 1]; found 1.5"),
-    ("kpi_average.tags", torch.tensor(-0.25), "(dtp's average of a task's indicator) must lie in [0, 1]; found -0.25"),
-    ("kpi_average.depth", torch.tensor(float("nan")), "(dtp's average of a task's indicator) holds NaN or inf"),
+    ("kpi_average.tags", torch.tensor(1.5), f"{AVERAGE} must lie in [0, 1]; found 1.5"),
+    ("kpi_average.tags", torch.tensor(-0.25), f"{AVERAGE} must lie in [0, 1]; found -0.25"),
+    ("kpi_average.depth", torch.tensor(float("nan")), f"{AVERAGE} holds NaN or inf"),
     ("kpi_average.seg", torch.tensor([0.5, 0.5]), "has shape [2]; this loss's has shape []"),
-    ("kpi_seen.depth", torch.tensor(0.5), "(dtp's flag of a task's first indicator) must hold 0 or 1 (a flag)"),
-    ("tasks.tags.terms.0.ghm_accumulator", -torch.ones(10), "(GHM-C's running bin counts) must be >= 0; found -1"),
+    ("kpi_seen.depth", torch.tensor(0.5),
+     "(dtp's flag of a task's first indicator) must hold 0 or 1 (a flag)"),
+    ("tasks.tags.terms.0.ghm_accumulator", -torch.ones(10),
+     "(GHM-C's running bin counts) must be >= 0; found -1"),
 ]
 
 

@@ -102,7 +102,11 @@ def element_batch(seed):
 
 def region_batch(seed):
     generator = torch.Generator().manual_seed(seed)
-    return 2 * torch.randn(2, 3, 4, 4, generator=generator), torch.randint(0, 3, (2, 4, 4), generator=generator)
+    logits = 2 * torch.randn(2, 3, 4, 4, generator=generator)
+    return logits, torch.randint(0, 3, (2, 4, 4), generator=generator)
+
+
+PLUGINS = {"element": ("faulty_element", element_batch), "region": ("faulty_region", region_batch)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ def region_batch(seed):
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("family", ["element", "region"])
 def test_a_failing_plugin_in_the_last_term_moves_no_ghm_count(faulty_element, faulty_region, family, fault):
-    plugin, batch = ("faulty_element", element_batch) if family == "element" else ("faulty_region", region_batch)
+    plugin, batch = PLUGINS[family]
     expr = f"ghm(momentum=0.5) + focal() + {plugin}(fault={fault})"
     loss, twin = lossdsl.compile(expr), lossdsl.compile(expr.replace(f"fault={fault}", "fault=ok"))
     twin(*batch(0))
@@ -143,9 +147,10 @@ def test_a_failing_plugin_in_the_last_term_moves_no_ghm_count(faulty_element, fa
 
 
 @pytest.mark.parametrize("family", ["element", "region"])
-def test_a_plugin_output_in_another_float_dtype_is_used_in_the_computation_dtype(faulty_element, faulty_region,
-                                                                                   family):
-    plugin, batch = ("faulty_element", element_batch) if family == "element" else ("faulty_region", region_batch)
+def test_a_plugin_output_in_another_float_dtype_is_used_in_the_computation_dtype(
+    faulty_element, faulty_region, family
+):
+    plugin, batch = PLUGINS[family]
     x, y = batch(0)
     loss = lossdsl.compile(f"{plugin}()")
     node = loss.terms[0].node
