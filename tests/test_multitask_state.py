@@ -457,3 +457,20 @@ def test_a_rejected_call_changes_no_buffer_of_any_task(task, bad):
     twin(*good_half_update_batch())
     assert torch.equal(loss(*good_half_update_batch()), twin(*good_half_update_batch()))
     assert_unchanged(loss, snapshot(twin))
+
+
+# --------------------------------------------------------------------------------------------------
+# the containers print their values (issue 15 item 26)
+
+
+def test_uncertainty_parameters_and_dtp_state_print_their_values_by_task():
+    loss = lossdsl.compile("uncertainty({seg: ce(), depth: l1()})")
+    with torch.no_grad():
+        loss.log_variance["depth"].fill_(-0.25)
+    assert repr(loss.log_variance) == "TaskParameters(depth=-0.25, seg=0)"
+    dtp = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    dtp.observe(depth=0.125)
+    assert repr(dtp.kpi_average) == "RunningState(seg=0, depth=0.125)"
+    assert repr(dtp.kpi_seen) == "RunningState(seg=False, depth=True)"
+    dtp.to("meta")
+    assert repr(dtp.kpi_average) == "RunningState(seg=<no data>, depth=<no data>)"
