@@ -350,8 +350,8 @@ class MultiTaskLoss(LossModule):
 
         Values are numbers in [0, 1] (Python numbers or 0-d tensors of any dtype and device),
         higher is better. Required for regression tasks, optional for the others (it replaces
-        their measured indicator for this update). Explicit calls update the running averages in
-        any mode. All values are checked before any is stored.
+        their measured indicator at the next training-mode call that succeeds). Explicit calls
+        update the running averages in any mode. All values are checked before any is stored.
         """
         if not isinstance(self.node, DTP):
             raise LossInputError("observe() belongs to dtp losses; this loss has no indicators")

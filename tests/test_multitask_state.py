@@ -474,3 +474,18 @@ def test_uncertainty_parameters_and_dtp_state_print_their_values_by_task():
     assert repr(dtp.kpi_seen) == "RunningState(seg=False, depth=True)"
     dtp.to("meta")
     assert repr(dtp.kpi_average) == "RunningState(seg=<no data>, depth=<no data>)"
+
+
+def test_an_observed_indicator_waits_through_eval_calls_for_the_next_training_step():
+    """observe() stands for the next training step's measure; a validation call in between does not
+    use it up (it stores nothing)."""
+    loss, twin = lossdsl.compile(DTP3), lossdsl.compile(DTP3)
+    for module in (loss, twin):
+        module.observe(seg=0.3, depth=0.5)
+    loss.eval()
+    loss(*batch(1))
+    loss.train()
+    for module in (loss, twin):
+        module(*batch(2))
+    assert_unchanged(loss, snapshot(twin))
+    torch.testing.assert_close(loss.kpi_average["seg"], torch.tensor(0.3))
