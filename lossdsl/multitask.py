@@ -106,7 +106,6 @@ class ByTask(nn.Module):
     def items(self) -> Any:
         return self._entries().items()
 
-
     def extra_repr(self) -> str:
         """Tensors by task, ``seg=0.25, depth=-0.1`` (read from the device: for printing only);
         modules print themselves as children."""
