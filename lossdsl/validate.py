@@ -52,6 +52,11 @@ def build_spec(item: Located, *, path: str = "") -> LossSpec:
     return _Walker().spec(item, path)
 
 
+def is_loss_mapping(value: dict[str, Any]) -> bool:
+    """Whether a mapping is a loss in one of its forms, rather than a document that may hold one."""
+    return _is_hydra_node(value) or any(key in value for key in ("expr", "terms", "kind", "tasks"))
+
+
 def build_node_from_plain(data: dict[str, Any]) -> LossNode:
     """Validate one node given as a plain dict (used when Python code passes dicts for children)."""
     return _Walker().single_node(wrap(data), "", None)
