@@ -349,11 +349,13 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import bench, parse_shape, terminal_progress
+    from .bench import bench, check_workload, default_shape, parse_shape, terminal_progress
 
     spec = _load(args.expression, None)
+    shape = parse_shape(args.shape) if args.shape else default_shape(spec)
+    check_workload(spec, shape, args.device)
     result = bench(
-        spec, shape=parse_shape(args.shape) if args.shape else None, device=args.device,
+        spec, shape=shape, device=args.device,
         compile=args.compile, repeat=args.repeat, progress=terminal_progress(sys.stderr),
     )
     if args.format == "json":
