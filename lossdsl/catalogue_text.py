@@ -48,6 +48,13 @@ _TARGETS = {
 # -- plain data -------------------------------------------------------------------------------------
 
 
+def summary_of(cls: type[LossNode]) -> str:
+    """The one line that describes a name: its ``summary``, else the first line of its docstring
+    (a plug-in may have neither: then nothing)."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    return cls.summary or (lines[0].strip() if lines else "")
+
+
 def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
     """Every parameter of a name: type and range, default, meaning (the loss it wraps first)."""
     example = example_of(cls)
@@ -80,7 +87,7 @@ def catalogue_entries() -> list[dict[str, Any]]:
     for category, title in CATEGORIES:
         for name in sorted(n for n, cls in CATALOGUE.items() if cls.category == category):
             cls = CATALOGUE[name]
-            entries.append({"name": name, "category": category, "group": title, "summary": cls.summary,
+            entries.append({"name": name, "category": category, "group": title, "summary": summary_of(cls),
                             "paper": cls.paper, "parameters": parameter_rows(cls)})
     return entries
 
@@ -95,7 +102,7 @@ def explanation(name: str) -> dict[str, Any]:
         if expanded is not example:
             expands = node_to_expr(expanded, full=True)
     return {
-        "name": name, "category": cls.category, "summary": cls.summary, "paper": cls.paper,
+        "name": name, "category": cls.category, "summary": summary_of(cls), "paper": cls.paper,
         "usage": usage(cls, example), "formula": plain_text(inspect.cleandoc(cls.__doc__ or "")),
         "parameters": parameter_rows(cls), "targets": targets_text(cls, example), "expands_to": expands,
         "equivalents": list(cls.equivalents),
@@ -125,7 +132,7 @@ def catalogue_listing(params: bool = False) -> str:
 def explain(name: str) -> str:
     """``lossdsl explain NAME``: usage, formula, parameters, targets, expansion, equivalents."""
     info = explanation(name)
-    lines = [f"{name}: {info['summary']}", f"usage: {info['usage']}"]
+    lines = [f"{name}: {info['summary']}" if info["summary"] else name, f"usage: {info['usage']}"]
     if info["paper"]:
         lines.append(f"paper: {info['paper']}")
     lines += ["", info["formula"], "", "parameters:"]

@@ -368,12 +368,21 @@ def _bench(args: argparse.Namespace) -> int:
 # -- the command ----------------------------------------------------------------------------------
 
 
+def _load_plugins() -> None:
+    """The plug-ins installed packages announce (entry points): one warning per broken one."""
+    from .catalogue.plugins import load_entry_point_plugins
+
+    for failure in load_entry_point_plugins():
+        print(f"{_colour('warning:', '33;1', sys.stderr)} {failure}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    _load_plugins()
     try:
         if args.command == "compile":
             _print_spec(_load(args.source, args.key), args.format, args.expand)

@@ -12,7 +12,7 @@ import copy
 from typing import Any
 
 from .catalogue.base import CATALOGUE, LOSS_SCHEMA_MARKER, NODE_SCHEMA_MARKER, REDUCTIONS
-from .catalogue_text import parameter_rows
+from .catalogue_text import parameter_rows, summary_of
 from .errors import LossConfigError
 from .located import MAX_DEPTH
 from .spec import RESERVED_TERM_NAMES, TERM_NAME
@@ -44,7 +44,7 @@ def node_schemas() -> dict[str, dict[str, Any]]:
             definitions[nested_name] = _swap_markers(nested)
         schema = _swap_markers(schema)
         schema["title"] = name
-        schema["description"] = (cls.summary or (cls.__doc__ or "").strip().splitlines()[0]).strip()
+        schema["description"] = summary_of(cls) or f"{name} (a plug-in)"
         _describe_parameters(cls, schema.setdefault("properties", {}))
         schema["properties"]["reduction"] = _ref("Reduction")
         schema["required"] = sorted(set(schema.get("required", [])) | {"kind"})
