@@ -122,7 +122,7 @@ def catalogue_listing(params: bool = False) -> str:
         lines.append(f"{title}:")
         width = max(len(e["name"]) for e in entries)
         for entry in entries:
-            lines.append(f"  {entry['name'].ljust(width)}  {entry['summary']}")
+            lines.append(f"  {entry['name'].ljust(width)}  {entry['summary']}".rstrip())
             if params:
                 lines += [f"  {'':{width}}    {row['name']}={row['default']}  {row['description']}"
                           for row in entry["parameters"] if row["default"] is not None]
