@@ -28,8 +28,9 @@ CATEGORIES = [
     ("plugin", "registered plug-ins"),
 ]
 
-REDUCTION_TEXT = ("how the term becomes a number: mean, sum, batchmean (sum / N), pos_mean (sum / number "
-                  "of positives), none (per element); on the outermost call of a term")
+# What each reduction does, for the reduction row of a name (those it accepts only).
+_REDUCTION_WORDS = {"mean": "mean", "sum": "sum", "batchmean": "batchmean (sum / N)",
+                    "pos_mean": "pos_mean (sum / number of positives)", "none": "none (per element)"}
 
 # The targets each kind of name takes, in words (a class's own ``targets`` text wins).
 _TARGETS = {
@@ -76,9 +77,21 @@ def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
             "default": default_text(cls, example, name), "description": field.description or "",
         })
     if cls.category != "multitask":
-        rows.append({"name": "reduction", "type": "one of " + ", ".join(REDUCTIONS), "default": "mean",
-                     "description": REDUCTION_TEXT})
+        reductions = [r for r in REDUCTIONS if r != "pos_mean" or _divides_by_positives(cls, example)]
+        words = dict(_REDUCTION_WORDS)
+        if cls.category == "region":
+            words["none"] = "none (the values before reducing: per sample and class, as above)"
+        rows.append({"name": "reduction", "type": "one of " + ", ".join(reductions), "default": "mean",
+                     "description": "how the term becomes a number: "
+                     + ", ".join(words[r] for r in reductions) + "; on the outermost call of a term"})
     return rows
+
+
+def _divides_by_positives(cls: type[LossNode], example: LossNode | None) -> bool:
+    """Whether ``reduction=pos_mean`` applies (region and regression losses have no positives)."""
+    if example is not None:
+        return example.without_positives() is None
+    return getattr(cls, "positives_reason", None) is None
 
 
 def catalogue_entries() -> list[dict[str, Any]]:

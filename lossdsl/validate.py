@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from .catalogue import base as catalogue_base
 from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, NodeArgumentsError, lookup
+from .catalogue.spellings import unknown_loss_hint
 from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
@@ -351,7 +352,7 @@ class _Walker:
         defined = sorted({n for scope in self.defines for n in scope})
         raise self._fail(
             f"unknown name '{name}'", name_item.location, path,
-            hint=unknown_name_hint(name, defined + sorted(CATALOGUE), "names"),
+            hint=unknown_loss_hint(name, defined + sorted(CATALOGUE), "names"),
         )
 
     def _node_term(self, item, path, weight, reduction, depth) -> tuple[Term, Located]:

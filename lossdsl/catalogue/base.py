@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, WithJsonSchema
 
 from ..errors import LossDSLError, LossSpecError, unknown_name_hint
+from .spellings import unknown_loss_hint
 
 # Scalars are strict (no "2" -> 2.0, no true -> 1.0) but an int is accepted where a float is expected.
 Number = Annotated[float, Strict()]
@@ -242,5 +243,5 @@ def lookup(name: str) -> type[LossNode]:
         return CATALOGUE[name]
     except KeyError:
         raise LossSpecError(
-            f"unknown loss '{name}'", hint=unknown_name_hint(name, CATALOGUE, "losses")
+            f"unknown loss '{name}'", hint=unknown_loss_hint(name, CATALOGUE, "losses")
         ) from None
