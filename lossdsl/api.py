@@ -74,7 +74,7 @@ def load(source: Any, key: str | None = None) -> LossSpec:
     hidden: list[tuple[str, str]] = []
     if is_omegaconf(source):
         item, path = _in_omegaconf(source, key, hidden)
-    elif isinstance(source, os.PathLike) or isinstance(source, str):
+    elif isinstance(source, (os.PathLike, str)):
         text, filename = _text_of(source)
         document = loss_in_document(text, filename, key, outside=True, cli=False)
         item, path, hidden = document.item, document.path, document.hidden

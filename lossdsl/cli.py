@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Location, LossConfigError, LossDSLError, offset_locator
+from .errors import LossConfigError, LossDSLError, offset_locator
 
 FORMATS = ("tree", "expr", "yaml", "json")
 REPORT_FORMATS = ("text", "json")

@@ -13,7 +13,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .errors import LossConfigError, LossDSLError
+from .interpolation import resolve_interpolations
 from .located import Located
+from .resolvers import unresolved_sites
 from .validate import build_spec, is_loss_mapping
 from .yaml_io import located_yaml, select_key
 
@@ -44,15 +46,11 @@ def loss_in_document(
     Hydra file, with the interpolations of the loss resolved by OmegaConf: all of them when
     ``outside`` (the Python API), only those inside the file otherwise (the command line). ``cli``
     words the hints for ``--key`` rather than ``key=``."""
-    from .resolvers import unresolved_sites
-
     root = located_yaml(text, filename)
     if key is None:
         key = find_loss_key(root, filename, cli=cli)
     hidden: list[tuple[str, str]] = []
     if "${" in text and _has_omegaconf():  # without OmegaConf, "${" is plain text
-        from .interpolation import resolve_interpolations
-
         root, hidden = resolve_interpolations(root, key, outside=outside)
     item, path = select_key(root, key, filename)
     return DocumentLoss(item, path, key, hidden, [] if outside else unresolved_sites(item))
