@@ -326,7 +326,10 @@ def _plot(expressions: list[str], out: str, sweep: str | None, log_y: bool, sign
           classes: int | None) -> int:
     from .plotting import build_figure, save
 
-    figure, curves = build_figure(expressions, sweep, log_y=log_y, signed=signed, classes=classes)
+    # Files are read here, as every command reads them (lossdsl.plot's own loading would resolve
+    # ${oc.env:...} and draw the value into the figure); expressions stay text, their titles as typed.
+    losses = [_load(source, None) if _is_file_like(source) else source for source in expressions]
+    figure, curves = build_figure(losses, sweep, log_y=log_y, signed=signed, classes=classes)
     save(figure, out)
     print(f"wrote {out} ({curves} curve{'s' if curves != 1 else ''})")
     return 0

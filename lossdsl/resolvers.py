@@ -159,9 +159,12 @@ def _values_of(written: str, resolved: Any) -> list[tuple[str, str]]:
             last = end
         pattern += [re.escape(written[last:]), "$"]
         match = re.match("".join(pattern), resolved, re.DOTALL)
+        # The whole value first (the longest is redacted first): where it is shown whole, no split
+        # of it between two interpolations can leave a piece behind.
+        whole = [(resolved, written)]
         if match:
-            return [(text, written[start:end]) for text, (start, end) in zip(match.groups(), spans)]
-        return [(resolved, written)]
+            return whole + [(text, written[start:end]) for text, (start, end) in zip(match.groups(), spans)]
+        return whole
     return [(str(leaf), written) for leaf in leaves(resolved)]
 
 

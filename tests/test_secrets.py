@@ -100,11 +100,13 @@ def test_check_points_at_the_interpolation_inside_an_expression(tmp_path, capsys
 
 
 @pytest.mark.parametrize("command", [("compile",), ("compile", "--format", "json"),
-                                     ("diff", "focal()"), ("bench",)])
+                                     ("diff", "focal()"), ("bench",), ("plot", "--out", "x.png")])
 def test_other_commands_refuse_the_value_without_printing_it(tmp_path, capsys, command):
     path = write(tmp_path, CONFIGS["expression"])
     name, *options = command
+    options = [str(tmp_path / option) if option.endswith(".png") else option for option in options]
     code, text = run(capsys, name, str(path), *options)
+    assert not (tmp_path / "x.png").exists()
     assert code == 1 and SECRET not in text
     assert text.startswith(f"error: {path}:2:21: {NOT_CHECKED}")
 
