@@ -324,12 +324,14 @@ def _check(files: list[str], key: str | None, fmt: str) -> int:
 
 def _plot(expressions: list[str], out: str, sweep: str | None, log_y: bool, signed: bool,
           classes: int | None) -> int:
+    from .memory import out_of_memory_as_error
     from .plotting import build_figure, save
 
     # Files are read here, as every command reads them (lossdsl.plot's own loading would resolve
     # ${oc.env:...} and draw the value into the figure); expressions stay text, their titles as typed.
     losses = [_load(source, None) if _is_file_like(source) else source for source in expressions]
-    figure, curves = build_figure(losses, sweep, log_y=log_y, signed=signed, classes=classes)
+    with out_of_memory_as_error("plot", hint="draw with fewer classes (--classes)"):
+        figure, curves = build_figure(losses, sweep, log_y=log_y, signed=signed, classes=classes)
     save(figure, out)
     print(f"wrote {out} ({curves} curve{'s' if curves != 1 else ''})")
     return 0
@@ -353,14 +355,17 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import bench, check_workload, default_shape, parse_shape, terminal_progress
+    from .memory import out_of_memory_as_error
 
     spec = _load(args.expression, None)
     shape = parse_shape(args.shape) if args.shape else default_shape(spec)
     check_workload(spec, shape, args.device)
-    result = bench(
-        spec, shape=shape, device=args.device,
-        compile=args.compile, repeat=args.repeat, progress=terminal_progress(sys.stderr),
-    )
+    with out_of_memory_as_error(f"bench with --shape {','.join(map(str, shape))} on {args.device}",
+                                hint="give a smaller --shape"):
+        result = bench(
+            spec, shape=shape, device=args.device,
+            compile=args.compile, repeat=args.repeat, progress=terminal_progress(sys.stderr),
+        )
     if args.format == "json":
         print(json.dumps(result.to_dict(), indent=2))
     else:

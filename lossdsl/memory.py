@@ -8,7 +8,10 @@ system, the process's address-space limit and its cgroup allow (the free memory 
 
 from __future__ import annotations
 
+import re
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import LossConfigError
@@ -34,6 +37,22 @@ def refuse_if_too_large(needed: int, what: str, device: str = "cpu", hint: str |
             f"{what} needs about {_size(needed)}, more than the {_size(available)} available on "
             f"{device}", hint=hint,
         )
+
+
+# How torch's allocators say it: "CUDA out of memory", "DefaultCPUAllocator: can't allocate memory".
+_OUT_OF_MEMORY = re.compile(r"out of memory|can't allocate memory")
+
+
+@contextmanager
+def out_of_memory_as_error(what: str, hint: str | None = None) -> Iterator[None]:
+    """Running out of memory inside the block as a LossConfigError: the estimate before a run is a
+    lower bound, so a run it lets through may still not fit."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and not _OUT_OF_MEMORY.search(str(error)):
+            raise
+        raise LossConfigError(f"{what} ran out of memory", hint=hint) from None
 
 
 def _size(count: int) -> str:

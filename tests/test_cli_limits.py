@@ -82,3 +82,15 @@ def test_schema_refuses_a_key_no_document_can_hold(capsys):
     code, _, err = run(capsys, "schema", "--key", "model..loss")
     assert (code, err) == (1, "error: the key 'model..loss' has an empty part\n"
                               "give the dotted key of the loss, e.g. model.loss\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc")
+def test_a_run_the_estimate_let_through_that_runs_out_of_memory_is_a_message(capsys, monkeypatch):
+    from test_hostile_config import memory_capped
+
+    # The estimate is a lower bound: pretend it saw plenty, then let the allocator fail for real.
+    monkeypatch.setattr(lossdsl.memory, "available_bytes", lambda device="cpu": 1 << 50)
+    with memory_capped(extra_bytes=1 << 30):
+        code, out, err = run(capsys, "bench", "focal()", "--shape", "20000,20000", "--repeat", "1")
+    assert (code, out) == (1, "")
+    assert err == "error: bench with --shape 20000,20000 on cpu ran out of memory\ngive a smaller --shape\n"
