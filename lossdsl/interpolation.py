@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import Location, LossConfigError
 from .located import MAX_DEPTH, Located, Wrapper, is_omegaconf, to_plain, wrap
-from .resolvers import escape_outside, hidden_values, reaches_outside
+from .resolvers import Masks, hidden_values, reaches_outside
 from .yaml_io import select_key
 
 _KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -94,17 +94,19 @@ def _written(root: Any, path: list[Any], as_written: Callable[[], Any]) -> Any:
     the file stay as written), or None when the config has none of these. ``as_written`` gives the
     value with no interpolation resolved: the answer when the in-file ones cannot be resolved
     apart. A copy is resolved: the user's config is left as it is."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     plain = OmegaConf.to_container(root, resolve=False) if is_omegaconf(root) else root
     if not reaches_outside(plain):
         return None
+    masks = Masks()
     try:
-        node = OmegaConf.create(escape_outside(plain))
+        node = OmegaConf.create(masks.mask(plain))
         for part in path:
             node = node[part]
-        return _plain(node, {}, set(), "", 0)
+        return masks.unmask(_plain(node, {}, set(), "", 0) if isinstance(node, (DictConfig, ListConfig))
+                            else node)
     except (OmegaConfBaseException, LossConfigError, LookupError, TypeError):
         return as_written()
 
@@ -225,7 +227,8 @@ def resolve_interpolations(
     if reaches_outside(plain):
         # Resolved first without them: in-file mistakes are reported by messages that cannot hold
         # a resolver's value, and what each one gave is known by comparison.
-        written = _resolve_plain(escape_outside(plain), key, root)
+        masks = Masks()
+        written = masks.unmask(_resolve_plain(masks.mask(plain), key, root))
         if not outside:
             return _replace(root, parts, _overlay(item, written, Wrapper())), []
         resolved = _resolve_plain(plain, key, root)

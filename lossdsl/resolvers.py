@@ -14,6 +14,7 @@ Plain data in, plain data out: OmegaConf itself is driven by ``lossdsl.interpola
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,8 @@ INSIDE_RESOLVERS = frozenset(
     {"oc.select", "oc.decode", "oc.create", "oc.deprecated", "oc.dict.keys", "oc.dict.values"}
 )
 _RESOLVER_NAME = re.compile(r"\s*([A-Za-z_][\w-]*(?:\.[A-Za-z_][\w-]*)*)\s*:")
+_SPECIAL_CHARACTERS = "\\${}'\""
+_SPECIAL = re.compile(r"[\\${}'\"]")
 # A value of at most this many characters is redacted only where it stands alone: "2" from a
 # resolver must not turn every 2 of a message ("at most 2") into the interpolation.
 _SHORT = 3
@@ -47,37 +50,50 @@ def outside_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _escaped(text: str, index: int) -> bool:
-    backslashes = len(text[:index]) - len(text[:index].rstrip("\\"))
-    return backslashes % 2 == 1
+    """Whether the character at ``index`` follows an odd number of backslashes."""
+    before = index
+    while before > 0 and text[before - 1] == "\\":
+        before -= 1
+    return (index - before) % 2 == 1
 
 
 def _interpolation_end(text: str, start: int) -> tuple[int, list[str]]:
     """The index past the ``}`` closing the interpolation at ``start``, and the resolver names used
-    in it (nested ones included). An unclosed one runs to the end: OmegaConf reports it."""
-    match = _RESOLVER_NAME.match(text, start + 2)
-    names = [match.group(1)] if match else []
-    if not match and text.startswith("${${", start):
-        names.append("${...}")  # a resolver chosen by an interpolation: whatever it is, not ours
-    index, depth, quote = start + 2, 0, None
+    in it (nested ones included). An unclosed one runs to the end: OmegaConf reports it. A loop,
+    not a recursion: a hostile file may nest ``${`` a million times."""
+    names: list[str] = []
+    open_ones: list[list[Any]] = []  # per open interpolation: [braces open in it, quote, a resolver?]
+    index = start
     while index < len(text):
-        char = text[index]
-        if char == "\\":
+        if text[index] not in _SPECIAL_CHARACTERS:  # plain text: on to the next character that counts
+            found = _SPECIAL.search(text, index)
+            index = found.start() if found else len(text)
+            continue
+        if open_ones and text[index] == "\\":
             index += 2
             continue
         if text.startswith("${", index):
-            index, inner = _interpolation_end(text, index)
-            names += inner
+            match = _RESOLVER_NAME.match(text, index + 2)
+            if match:
+                names.append(match.group(1))
+            elif text.startswith("${", index + 2):
+                names.append("${...}")  # a resolver chosen by an interpolation: not one of ours
+            open_ones.append([0, None, match is not None])
+            index += 2
             continue
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"" and match:  # quoted resolver arguments may hold braces
-            quote = char
+        char, current = text[index], open_ones[-1]
+        if current[1]:
+            current[1] = None if char == current[1] else current[1]
+        elif char in "'\"" and current[2]:  # quoted resolver arguments may hold braces
+            current[1] = char
         elif char == "{":
-            depth += 1
+            current[0] += 1
+        elif char == "}" and current[0]:
+            current[0] -= 1
         elif char == "}":
-            if depth == 0:
+            open_ones.pop()
+            if not open_ones:
                 return index + 1, names
-            depth -= 1
         index += 1
     return len(text), names
 
@@ -100,37 +116,44 @@ def reaches_outside(data: Any) -> bool:
     return any(isinstance(text, str) and "${" in text and outside_spans(text) for text in leaves(data))
 
 
-def escape_outside(data: Any) -> Any:
-    """Plain data with every interpolation that reaches outside the file escaped, so that OmegaConf
-    resolves the in-file ones and gives these back as written."""
-    if isinstance(data, str):
-        return _escape(data) if "${" in data else data
-    if isinstance(data, dict):
-        return {key: escape_outside(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [escape_outside(value) for value in data]
-    return data
+class Masks:
+    """Interpolations reaching outside the file swapped for markers that no resolver reads, and
+    back: OmegaConf then resolves the in-file ones and leaves these as written (without parsing
+    them: a hostile file may nest ``${`` thousands of times, which OmegaConf's parser takes
+    minutes over)."""
 
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        # A marker no config holds by chance: private-use characters around this call's own tag.
+        self.tag = uuid.uuid4().hex[:8]
+        self.marked = re.compile("\ue000" + self.tag + r":(\d+)\ue001")
 
-def _escape(text: str) -> str:
-    out, last = [], 0
-    for start, end in outside_spans(text):
-        out.append(text[last:start])
-        # Every ${ inside the span too: an escaped outer one leaves the inner ones live otherwise.
-        span = text[start:end]
-        out.append("".join("\\" + part if part.startswith("${") and not _escaped(span, i) else part
-                           for i, part in _split_at_openings(span)))
-        last = end
-    out.append(text[last:])
-    return "".join(out)
+    def mask(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return self._mask(data) if "${" in data else data
+        if isinstance(data, dict):
+            return {key: self.mask(value) for key, value in data.items()}
+        if isinstance(data, list):
+            return [self.mask(value) for value in data]
+        return data
 
+    def _mask(self, text: str) -> str:
+        out, last = [], 0
+        for start, end in outside_spans(text):
+            out += [text[last:start], f"\ue000{self.tag}:{len(self.texts)}\ue001"]
+            self.texts.append(text[start:end])
+            last = end
+        out.append(text[last:])
+        return "".join(out)
 
-def _split_at_openings(span: str) -> Iterator[tuple[int, str]]:
-    cuts = [i for i in range(len(span)) if span.startswith("${", i)] + [len(span)]
-    if cuts[0] != 0:
-        yield 0, span[: cuts[0]]
-    for begin, end in zip(cuts, cuts[1:]):
-        yield begin, span[begin:end]
+    def unmask(self, data: Any) -> Any:
+        if isinstance(data, str):
+            return self.marked.sub(lambda m: self.texts[int(m.group(1))], data) if "\ue000" in data else data
+        if isinstance(data, dict):
+            return {key: self.unmask(value) for key, value in data.items()}
+        if isinstance(data, list):
+            return [self.unmask(value) for value in data]
+        return data
 
 
 def hidden_values(written: Any, resolved: Any) -> list[tuple[str, str]]:
@@ -210,8 +233,9 @@ def unresolved_sites(item: Located) -> list[LossConfigError]:
         elif isinstance(value, str) and "${" in value:
             for start, end in outside_spans(value):
                 location = current.locate(start) if current.locate else current.location
+                written = value[start:end] if end - start <= 80 else value[start : start + 77] + "..."
                 errors.append(LossConfigError(
-                    f"{value[start:end]} is not resolved here: lossdsl's command line never reads "
+                    f"{written} is not resolved here: lossdsl's command line never reads "
                     "the environment or runs resolvers, so this value cannot be checked",
                     hint="write the value in the file, or load the config in Python: lossdsl.load "
                     "resolves it, and its messages never show the value",

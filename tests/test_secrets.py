@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 import lossdsl
 from lossdsl.cli import main
-from lossdsl.resolvers import escape_outside, outside_spans
+from lossdsl.resolvers import Masks, outside_spans
 
 SECRET = "ghp_S3CRETlossdslTEST0123456789"
 VARIABLE = "LOSSDSL_TEST_TOKEN"
@@ -223,7 +223,18 @@ def test_interpolations_reaching_outside_are_found(text, spans):
     assert [text[start:end] for start, end in outside_spans(text)] == spans
 
 
-def test_escaping_leaves_them_as_written_and_resolves_the_rest():
-    data = {"g": 3, "t": "${oc.env:A}", "loss": "focal(gamma=${g}, alpha=${t}) ${a.${oc.env:B}}"}
-    resolved = OmegaConf.to_container(OmegaConf.create(escape_outside(data)), resolve=True)
-    assert resolved["loss"] == "focal(gamma=3, alpha=${oc.env:A}) ${a.${oc.env:B}}"
+def test_masking_leaves_them_as_written_and_resolves_the_rest():
+    data = {"g": 3, "t": "${oc.env:A}", "loss": "focal(gamma=${g}, alpha=${t}) ${a.${oc.env:B}} \\${x}"}
+    masks = Masks()
+    resolved = masks.unmask(OmegaConf.to_container(OmegaConf.create(masks.mask(data)), resolve=True))
+    assert resolved["loss"] == "focal(gamma=3, alpha=${oc.env:A}) ${a.${oc.env:B}} ${x}"
+
+
+def test_interpolations_nested_past_any_recursion_limit_are_one_problem(tmp_path, capsys):
+    path = write(tmp_path, 'loss: "focal(gamma=' + "${" * 20_000 + '})"\n')
+    code, text = run(capsys, "check", str(path))
+    assert code == 1 and "Traceback" not in text
+    assert text == f"{path}:1:20: {'${' * 38}$... is not resolved here: lossdsl's command line never " \
+        "reads the environment or runs resolvers, so this value cannot be checked (write the value in " \
+        "the file, or load the config in Python: lossdsl.load resolves it, and its messages never " \
+        "show the value)\n"
