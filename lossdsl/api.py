@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from .errors import LossConfigError
+from .document import find_loss_key, loss_in_document
+from .errors import LossConfigError, LossDSLError
 from .interpolation import select_config
-from .located import Located, is_omegaconf, wrap
+from .located import Located, Wrapper, is_omegaconf, wrap
+from .resolvers import redact
 from .spec import LossSpec
 from .syntax import parse_text
 from .validate import build_spec
-from .yaml_io import located_yaml, read_config_file, select_key
+from .yaml_io import read_config_file, select_key
 
 if TYPE_CHECKING:  # checking a config needs no torch; compiling one imports it
     from .module import CompiledLoss
@@ -53,6 +55,11 @@ parse.cache_info = _parse_cached.cache_info  # type: ignore[attr-defined]
 def load(source: Any, key: str | None = None) -> LossSpec:
     """Load a loss from a YAML/JSON file (``pathlib.Path``), YAML text, or a mapping.
 
+    Without ``key`` the loss is the whole document, or the value of its first key named ``loss``
+    (searched breadth-first), as on the command line. The interpolations of a Hydra file or an
+    OmegaConf config are resolved, ``${oc.env:...}`` and other resolvers included; no error message
+    shows a value one of these gave (it names the interpolation as written instead).
+
     Args:
         source: a path; YAML text (which may be just an expression); a Mapping such as a dict or an
             OmegaConf/Hydra config; or a LossSpec (returned as is).
@@ -64,26 +71,43 @@ def load(source: Any, key: str | None = None) -> LossSpec:
         )
     if isinstance(source, LossSpec) and key is None:
         return source
-    if key and is_omegaconf(source):
-        # Only the loss is resolved: the rest of a Hydra config may be large, or use resolvers that
-        # only work inside the application.
-        return build_spec(wrap(select_config(source, key), path=key), path=key)
-    root, filename = _located(source)
-    item, path = select_key(root, key, filename)
-    return build_spec(item, path=path)
+    hidden: list[tuple[str, str]] = []
+    if is_omegaconf(source):
+        item, path = _in_omegaconf(source, key, hidden)
+    elif isinstance(source, (os.PathLike, str)):
+        text, filename = _text_of(source)
+        document = loss_in_document(text, filename, key, outside=True, cli=False)
+        item, path, hidden = document.item, document.path, document.hidden
+    elif isinstance(source, (Mapping, Located)):
+        root = Wrapper(hidden).wrap(source, 0, "")
+        item, path = select_key(root, key if key is not None else find_loss_key(root))
+    else:
+        raise LossConfigError(
+            f"cannot load a loss from {type(source).__name__}; expected a path, YAML text or a mapping"
+        )
+    try:
+        return build_spec(item, path=path)
+    except LossDSLError as error:
+        raise redact(error, hidden) if hidden else error from None
 
 
-def _located(source: Any) -> tuple[Located, str | None]:
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and _looks_like_file(source)):
+def _in_omegaconf(config: Any, key: str | None, hidden: list[tuple[str, str]]) -> tuple[Located, str]:
+    """The loss in an OmegaConf config. Only the loss is resolved: the rest of a Hydra config may be
+    large, or use resolvers that only work inside the application."""
+    from omegaconf import OmegaConf
+
+    if key is None:
+        key = find_loss_key(wrap(OmegaConf.to_container(config, resolve=False)))
+    if not key:
+        return Wrapper(hidden).wrap(config, 0, ""), ""
+    return Wrapper(hidden).wrap(select_config(config, key, hidden), 0, key), key
+
+
+def _text_of(source: str | os.PathLike) -> tuple[str, str | None]:
+    if isinstance(source, os.PathLike) or _looks_like_file(source):
         path = Path(source.strip() if isinstance(source, str) else source)
-        return located_yaml(read_config_file(path), str(path)), str(path)
-    if isinstance(source, str):
-        return located_yaml(source), None
-    if isinstance(source, (Mapping, Located)) or is_omegaconf(source):
-        return wrap(source), None
-    raise LossConfigError(
-        f"cannot load a loss from {type(source).__name__}; expected a path, YAML text or a mapping"
-    )
+        return read_config_file(path), str(path)
+    return source, None
 
 
 def _looks_like_file(text: str) -> bool:

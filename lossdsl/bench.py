@@ -48,6 +48,41 @@ POSITIVES = 0.01  # the share of positive targets on a sigmoid head (a long-tail
 MAX_ELEMENTS = 2**31 - 1
 
 
+# -- what a run needs, checked before anything is allocated (the command line asks) ---------------
+
+# Tensors of the logits' size a run holds at once: the input and its target, the leaf and its
+# gradient, and at least two intermediates of forward+backward. A lower bound: what it refuses
+# cannot run; what it lets through may still need more.
+HELD_AT_ONCE = 6
+# The inputs each kind of term reads (_kinds below); sigmoid, softmax and region terms share theirs
+# (ce() + dice() reads one mask of class indices).
+_INPUTS = {"boxes": "boxes [N, 4]", "dfl": "distance logits (dfl)", "mse": "regression targets",
+           "l1": "regression targets", "smooth_l1": "regression targets"}
+
+
+def check_workload(spec: LossSpec, shape: tuple[int, ...], device: str) -> None:
+    """Refuse, before anything is allocated, a loss whose terms read different inputs (boxes and
+    masks are no one tensor: a run would invent a target for some of them) and a shape whose
+    tensors cannot fit in the memory available."""
+    from .memory import refuse_if_too_large
+
+    inputs = sorted({_INPUTS.get(kind, "class logits or masks") for kind in _kinds(spec)})
+    if len(inputs) > 1:
+        raise LossConfigError(
+            f"bench feeds one input to the whole loss, but the terms of {spec.to_expr()} read "
+            f"{' and '.join(inputs)}", hint="bench each term on its own",
+        )
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    refuse_if_too_large(
+        numel * 4 * HELD_AT_ONCE,
+        f"--shape {','.join(map(str, shape))} ({numel:,} float32 elements; a run holds at least "
+        f"{HELD_AT_ONCE} tensors of that size at once)",
+        _device(device), hint="give a smaller --shape",
+    )
+
+
 # -- timing and memory (shared with benchmarks/bench_losses.py) ----------------------------------
 
 
@@ -452,5 +487,5 @@ def terminal_progress(stream: Any = None, quiet_seconds: float = 2.0) -> Progres
     return report
 
 
-__all__ = ["BenchResult", "bench", "default_shape", "parse_shape", "peak_mib", "step", "sync",
+__all__ = ["BenchResult", "bench", "check_workload", "default_shape", "parse_shape", "peak_mib", "step", "sync",
            "terminal_progress", "time_pair", "workload"]

@@ -28,8 +28,9 @@ CATEGORIES = [
     ("plugin", "registered plug-ins"),
 ]
 
-REDUCTION_TEXT = ("how the term becomes a number: mean, sum, batchmean (sum / N), pos_mean (sum / number "
-                  "of positives), none (per element); on the outermost call of a term")
+# What each reduction does, for the reduction row of a name (those it accepts only).
+_REDUCTION_WORDS = {"mean": "mean", "sum": "sum", "batchmean": "batchmean (sum / N)",
+                    "pos_mean": "pos_mean (sum / number of positives)", "none": "none (per element)"}
 
 # The targets each kind of name takes, in words (a class's own ``targets`` text wins).
 _TARGETS = {
@@ -46,6 +47,13 @@ _TARGETS = {
 
 
 # -- plain data -------------------------------------------------------------------------------------
+
+
+def summary_of(cls: type[LossNode]) -> str:
+    """The one line that describes a name: its ``summary``, else the first line of its docstring
+    (a plug-in may have neither: then nothing)."""
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    return cls.summary or (lines[0].strip() if lines else "")
 
 
 def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
@@ -69,9 +77,21 @@ def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
             "default": default_text(cls, example, name), "description": field.description or "",
         })
     if cls.category != "multitask":
-        rows.append({"name": "reduction", "type": "one of " + ", ".join(REDUCTIONS), "default": "mean",
-                     "description": REDUCTION_TEXT})
+        reductions = [r for r in REDUCTIONS if r != "pos_mean" or _divides_by_positives(cls, example)]
+        words = dict(_REDUCTION_WORDS)
+        if cls.category == "region":
+            words["none"] = "none (the values before reducing: per sample and class, as above)"
+        rows.append({"name": "reduction", "type": "one of " + ", ".join(reductions), "default": "mean",
+                     "description": "how the term becomes a number: "
+                     + ", ".join(words[r] for r in reductions) + "; on the outermost call of a term"})
     return rows
+
+
+def _divides_by_positives(cls: type[LossNode], example: LossNode | None) -> bool:
+    """Whether ``reduction=pos_mean`` applies (region and regression losses have no positives)."""
+    if example is not None:
+        return example.without_positives() is None
+    return getattr(cls, "positives_reason", None) is None
 
 
 def catalogue_entries() -> list[dict[str, Any]]:
@@ -80,7 +100,7 @@ def catalogue_entries() -> list[dict[str, Any]]:
     for category, title in CATEGORIES:
         for name in sorted(n for n, cls in CATALOGUE.items() if cls.category == category):
             cls = CATALOGUE[name]
-            entries.append({"name": name, "category": category, "group": title, "summary": cls.summary,
+            entries.append({"name": name, "category": category, "group": title, "summary": summary_of(cls),
                             "paper": cls.paper, "parameters": parameter_rows(cls)})
     return entries
 
@@ -95,7 +115,7 @@ def explanation(name: str) -> dict[str, Any]:
         if expanded is not example:
             expands = node_to_expr(expanded, full=True)
     return {
-        "name": name, "category": cls.category, "summary": cls.summary, "paper": cls.paper,
+        "name": name, "category": cls.category, "summary": summary_of(cls), "paper": cls.paper,
         "usage": usage(cls, example), "formula": plain_text(inspect.cleandoc(cls.__doc__ or "")),
         "parameters": parameter_rows(cls), "targets": targets_text(cls, example), "expands_to": expands,
         "equivalents": list(cls.equivalents),
@@ -115,7 +135,7 @@ def catalogue_listing(params: bool = False) -> str:
         lines.append(f"{title}:")
         width = max(len(e["name"]) for e in entries)
         for entry in entries:
-            lines.append(f"  {entry['name'].ljust(width)}  {entry['summary']}")
+            lines.append(f"  {entry['name'].ljust(width)}  {entry['summary']}".rstrip())
             if params:
                 lines += [f"  {'':{width}}    {row['name']}={row['default']}  {row['description']}"
                           for row in entry["parameters"] if row["default"] is not None]
@@ -125,7 +145,7 @@ def catalogue_listing(params: bool = False) -> str:
 def explain(name: str) -> str:
     """``lossdsl explain NAME``: usage, formula, parameters, targets, expansion, equivalents."""
     info = explanation(name)
-    lines = [f"{name}: {info['summary']}", f"usage: {info['usage']}"]
+    lines = [f"{name}: {info['summary']}" if info["summary"] else name, f"usage: {info['usage']}"]
     if info["paper"]:
         lines.append(f"paper: {info['paper']}")
     lines += ["", info["formula"], "", "parameters:"]

@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import Location, LossConfigError, LossDSLError, offset_locator
+from .errors import LossConfigError, LossDSLError, offset_locator
 
 FORMATS = ("tree", "expr", "yaml", "json")
 REPORT_FORMATS = ("text", "json")
@@ -25,9 +24,6 @@ _FILE_SUFFIXES = (".yaml", ".yml", ".json")
 STDIN = "-"
 STDIN_NAME = "<stdin>"
 CHECK_FORMAT = "lossdsl.check/1"
-# A line of a YAML mapping at the top level ("kind: focal", "model:"): text on stdin that has one is
-# a config document, anything else an expression.
-_TOP_LEVEL_KEY = re.compile(r"^[A-Za-z_][\w.-]*\s*:(\s|$)", re.M)
 
 
 def _colour(text: str, code: str, stream: Any) -> str:
@@ -65,13 +61,16 @@ def _build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--format", choices=FORMATS, default="tree", help="output form (default: tree)")
 
     check = commands.add_parser(
-        "check", help="validate experiment files (exit 1 on any problem)",
-        description="Validate the loss in each file and report every problem found: one "
-        "FILE:LINE:COLUMN: message line each, or a JSON document. Exits 1 if there is any problem, "
-        "0 otherwise. Without --key the loss is the whole document, or the first key named 'loss' "
-        "(searched breadth-first). FILE - reads stdin (a document or an expression).",
+        "check", help="validate experiment files or expressions (exit 1 on any problem)",
+        description="Validate the loss in each file (or expression) and report every problem found: "
+        "one FILE:LINE:COLUMN: message line each, or a JSON document. Exits 1 if there is any "
+        "problem, 0 otherwise. Without --key the loss is the whole document, or the first key named "
+        "'loss' (searched breadth-first). FILE - reads stdin as a file. Interpolations that reach "
+        "outside the file (${oc.env:...}, resolvers) are never resolved: a value holding one is "
+        "reported as one that cannot be checked.",
     )
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("files", nargs="+", metavar="FILE",
+                       help="a YAML/JSON file, an expression such as 'focal(gamma=2)', or - for stdin")
     check.add_argument("--key", help="dotted key of the loss inside every file, e.g. model.loss")
     check.add_argument("--format", choices=REPORT_FORMATS, default="text", help="output form (default: text)")
 
@@ -152,9 +151,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _is_file_argument(source: str) -> bool:
     # A name ending in .yaml/.yml/.json is a file even when missing: the error says it cannot be read.
-    # So is any other path that exists and is no directory (a device such as /dev/zero included: the
-    # error then says why it is no config, rather than that '/' cannot start an expression).
-    return source.endswith(_FILE_SUFFIXES) or _is_file(Path(source))
+    # So is a path with a folder and no call in it (no expression lacks a call), and any other path
+    # that exists and is no directory (a device such as /dev/zero included: the error then says why
+    # it is no config, rather than that '/' cannot start an expression).
+    if source.endswith(_FILE_SUFFIXES) or ("/" in source or os.sep in source) and "(" not in source:
+        return True
+    return _is_file(Path(source))
 
 
 def _is_file(path: Path) -> bool:
@@ -162,26 +164,6 @@ def _is_file(path: Path) -> bool:
         return path.exists() and not path.is_dir()
     except OSError:  # a long expression is no file name: stat() raised ENAMETOOLONG (a traceback)
         return False
-
-
-def _find_loss_key(root, name: str) -> str | None:
-    """The key of the loss in an experiment file: None for a whole-file loss, else the first key
-    named 'loss', searched breadth-first."""
-    if not root.is_mapping() or {"kind", "terms", "expr", "tasks"} & set(root.value):
-        return None
-    queue = [("", root)]
-    while queue:
-        prefix, item = queue.pop(0)
-        if not item.is_mapping():
-            continue
-        for key, child in item.value.items():
-            dotted = f"{prefix}.{key}" if prefix else key
-            if key == "loss":
-                return dotted
-            queue.append((dotted, child))
-    # The filename is rendered by the error itself (and by `check` as FILE:LINE:COLUMN); repeating it
-    # in the reason printed it twice.
-    raise LossConfigError("no key named 'loss' found; give --key", filename=name)
 
 
 @dataclass
@@ -193,6 +175,8 @@ class _Source:
     path: str = ""
     key: str | None = None
     problems: list[LossDSLError] = field(default_factory=list)
+    # Interpolations reaching outside the file, left as written (lossdsl.resolvers): one error each.
+    unresolved: list[LossDSLError] = field(default_factory=list)
 
 
 def _read_stdin() -> str:
@@ -203,29 +187,15 @@ def _read_stdin() -> str:
     return text
 
 
-def _is_config_text(text: str) -> bool:
-    """YAML or JSON text holding a mapping, rather than an expression (for stdin)."""
-    stripped = text.lstrip()
-    if stripped.startswith(('{"', "{'")) or stripped.startswith("[") and not stripped.startswith("[]"):
-        return True
-    return bool(_TOP_LEVEL_KEY.search(text))
-
-
-def _locate(source: str, key: str | None, expressions: bool = True) -> _Source:
-    """The loss of a command-line SOURCE (expression, file, or - for stdin), located in its text and
-    not yet validated. Errors before validation (unreadable file, invalid YAML, missing key) raise.
-    Without ``expressions`` every SOURCE but - is a file (``check FILE``)."""
+def _locate(source: str, key: str | None) -> _Source:
+    """The loss of a command-line SOURCE (expression, file, or - for stdin, read as a file is),
+    located in its text and not yet validated. Errors before validation (unreadable file, invalid
+    YAML, missing key) raise."""
     from .located import Located
 
     if source == STDIN:
-        text = _read_stdin()
-        if _is_config_text(text):
-            return _locate_document(text, STDIN_NAME, key)
-        if key:
-            raise LossConfigError("--key applies to files; stdin holds an expression", filename=STDIN_NAME)
-        located = Located(text, Location(1, 1, text, STDIN_NAME), locate=offset_locator(text, STDIN_NAME))
-        return _Source(STDIN_NAME, located)
-    if _is_file_argument(source) or not expressions:
+        return _locate_document(_read_stdin(), STDIN_NAME, key)
+    if _is_file_argument(source):
         from .yaml_io import read_config_file
 
         return _locate_document(read_config_file(Path(source)), source, key)
@@ -235,28 +205,12 @@ def _locate(source: str, key: str | None, expressions: bool = True) -> _Source:
 
 
 def _locate_document(text: str, name: str, key: str | None) -> _Source:
-    """The loss in a YAML/JSON document, read through lossdsl's loader (size and alias limits), then,
-    for a Hydra file, with the interpolations of the loss resolved by OmegaConf."""
-    from .yaml_io import located_yaml, select_key
+    """The loss in a YAML/JSON document, found by the rule lossdsl.load follows; interpolations
+    that reach outside the file are never resolved here (lossdsl.resolvers)."""
+    from .document import loss_in_document
 
-    root = located_yaml(text, name)
-    if key is None:
-        key = _find_loss_key(root, name)
-    if "${" in text and _has_omegaconf():
-        from .interpolation import resolve_interpolations
-
-        root = resolve_interpolations(root, key)
-    item, path = select_key(root, key, name)
-    return _Source(name, item, path, key)
-
-
-def _has_omegaconf() -> bool:
-    # Without OmegaConf, "${" is plain text: the YAML is read as it is.
-    try:
-        import omegaconf  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    found = loss_in_document(text, name, key, outside=False, cli=True)
+    return _Source(name, found.item, found.path, found.key, unresolved=found.unresolved)
 
 
 def _is_file_like(source: str) -> bool:
@@ -274,6 +228,8 @@ def _load(source: str, key: str | None):
     from .validate import build_spec
 
     located = _locate(source, key)
+    if located.unresolved:
+        raise located.unresolved[0]
     return build_spec(located.item, path=located.path)
 
 
@@ -305,11 +261,16 @@ def _check_source(name: str, key: str | None) -> tuple[_Source, Any]:
     from .validate import build_spec, find_problems
 
     try:
-        located = _locate(name, key, expressions=False)
+        located = _locate(name, key)
     except LossDSLError as error:
         return _Source(name, problems=[error]), None
-    located.problems = find_problems(located.item, path=located.path)
-    spec = None if located.problems else build_spec(located.item, path=located.path)
+    problems = find_problems(located.item, path=located.path)
+    if located.unresolved:
+        # A value left as written fails validation where it stands: the line says why already.
+        lines = {(error.filename, error.line) for error in located.unresolved}
+        problems = located.unresolved + [e for e in problems if (e.filename, e.line) not in lines]
+    located.problems = problems
+    spec = None if problems else build_spec(located.item, path=located.path)
     return located, spec
 
 
@@ -363,9 +324,14 @@ def _check(files: list[str], key: str | None, fmt: str) -> int:
 
 def _plot(expressions: list[str], out: str, sweep: str | None, log_y: bool, signed: bool,
           classes: int | None) -> int:
+    from .memory import out_of_memory_as_error
     from .plotting import build_figure, save
 
-    figure, curves = build_figure(expressions, sweep, log_y=log_y, signed=signed, classes=classes)
+    # Files are read here, as every command reads them (lossdsl.plot's own loading would resolve
+    # ${oc.env:...} and draw the value into the figure); expressions stay text, their titles as typed.
+    losses = [_load(source, None) if _is_file_like(source) else source for source in expressions]
+    with out_of_memory_as_error("plot", hint="draw with fewer classes (--classes)"):
+        figure, curves = build_figure(losses, sweep, log_y=log_y, signed=signed, classes=classes)
     save(figure, out)
     print(f"wrote {out} ({curves} curve{'s' if curves != 1 else ''})")
     return 0
@@ -388,13 +354,18 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import bench, parse_shape, terminal_progress
+    from .bench import bench, check_workload, default_shape, parse_shape, terminal_progress
+    from .memory import out_of_memory_as_error
 
     spec = _load(args.expression, None)
-    result = bench(
-        spec, shape=parse_shape(args.shape) if args.shape else None, device=args.device,
-        compile=args.compile, repeat=args.repeat, progress=terminal_progress(sys.stderr),
-    )
+    shape = parse_shape(args.shape) if args.shape else default_shape(spec)
+    check_workload(spec, shape, args.device)
+    with out_of_memory_as_error(f"bench with --shape {','.join(map(str, shape))} on {args.device}",
+                                hint="give a smaller --shape"):
+        result = bench(
+            spec, shape=shape, device=args.device,
+            compile=args.compile, repeat=args.repeat, progress=terminal_progress(sys.stderr),
+        )
     if args.format == "json":
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -405,12 +376,21 @@ def _bench(args: argparse.Namespace) -> int:
 # -- the command ----------------------------------------------------------------------------------
 
 
+def _load_plugins() -> None:
+    """The plug-ins installed packages announce (entry points): one warning per broken one."""
+    from .catalogue.plugins import load_entry_point_plugins
+
+    for failure in load_entry_point_plugins():
+        print(f"{_colour('warning:', '33;1', sys.stderr)} {failure}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    _load_plugins()
     try:
         if args.command == "compile":
             _print_spec(_load(args.source, args.key), args.format, args.expand)

@@ -17,12 +17,13 @@ term and which parameter differ, in words (``term 2: focal(): gamma 2 -> 3``).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .catalogue.base import LossNode
-from .errors import LossDSLError
+from .errors import LossConfigError, LossDSLError
 from .printer import format_number, format_value, node_to_expr, term_to_expr
 from .spec import LossSpec, Term, per_class_lengths
 
@@ -136,6 +137,10 @@ def compare(
     """
     from .api import as_spec
 
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise LossConfigError(f"{name} must be a finite number >= 0, got {value}",
+                                  hint=f"e.g. --{name} {1e-6 if name == 'rtol' else 1e-9:g}")
     a, b = as_spec(first), as_spec(second)
     result = LossDiff(
         first=a, second=b, as_written=a == b, after_expansion=canonical(a) == canonical(b),

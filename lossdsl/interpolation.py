@@ -1,6 +1,8 @@
 """OmegaConf/Hydra ``${...}`` interpolations resolved into plain or located data, within limits.
 
-Two callers: ``lossdsl.load(cfg)`` with an OmegaConf config, and the command line with a Hydra file.
+Two callers: ``lossdsl.load(cfg)`` with an OmegaConf config or a Hydra file, and the command line
+with a Hydra file. Interpolations that reach outside the file (``lossdsl.resolvers``) are resolved
+for the first, which records what they gave so that no message shows it, and never for the second.
 OmegaConf copies a referenced subtree each time it converts it: ``a1: [${a0}, ${a0}]``,
 ``a2: [${a1}, ${a1}]``, ... takes minutes at 18 levels in ``OmegaConf.to_container``. Here each
 referenced subtree is converted once and shared, and ``located.wrap`` counts the values of the
@@ -12,10 +14,12 @@ into the file when there is one.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from .errors import Location, LossConfigError
-from .located import MAX_DEPTH, Located, Wrapper, to_plain, wrap
+from .located import MAX_DEPTH, Located, Wrapper, is_omegaconf, to_plain, wrap
+from .resolvers import Masks, hidden_values, reaches_outside
 from .yaml_io import select_key
 
 _KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -27,22 +31,31 @@ MAX_EVALUATIONS = 1_000
 _INTERPOLATION = re.compile(r"\$\{([^${}]*)\}")  # the innermost ones, nested ones included
 
 
-def plain_config(config: Any) -> Any:
-    """An OmegaConf config as plain dicts and lists, its interpolations resolved."""
+def plain_config(config: Any, hidden: list[tuple[str, str]] | None = None) -> Any:
+    """An OmegaConf config as plain dicts and lists, its interpolations resolved. What resolvers
+    reaching outside the file gave is added to ``hidden`` (``lossdsl.resolvers.redact``)."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return _plain(config, {}, set(), "", 0)
+        resolved = _plain(config, {}, set(), "", 0)
     except OmegaConfBaseException as error:
         raise interpolation_error(error) from None
+    if hidden is not None:
+        from omegaconf import OmegaConf
+
+        root, path = _root_and_path(config)
+        as_written = lambda: OmegaConf.to_container(config, resolve=False)  # noqa: E731
+        hidden += hidden_values(_written(root, path, as_written), resolved)
+    return resolved
 
 
-def select_config(config: Any, key: str) -> Any:
-    """The value at a dotted key of an OmegaConf config, the interpolations on the way resolved."""
-    from omegaconf import DictConfig, OmegaConf
+def select_config(config: Any, key: str, hidden: list[tuple[str, str]] | None = None) -> Any:
+    """The value at a dotted key of an OmegaConf config, the interpolations on the way resolved
+    (what resolvers gave, for a value that is no mapping or list, added to ``hidden``)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    node = config
+    node = parent = config
     parts = key.split(".")
     try:
         for index, part in enumerate(parts):
@@ -53,10 +66,49 @@ def select_config(config: Any, key: str) -> Any:
             if not isinstance(node, DictConfig) or part not in node:
                 # Say what is there, as for any mapping, without resolving what the loss does not use.
                 select_key(wrap(OmegaConf.to_container(config, resolve=False)), key)
-            node = node[part]
+            parent, node = node, node[part]
     except OmegaConfBaseException as error:
         raise interpolation_error(error) from None
+    if hidden is not None and not isinstance(node, (DictConfig, ListConfig)):
+        root, path = _root_and_path(parent)
+        as_written = lambda: OmegaConf.to_container(parent, resolve=False)[parts[-1]]  # noqa: E731
+        hidden += hidden_values(_written(root, [*path, parts[-1]], as_written), node)
     return node
+
+
+def _root_and_path(node: Any) -> tuple[Any, list[Any]]:
+    """The config a node belongs to, and the keys from there to it (through OmegaConf's parent
+    links: its ``_get_full_key`` spells list items ambiguously)."""
+    path: list[Any] = []
+    try:
+        while (parent := node._get_parent()) is not None:
+            path.append(node._key())
+            node = parent
+    except AttributeError:  # another OmegaConf than the one this was written for: the node alone
+        return node, []
+    return node, path[::-1]
+
+
+def _written(root: Any, path: list[Any], as_written: Callable[[], Any]) -> Any:
+    """The value at ``path`` with only its in-file interpolations resolved (those reaching outside
+    the file stay as written), or None when the config has none of these. ``as_written`` gives the
+    value with no interpolation resolved: the answer when the in-file ones cannot be resolved
+    apart. A copy is resolved: the user's config is left as it is."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = OmegaConf.to_container(root, resolve=False) if is_omegaconf(root) else root
+    if not reaches_outside(plain):
+        return None
+    masks = Masks()
+    try:
+        node = OmegaConf.create(masks.mask(plain))
+        for part in path:
+            node = node[part]
+        return masks.unmask(_plain(node, {}, set(), "", 0) if isinstance(node, (DictConfig, ListConfig))
+                            else node)
+    except (OmegaConfBaseException, LossConfigError, LookupError, TypeError):
+        return as_written()
 
 
 def _plain(node: Any, done: dict[int, Any], active: set[int], path: str, depth: int) -> Any:
@@ -87,15 +139,35 @@ def _plain(node: Any, done: dict[int, Any], active: set[int], path: str, depth: 
 
 def interpolation_error(error: Exception, root: Located | None = None) -> LossConfigError:
     """An OmegaConf error as a LossConfigError at the key it names (in ``root``'s file if given)."""
-    message = str(error).split("\n")[0]  # OmegaConf appends full_key and object_type lines
-    # A resolver's own KeyError (oc.env's unset variable) arrives wrapped in words about KeyError.
-    message = message.removeprefix("KeyError raised while resolving interpolation: ").strip('"')
+    message = _shown_message(error)
     key = str(getattr(error, "full_key", "") or "")
     located = LossConfigError(f"cannot resolve an interpolation: {message}", hint=_hint(error, message),
                               path=key or None)
     if root is not None:
         located.located(_location_at(root, key))
     return located
+
+
+_RAISED_BY_RESOLVER = re.compile(r"(\w+) raised while resolving interpolation: (.*)")
+
+
+def _shown_message(error: Exception) -> str:
+    """OmegaConf's message, unless a resolver raised it or it shows a converted value: those may
+    quote what a resolver read outside the file (a secret that oc.decode failed to parse)."""
+    from omegaconf.errors import ValidationError
+
+    message = str(error).split("\n")[0]  # OmegaConf appends full_key and object_type lines
+    raised = _RAISED_BY_RESOLVER.match(message)
+    if raised:
+        kind, text = raised.groups()
+        if kind == "KeyError" and text.strip('"').startswith("Environment variable"):
+            return text.strip('"')  # oc.env's unset variable: names the variable, as written
+        return (f"a resolver raised {kind} (its message is not shown: it may hold a value read "
+                "from outside the file)")
+    if isinstance(error, ValidationError):
+        return ("a value does not convert to the type its config declares (the value is not "
+                "shown: it may come from outside the file)")
+    return message
 
 
 def _hint(error: Exception, message: str) -> str | None:
@@ -128,10 +200,14 @@ def _location_at(root: Located, key: str) -> Location | None:
     return location
 
 
-def resolve_interpolations(root: Located, key: str | None) -> Located:
-    """``root`` (a file's located data) with the interpolations of the loss at ``key`` resolved.
+def resolve_interpolations(
+    root: Located, key: str | None, *, outside: bool
+) -> tuple[Located, list[tuple[str, str]]]:
+    """``root`` (a file's located data) with the interpolations of the loss at ``key`` resolved, and
+    what the resolvers reaching outside the file gave (for ``lossdsl.resolvers.redact``).
 
-    Only the loss is resolved: the rest of a Hydra file may use resolvers that only Hydra registers
+    With ``outside=False`` (the command line) those are never evaluated: they stay as written. Only
+    the loss is resolved: the rest of a Hydra file may use resolvers that only Hydra registers
     (``${now:...}``, ``${hydra:...}``). Values without an interpolation keep their exact locations; a
     resolved one is located at the text it replaced. ``root`` was read by lossdsl's own loader, so the
     file's size and alias limits hold before OmegaConf sees it.
@@ -139,10 +215,7 @@ def resolve_interpolations(root: Located, key: str | None) -> Located:
     parts = key.split(".") if key else []
     item = _child(root, parts)
     if item is None or not _has_interpolation(item) or not isinstance(root.value, (dict, list)):
-        return root  # nothing to resolve (a missing key is reported by whoever selects it)
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
+        return root, []  # nothing to resolve (a missing key is reported by whoever selects it)
     plain = to_plain(root)
     if _Evaluations(plain).of_value(to_plain(item), tuple(parts)) > MAX_EVALUATIONS:
         raise LossConfigError(
@@ -150,16 +223,35 @@ def resolve_interpolations(root: Located, key: str | None) -> Located:
             hint="an interpolation that uses another one twice, which uses another one twice, ... "
             "doubles the work at each level",
         ).located(item.location, path=key)
+    hidden: list[tuple[str, str]] = []
+    if reaches_outside(plain):
+        # Resolved first without them: in-file mistakes are reported by messages that cannot hold
+        # a resolver's value, and what each one gave is known by comparison.
+        masks = Masks()
+        written = masks.unmask(_resolve_plain(masks.mask(plain), key, root))
+        if not outside:
+            return _replace(root, parts, _overlay(item, written, Wrapper())), []
+        resolved = _resolve_plain(plain, key, root)
+        hidden = hidden_values(written, resolved)
+    else:
+        resolved = _resolve_plain(plain, key, root)
+    return _replace(root, parts, _overlay(item, resolved, Wrapper())), hidden
+
+
+def _resolve_plain(plain: Any, key: str | None, root: Located) -> Any:
+    """The loss at ``key`` of plain data, resolved by OmegaConf; errors point into ``root``'s file."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         config = OmegaConf.create(plain)
         node = OmegaConf.select(config, key) if key else config
         is_container = isinstance(node, (DictConfig, ListConfig))
-        resolved = _plain(node, {}, set(), key or "", 0) if is_container else node
+        return _plain(node, {}, set(), key or "", 0) if is_container else node
     except OmegaConfBaseException as error:
         raise interpolation_error(error, root) from None
     except LossConfigError as error:
         raise error.located(_location_at(root, error.path or "")) from None
-    return _replace(root, parts, _overlay(item, resolved, Wrapper()))
 
 
 class _Evaluations:

@@ -76,8 +76,11 @@ class Wrapper:
     twice, at every level) is wrapped once per place, so its size is what must be bounded. One
     instance wraps every piece of one config, so the bound holds for the pieces together."""
 
-    def __init__(self) -> None:
+    def __init__(self, hidden: list[tuple[str, str]] | None = None) -> None:
         self.values = 0
+        # What resolvers reaching outside the file gave in an OmegaConf config, when the caller
+        # keeps it out of its messages (lossdsl.resolvers.redact).
+        self.hidden = hidden
 
     def wrap(self, data: Any, depth: int, path: str) -> Located:
         if depth > MAX_DEPTH:
@@ -91,7 +94,7 @@ class Wrapper:
         if is_omegaconf(data):
             from .interpolation import plain_config  # a module built on this one
 
-            data = plain_config(data)
+            data = plain_config(data, self.hidden)
         if isinstance(data, Located):
             return data
         if isinstance(data, Mapping):

@@ -44,6 +44,9 @@ REGION_LOGIT = 6.0  # predicted positions get p = sigmoid(6) = 0.9975, the other
 REGION_POINTS = 101
 
 INSTALL_HINT = "pip install 'lossdsl[plot]' (or pip install matplotlib)"
+# Float64 tensors of [points, classes] a curve holds at once: the logits and their gradient, the
+# targets, and at least three intermediates of the loss (a lower bound, checked before allocating).
+HELD_AT_ONCE = 6
 
 
 @dataclass
@@ -210,6 +213,17 @@ def _class_count(spec: LossSpec, classes: int | None, floor: int) -> int:
     return classes if classes is not None else (DEFAULT_CLASSES if floor > 1 else 1)
 
 
+def _refuse_if_too_large(rows: int, count: int) -> None:
+    from .memory import refuse_if_too_large
+
+    refuse_if_too_large(
+        rows * count * 8 * HELD_AT_ONCE,
+        f"drawing with {count:,} classes ({rows:,} points x {count:,} classes of float64; a curve "
+        f"holds at least {HELD_AT_ONCE} tensors of that size at once)",
+        hint="draw with fewer classes (--classes)",
+    )
+
+
 def loss_curves(
     spec: LossSpec, label: str, points: int = POINTS, *, classes: int | None = None,
     batch: Sequence[float] | torch.Tensor | None = None,
@@ -235,6 +249,7 @@ def loss_curves(
     has_density = any(_has_density(t.loss) for t in terms)
     if softmax:
         count = _class_count(spec, classes, floor=2)
+        _refuse_if_too_large(points, count)
         notes.append(f"softmax: {count} classes assumed; the target's logit z_t swept, the other "
                      f"{count - 1} logits 0")
         # p_t = e^z / (e^z + C - 1)  <=>  z = log(p_t (C - 1) / (1 - p_t))
@@ -253,6 +268,7 @@ def loss_curves(
     if has_density:
         background, text = _ghm_background(batch)
         notes.append(f"GHM-C weights depend on the batch: drawn for {text}")
+    _refuse_if_too_large(points + (0 if background is None else background.shape[0]), count)
     results = []
     for target_is_positive in (True, False):
         p = p_t if target_is_positive else 1 - p_t  # probability of class "1"

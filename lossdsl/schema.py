@@ -12,7 +12,9 @@ import copy
 from typing import Any
 
 from .catalogue.base import CATALOGUE, LOSS_SCHEMA_MARKER, NODE_SCHEMA_MARKER, REDUCTIONS
-from .catalogue_text import parameter_rows
+from .catalogue_text import parameter_rows, summary_of
+from .errors import LossConfigError
+from .located import MAX_DEPTH
 from .spec import RESERVED_TERM_NAMES, TERM_NAME
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
@@ -42,7 +44,7 @@ def node_schemas() -> dict[str, dict[str, Any]]:
             definitions[nested_name] = _swap_markers(nested)
         schema = _swap_markers(schema)
         schema["title"] = name
-        schema["description"] = (cls.summary or (cls.__doc__ or "").strip().splitlines()[0]).strip()
+        schema["description"] = summary_of(cls) or f"{name} (a plug-in)"
         _describe_parameters(cls, schema.setdefault("properties", {}))
         schema["properties"]["reduction"] = _ref("Reduction")
         schema["required"] = sorted(set(schema.get("required", [])) | {"kind"})
@@ -65,6 +67,20 @@ def _describe_parameters(cls: type, properties: dict[str, Any]) -> None:
         value = None if field is None or field.is_required() else field.default
         if isinstance(value, (bool, int, float, str)) and "examples" not in prop:
             prop["examples"] = [value]
+
+
+def _key_parts(key: str) -> list[str]:
+    """The parts of a dotted key, refused when no document could hold a loss there (YAML files
+    nest at most MAX_DEPTH levels; the schema of a deeper one would overflow the JSON encoder)."""
+    parts = key.split(".")
+    shown = key if len(key) <= 60 else key[:57] + "..."
+    if len(parts) > MAX_DEPTH:
+        raise LossConfigError(f"the key {shown!r} has {len(parts)} parts; a config nests at most "
+                              f"{MAX_DEPTH} levels", hint="give the dotted key of the loss, e.g. model.loss")
+    if not all(parts):
+        raise LossConfigError(f"the key {shown!r} has an empty part",
+                              hint="give the dotted key of the loss, e.g. model.loss")
+    return parts
 
 
 def loss_json_schema(key: str | None = None) -> dict[str, Any]:
@@ -127,7 +143,7 @@ def loss_json_schema(key: str | None = None) -> dict[str, Any]:
         "anyOf": [_ref("Expression"), _ref("ExpressionForm"), _ref("Sum"), _ref("Node")]
     }
     root: dict[str, Any] = _ref("Loss")
-    for part in reversed(key.split(".") if key else []):
+    for part in reversed(_key_parts(key) if key else []):
         root = {"type": "object", "properties": {part: root}, "required": [part]}
     return {
         "$schema": DRAFT,

@@ -52,6 +52,7 @@ _TOKEN_WORDS = {
     "MINUS": "'-'",
     "STAR": "'*'",
     "SLASH": "'/'",
+    "$END": "the end of the expression",
 }
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH"}
 
@@ -440,10 +441,14 @@ def _syntax_error(
     elif {"NAME", "NUMBER"} <= expected:
         reason = f"expected a loss, a parameter or a number, got {got}"
     elif expected:
-        words = sorted({_TOKEN_WORDS.get(name, name) for name in expected if name not in _OPERATORS})
+        words = sorted({_TOKEN_WORDS.get(name, name) for name in expected - _OPERATORS - {"$END"}})
         if expected & _OPERATORS:
             words.append("an operator")
+        if "$END" in expected:  # lark's name for it never reaches the user
+            words.append(_TOKEN_WORDS["$END"])
         reason = f"expected {_join_words(words)}, got {got}"
+        if "$END" in expected and token is not None and token.type == "COMMA":
+            hint = "terms of a sum are joined with '+', as in focal() + ghm()"
     else:
         reason = f"unexpected {got}"
     return LossSyntaxError(reason, hint=hint).located(locate(offset))

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from .catalogue import base as catalogue_base
 from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, NodeArgumentsError, lookup
+from .catalogue.spellings import unknown_loss_hint
 from .catalogue.multitask import nesting_problem
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
@@ -50,6 +51,11 @@ _FORM_HINT = (
 def build_spec(item: Located, *, path: str = "") -> LossSpec:
     """Validate any accepted loss form into a LossSpec."""
     return _Walker().spec(item, path)
+
+
+def is_loss_mapping(value: dict[str, Any]) -> bool:
+    """Whether a mapping is a loss in one of its forms, rather than a document that may hold one."""
+    return _is_hydra_node(value) or any(key in value for key in ("expr", "terms", "kind", "tasks"))
 
 
 def build_node_from_plain(data: dict[str, Any]) -> LossNode:
@@ -346,7 +352,7 @@ class _Walker:
         defined = sorted({n for scope in self.defines for n in scope})
         raise self._fail(
             f"unknown name '{name}'", name_item.location, path,
-            hint=unknown_name_hint(name, defined + sorted(CATALOGUE), "names"),
+            hint=unknown_loss_hint(name, defined + sorted(CATALOGUE), "names"),
         )
 
     def _node_term(self, item, path, weight, reduction, depth) -> tuple[Term, Located]:

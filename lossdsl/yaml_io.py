@@ -95,7 +95,8 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str, filename: str | None) -> L
         reason = f"invalid YAML: {problem}"
         if exc.context:
             reason += f" ({exc.context})"
-    error = LossConfigError(reason)
+    hint = next((text for words, text in _YAML_HINTS if words in problem), None)
+    error = LossConfigError(reason, hint=hint)
     if mark is not None:
         # From the mark's character index, not its line: PyYAML also breaks lines at a lone "\r",
         # "\x85" or "\u2028", where every other location (and the excerpt) counts "\n" only.
@@ -103,6 +104,19 @@ def _yaml_error(exc: yaml.MarkedYAMLError, text: str, filename: str | None) -> L
     else:
         error.filename = filename
     return error
+
+
+# PyYAML's words for the usual indentation mistakes, and what to look at.
+_YAML_HINTS = (
+    ("mapping values are not allowed here",
+     "is this line indented deeper than the key above it? The keys of one mapping start in the same "
+     "column. A value holding ': ' (an expression with a task dictionary) must be quoted: "
+     "loss: \"uncertainty({seg: ce(), depth: l1()})\""),
+    ("expected <block end>",
+     "is this line indented differently from the lines above it? The keys of one mapping, and the "
+     "items of one list, start in the same column"),
+    ("found character '\\t'", "YAML indents with spaces only: replace the tab with spaces"),
+)
 
 
 class _Loader(yaml.SafeLoader):

@@ -392,7 +392,8 @@ def test_a_file_without_a_loss_key_asks_for_key(capsys, tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("model:\n  name: x\n", encoding="utf-8")
     code, out, err = run_main(capsys, "compile", str(path))
-    assert_user_error(code, out, err, "no key named 'loss' found; give --key")
+    assert_user_error(code, out, err, "no key named 'loss' found, and the document is no loss itself",
+                      "give --key with the dotted key of the loss, e.g. --key model.loss")
     assert err.count(str(path)) == 1  # the file is named once
 
 

@@ -160,9 +160,12 @@ def test_check_json_reports_unreadable_files_as_problems(capsys, tmp_path):
 # -- stdin ------------------------------------------------------------------------------------------
 
 
-def test_check_takes_files_not_expressions(capsys):
-    code, out, _ = run(capsys, "check", "focal(gama=2)")
-    assert code == 1 and out.startswith("focal(gama=2):1:1: cannot read focal(gama=2)")
+def test_check_takes_expressions_as_compile_does(capsys):
+    code, out, _ = run(capsys, "check", "focal(gama=2)", "ce()")
+    assert code == 1
+    assert out == ("focal(gama=2):1:7: focal() has no parameter 'gama' (did you mean 'gamma'? valid "
+                   "parameters of focal: alpha, background, gamma, head, ignore_index, reduction)\n")
+    assert run(capsys, "check", "ce()", "focal(gamma=3)") == (0, "2 files OK\n", "")
 
 
 def test_check_reads_an_expression_from_stdin(capsys, monkeypatch):
@@ -183,8 +186,9 @@ def test_compile_reads_stdin(capsys, monkeypatch):
     code, out, _ = run(capsys, "compile", "-", "--format", "expr",
                        stdin='{"kind": "asl", "gamma_neg": 3}', monkeypatch=monkeypatch)
     assert (code, out) == (0, "asl(gamma_neg=3)\n")
+    # Read as a file is: an expression holding ': ' is quoted in YAML.
     code, out, _ = run(capsys, "compile", "-", "--format", "expr",
-                       stdin="uncertainty({seg: ce(),\n  depth: l1()})\n", monkeypatch=monkeypatch)
+                       stdin='"uncertainty({seg: ce(),\n  depth: l1()})"\n', monkeypatch=monkeypatch)
     assert (code, out) == (0, "uncertainty({seg: ce(), depth: l1()})\n")
     code, out, err = run(capsys, "compile", "-", stdin="focal(gama=2)", monkeypatch=monkeypatch)
     assert code == 1 and out == ""

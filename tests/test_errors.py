@@ -553,8 +553,9 @@ def test_yaml_mapping_value_error_points_at_the_colon():
 
 
 def test_a_mapping_that_is_not_a_loss_is_a_config_error():
+    # ({"loss": "ce()"} is a document holding a loss under 'loss', found as the CLI finds it.)
     with pytest.raises(LossConfigError) as info:
-        lossdsl.load({"loss": "ce()"})
+        lossdsl.load({"lost": "ce()"})
     assert "not a loss" in info.value.reason
     assert "'kind'" in info.value.hint and "'terms'" in info.value.hint and "'expr'" in info.value.hint
 

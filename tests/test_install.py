@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "lossdsl", "grammar")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "lossdsl", "grammar")
 RUNTIME_DEPENDENCIES = ("torch", "lark", "pydantic", "pydantic_core", "yaml", "annotated_types",
                         "typing_extensions", "typing_inspection")
 
@@ -140,6 +140,20 @@ def test_the_wheel_holds_every_module_and_the_grammar(built):
     assert "lossdsl = lossdsl.cli:main" in zipfile.ZipFile(built["wheel"]).read(entry_points).decode()
     # Only the package: no top-level grammar/, tests/ or examples/ package beside it.
     assert {name.split("/")[0] for name in names if not name.startswith("lossdsl-")} == {"lossdsl"}
+
+
+def test_the_mit_license_ships_in_the_sdist_and_the_wheel(built):
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert license_text.startswith("MIT License\n")
+    with tarfile.open(built["sdist"]) as archive:
+        (member,) = [m for m in archive.getmembers() if m.name.endswith("/LICENSE")]
+        assert archive.extractfile(member).read().decode() == license_text
+    for wheel in (built["wheel"], built["from_sdist"]):
+        archive = zipfile.ZipFile(wheel)
+        (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert archive.read(name).decode() == license_text
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        assert "License-Expression: MIT" in archive.read(metadata).decode()
 
 
 def test_the_sdist_builds_a_complete_wheel(built):

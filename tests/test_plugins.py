@@ -115,3 +115,80 @@ def test_an_element_plugin_gets_probabilities_and_dense_targets(brier, head):
     multi = lossdsl.compile(f"{{a: brier(head={head}), b: l1()}}")
     value = multi({"a": x, "b": x.detach()}, {"a": t.clamp(max=2), "b": x.detach()})
     assert torch.isfinite(value)
+
+
+# -- issue 15, items 21 and 23 -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    """A plug-in that rewrites into a named loss, as the README shows: focal with gamma 3."""
+    if "sharp_focal" in lossdsl.CATALOGUE:
+        return lossdsl.CATALOGUE["sharp_focal"]
+
+    @lossdsl.register
+    class SharpFocal(lossdsl.LossNode):
+        kind: Literal["sharp_focal"] = "sharp_focal"
+        head: Literal["sigmoid", "softmax"] = "sigmoid"
+
+        def expand(self):
+            return lossdsl.parse(f"focal(gamma=3, head={self.head})").terms[0].loss
+
+    return SharpFocal
+
+
+@pytest.mark.parametrize("plugin, written", [
+    ("sharp_focal()", "focal(gamma=3)"),
+    ("0.5 * sharp_focal(head=softmax) + ce()", "0.5 * focal(gamma=3, head=softmax) + ce()"),
+    ("poly(sharp_focal(), eps=1)", "poly(focal(gamma=3), eps=1)"),
+    ("{a: sharp_focal(), b: l1()}", "{a: focal(gamma=3), b: l1()}"),
+])
+def test_a_plugin_expanding_into_a_named_loss_compiles_to_it(sharp, plugin, written):
+    assert lossdsl.parse(plugin).expand() == lossdsl.parse(written).expand()
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 4, (6,))
+    ours, theirs = lossdsl.compile(plugin), lossdsl.compile(written)
+    if plugin.startswith("{"):
+        inputs = ({"a": x, "b": x}, {"a": t, "b": x.detach()})
+    else:
+        inputs = (x, t)
+    value = ours(*inputs)
+    torch.testing.assert_close(value, theirs(*inputs))
+    (grad,) = torch.autograd.grad(value, x)
+    (expected,) = torch.autograd.grad(theirs(*inputs), x)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_a_plugin_that_expands_back_into_itself_is_refused_by_name():
+    if "lossdsl_test_loop" not in lossdsl.CATALOGUE:
+
+        @lossdsl.register
+        class Loop(lossdsl.LossNode):
+            kind: Literal["lossdsl_test_loop"] = "lossdsl_test_loop"
+            gamma: float = 0.0
+
+            def expand(self):  # a new node each time: never the same, never primitive
+                return type(self)(gamma=self.gamma + 1)
+
+    with pytest.raises(lossdsl.LossSpecError) as info:
+        lossdsl.compile("lossdsl_test_loop()")
+    assert info.value.reason == "lossdsl_test_loop() expands more than 32 levels deep"
+    assert info.value.hint == "does a plug-in's expand() return a loss that expands back into it?"
+
+
+def test_a_plugin_without_a_docstring_is_in_the_schema_list_and_explain(capsys):
+    if "lossdsl_test_bare" not in lossdsl.CATALOGUE:
+
+        @lossdsl.register
+        class Bare(lossdsl.ElementLoss):
+            kind: Literal["lossdsl_test_bare"] = "lossdsl_test_bare"
+
+            def elementwise(self, p, y):
+                return (p - y).abs()
+
+    node = lossdsl.json_schema()["definitions"]["node_lossdsl_test_bare"]
+    assert node["description"] == "lossdsl_test_bare (a plug-in)"
+    assert main(["schema"]) == 0 and "node_lossdsl_test_bare" in capsys.readouterr().out
+    assert main(["list"]) == 0 and "  lossdsl_test_bare" in capsys.readouterr().out
+    assert main(["explain", "lossdsl_test_bare"]) == 0
+    assert capsys.readouterr().out.startswith("lossdsl_test_bare\nusage: lossdsl_test_bare(")

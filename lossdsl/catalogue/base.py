@@ -8,6 +8,8 @@ parties add names with ``lossdsl.register``: the validator, the printer, the JSO
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
@@ -15,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, WithJsonSchema
 
 from ..errors import LossDSLError, LossSpecError, unknown_name_hint
+from .spellings import unknown_loss_hint
 
 # Scalars are strict (no "2" -> 2.0, no true -> 1.0) but an int is accepted where a float is expected.
 Number = Annotated[float, Strict()]
@@ -109,6 +112,11 @@ class LossNode(BaseModel):
             return self
         return self.model_copy(update={name: getattr(self, name).expand() for name in self.loss_fields})
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "expand" in cls.__dict__:
+            cls.expand = _until_primitive(cls.__dict__["expand"])  # type: ignore[method-assign]
+
     def default_for(self, name: str) -> Any:
         """The value a parameter takes when it is not given (some depend on other parameters)."""
         return type(self).model_fields[name].get_default(call_default_factory=True)
@@ -123,6 +131,38 @@ class LossNode(BaseModel):
             if name in self.loss_fields or value != self.default_for(name):
                 out[name] = value
         return out
+
+
+# A plug-in's expand() may return a name that expands further (focal(gamma=3)), which may hold
+# another: expansions nest, up to this depth (a plug-in expanding back into itself stops here).
+MAX_EXPANSION_DEPTH = 32
+_expansion_depth = contextvars.ContextVar("lossdsl_expansion_depth", default=0)
+
+
+def _until_primitive(expand: Callable[[Any], LossNode]) -> Callable[[Any], LossNode]:
+    """A class's own ``expand``, applied again to its result until nothing changes: every caller
+    of ``node.expand()`` (the compiler, ``spec.expand()``, the blocks' checks) gets primitive blocks
+    whatever a plug-in's rewrite returns."""
+
+    @functools.wraps(expand)
+    def until_primitive(self: LossNode) -> LossNode:
+        depth = _expansion_depth.get()
+        if depth >= MAX_EXPANSION_DEPTH:
+            raise LossSpecError(
+                f"{self.kind_name()}() expands more than {MAX_EXPANSION_DEPTH} levels deep",
+                hint="does a plug-in's expand() return a loss that expands back into it?",
+            )
+        token = _expansion_depth.set(depth + 1)
+        try:
+            node = expand(self)
+            if node == self:
+                return node
+            further = node.expand()
+            return node if further == node else further
+        finally:
+            _expansion_depth.reset(token)
+
+    return until_primitive
 
 
 class NodeArgumentsError(LossSpecError):
@@ -203,5 +243,5 @@ def lookup(name: str) -> type[LossNode]:
         return CATALOGUE[name]
     except KeyError:
         raise LossSpecError(
-            f"unknown loss '{name}'", hint=unknown_name_hint(name, CATALOGUE, "losses")
+            f"unknown loss '{name}'", hint=unknown_loss_hint(name, CATALOGUE, "losses")
         ) from None

@@ -129,7 +129,8 @@ class ASL(Named):
     background: Background = False
 
     equivalents = (
-        'timm AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=1, clip=0.05) (timm sums; mean here)',
+        'timm AsymmetricLossMultiLabel(gamma_neg=4, gamma_pos=1, clip=0.05): asl(reduction=batchmean) '
+        "(timm's default reduction is batchmean, lossdsl's mean)",
         'timm AsymmetricLossSingleLabel(gamma_pos=1, gamma_neg=4, eps=s): asl(head=softmax, clip=0, '
         'smoothing=s)',
     )

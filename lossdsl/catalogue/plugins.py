@@ -12,13 +12,20 @@ A plug-in is a registered ``LossNode``. One that only rewrites into existing nam
 Either way the name parses, validates, prints, appears in the JSON Schema, ``lossdsl list`` and
 ``explain``, composes in sums and multi-task dictionaries, takes the usual reductions and compiles.
 Blocks do not wrap them (they act on a likelihood's ``p_t``, which a plug-in does not declare).
+
+An installed package announces its plug-ins under the entry-point group ``lossdsl.plugins``; the
+command line loads them (``load_entry_point_plugins``), so the pre-commit hook knows their names.
 """
 
 from __future__ import annotations
 
+import types
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from .base import HeadChoice, IgnoreIndex, LossNode
+from .base import HeadChoice, IgnoreIndex, LossNode, register
+
+ENTRY_POINT_GROUP = "lossdsl.plugins"
 
 if TYPE_CHECKING:  # the catalogue itself needs no torch
     from torch import Tensor
@@ -40,3 +47,26 @@ class ElementLoss(LossNode):
         its device (anything else is an error naming this function); on the softmax head the loss
         of a position is its sum over classes."""
         raise NotImplementedError(f"{self.kind_name()}() defines no element-wise function")
+
+
+def load_entry_point_plugins() -> list[str]:
+    """Register the plug-ins that installed packages announce under ``lossdsl.plugins``.
+
+    An entry point names a module (importing it registers its names with ``lossdsl.register``) or a
+    ``LossNode`` subclass (registered here): ``mcc = my_losses.mcc:MCC`` in the package's
+    ``[project.entry-points."lossdsl.plugins"]``. Returns one message per plug-in that could not be
+    loaded, naming it and its package: third-party code that fails must not keep the command line
+    from checking every config that does not use it.
+    """
+    failures = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = point.load()
+            if not isinstance(loaded, types.ModuleType):
+                register(loaded)  # refuses anything but a LossNode subclass, by name
+        except Exception as error:  # noqa: BLE001 - whatever a plug-in raises is reported, by name
+            package = f"{point.dist.name} {point.dist.version}" if point.dist else "an unknown package"
+            reason = str(error).split("\n")[0]
+            failures.append(f"plug-in '{point.name}' ({point.value}, from {package}) was not loaded: "
+                            f"{type(error).__name__}: {reason}")
+    return failures
