@@ -776,6 +776,8 @@ def _(row):
     adapter = mmengine_models().build(dict(type="LossDSL", expr=row.ours[0]))
     assert_same(lambda x: adapter(x, (labels, score), weight),
                 lambda x: theirs(x, (labels, score), weight), [pred], F64)
+    assert_same(lambda x: adapter(x, (labels, score), weight, avg_factor=9.0),
+                lambda x: theirs(x, (labels, score), weight, avg_factor=9.0), [pred], F64)
 
 
 @check("mmdet-vfl")
