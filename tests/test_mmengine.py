@@ -484,3 +484,14 @@ def test_an_unknown_call_argument_is_refused_not_swallowed():
         build(expr="focal()")(*batch(), avg_non_ignore=True)
     assert "avg_non_ignore: not an argument of this loss; it takes pred, target, weight, avg_factor, " \
         "reduction_override and ignore_index" in str(error.value)
+
+
+def test_in_a_sum_only_the_ghm_term_reads_weights_as_a_mask():
+    """ghm() + focal(): GHMC's label weights are a mask, FocalLoss's weights multiply (before, a
+    gradient-density term dropped the weights and avg_factor of every term of the sum)."""
+    pred, labels = batch()
+    weight = torch.rand(pred.shape[0], dtype=pred.dtype) * (torch.rand(pred.shape[0]) > 0.3)
+    ours = build(expr="ghm(bins=10) + focal()")(pred, labels, weight=weight, avg_factor=5.0)
+    theirs = (MMDetGHMC(bins=10)(pred, labels, weight, avg_factor=5.0)
+              + mmdet_focal_loss_forward(pred, labels, weight, avg_factor=5.0))
+    assert_same_values_and_gradients(ours, theirs, [pred], rtol=1e-6)

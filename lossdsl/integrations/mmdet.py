@@ -1,7 +1,8 @@
 """A lossdsl expression behind mmdetection's loss calling convention (no mmdetection import needed).
 
 mmdetection builds a head's losses from config dicts and calls them as
-``loss(pred, target, weight=None, avg_factor=None, reduction_override=None)``, with integer labels
+``loss(pred, target, weight=None, avg_factor=None, reduction_override=None)`` (and
+``CrossEntropyLoss`` also with ``ignore_index=None``), with integer labels
 whose background is ``num_classes`` on a sigmoid head (mmdet/models/losses/focal_loss.py), and QFL's
 target as a ``(label, score)`` pair (gfocal_loss.py). ``MMDetLoss`` speaks that convention for any
 single-task expression; ``lossdsl.integrations.mmengine`` registers it as ``type='LossDSL'``. The
@@ -48,8 +49,6 @@ def with_background_label(node: LossNode) -> LossNode:
 def term_reduction(own: str, mmdet: str | None, avg_factor: bool) -> str | None:
     """The lossdsl reduction of a term whose expression says ``own`` when mmdetection asks for
     ``mmdet`` (None: the term's own), in a call with or without ``avg_factor``."""
-    if mmdet is None and own not in MEANS:
-        return None
     if mmdet in (None, "mean") and own in MEANS:
         # weight_reduce_loss: with avg_factor, every mean is sum / avg_factor (mean and pos_mean
         # take avg_factor as their denominator; batchmean has none to replace).
