@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LossConfigError, LossInputError
+from .running import check_loaded_statistics
 from .spec import LossSpec
 from .state_updates import StateUpdates
 from .terms.base import TermModule, is_compiling, shape_of
@@ -128,6 +129,11 @@ class LossModule(nn.Module):
             problem = self._saved_loss_problem(state_dict[key], key)
             if problem is not None:
                 raise problem
+        if self.records_expression:
+            # Every running statistic of the loss (its terms', its tasks', dtp's) is checked here,
+            # before torch loads this module's entries and then its children's: a damaged entry is
+            # refused with nothing loaded (lossdsl.running).
+            check_loaded_statistics(self, state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -246,8 +252,14 @@ class CompiledLoss(LossModule):
             weighted = value if weight == 1 else weight * value
             total = weighted if total is None else total + weighted
         if not is_compiling():
-            self.last_terms = {key: value.detach() for key, value in zip(self.keys, values)}
-            self.last_terms["total"] = total.detach()
+            logged = {key: value.detach() for key, value in zip(self.keys, values)}
+            logged["total"] = total.detach()
+            # Replaced with the running state, when the whole call (every task) has succeeded.
+            updates = prepared[0].updates
+            if updates is None:
+                self.last_terms = logged
+            else:
+                updates.defer(lambda: setattr(self, "last_terms", logged))
         return total
 
     def _check_same_shapes(self, prepared: list[Any]) -> None:

@@ -18,12 +18,12 @@ from torch import Tensor, nn
 
 from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
 from .errors import LossDSLError, LossInputError, unknown_name_hint
-from .functional.distributed import sum_over_processes, with_gradients_averaged
+from .functional.distributed import collectives_allowed, sum_over_processes, with_gradients_averaged
 from .functional.targets import index_to_one_hot
-from .functional.tracing import is_compiling
+from .functional.tracing import holds_no_data, is_compiling
 from .metrics import sigmoid_hits, softmax_hits
 from .module import CompiledLoss, LossModule
-from .running import apply_keeping_dtype
+from .running import Bounds, RunningStatistics
 from .spec import LossSpec
 from .state_updates import StateUpdates
 
@@ -106,6 +106,24 @@ class ByTask(nn.Module):
     def items(self) -> Any:
         return self._entries().items()
 
+    def extra_repr(self) -> str:
+        """Tensors by task, ``seg=0.25, depth=-0.1`` (read from the device: for printing only);
+        modules print themselves as children."""
+        if self.store == "_modules":
+            return ""
+        return ", ".join(f"{name}={value_text(value)}" for name, value in self.items())
+
+
+def value_text(value: Tensor | None) -> str:
+    """A 0-d value as a number (or a flag); anything else by its shape."""
+    if value is None:
+        return "None"
+    if holds_no_data(value):
+        return "<no data>"
+    if value.dim() != 0:
+        return f"<{value.dtype} tensor of shape {list(value.shape)}>"
+    return f"{value.item():.6g}" if value.dtype != torch.bool else str(bool(value))
+
 
 class TaskParameters(ByTask):
     """One learnable tensor per task; like any parameter it follows ``.to(dtype)``."""
@@ -113,14 +131,18 @@ class TaskParameters(ByTask):
     store = "_parameters"
 
 
-class RunningState(ByTask):
-    """One running statistic per task (a buffer, saved in ``state_dict``)."""
+class RunningState(RunningStatistics, ByTask):
+    """One running statistic per task (a buffer, saved in ``state_dict``): float32 whatever the
+    module's dtype, and range-checked when loaded (``bounds``, see lossdsl.running)."""
 
     store = "_buffers"
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> RunningState:
-        apply_keeping_dtype(self._buffers, fn)  # float32 averages whatever the module's dtype
-        return self
+    def __init__(self, entries: Mapping[str, Tensor], bounds: Bounds) -> None:
+        super().__init__(entries)
+        self._bounds = bounds  # an attribute beside the entries (ByTask keeps them apart)
+
+    def statistic_bounds(self, name: str) -> Bounds:
+        return self._bounds
 
 
 def in_task(name: str, step: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -175,15 +197,36 @@ class MultiTaskLoss(LossModule):
                 name: next((t.ignore_index for t in tasks[name].terms if hasattr(t, "ignore_index")), -100)
                 for name in self.names
             }
+            # Index C is mmdetection's background label where the task's loss accepts it: the KPI
+            # reads it as an all-negative row, as the loss does.
+            self.background = {
+                name: any(getattr(t, "background", False) for t in tasks[name].terms) for name in self.names
+            }
             # By task name, not by position: the same tasks listed in another order are an equal
             # spec, and a state_dict saved from one must resume the other.
-            self.kpi_average = RunningState({t: torch.zeros((), dtype=torch.float32) for t in self.names})
-            self.kpi_seen = RunningState({t: torch.zeros((), dtype=torch.bool) for t in self.names})
+            self.kpi_average = RunningState({t: torch.zeros((), dtype=torch.float32) for t in self.names},
+                                            Bounds("dtp's average of a task's indicator", 0.0, 1.0))
+            self.kpi_seen = RunningState({t: torch.zeros((), dtype=torch.bool) for t in self.names},
+                                         Bounds("dtp's flag of a task's first indicator", 0.0, 1.0))
             # Tasks given to observe() since the last training step: their value replaces the
             # measured indicator for that step (it was blended in twice before).
             self.observed: set[str] = set()
             # Tasks whose indicator is known to exist, so the check stops reading the buffer.
             self._known_seen: set[str] = set()
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if isinstance(self.node, DTP):
+            # What was learnt about the replaced averages no longer holds: which tasks have an
+            # indicator is read from the loaded flags, and observed values were blended into the
+            # averages that the checkpoint replaces.
+            self._known_seen.clear()
+            self.observed.clear()
 
     # -- inputs
     def _check_keys(self, preds: Any, targets: Any) -> None:
@@ -243,6 +286,11 @@ class MultiTaskLoss(LossModule):
             self.last_terms = logged
         return total
 
+    def synchronises(self) -> bool:
+        """Whether this call sums dtp's indicators and averages uncertainty's gradients over the
+        process group: in training mode only (SPEC 4b)."""
+        return collectives_allowed(self.distributed, self.training)
+
     def _per_task(self, what: str, options: Any) -> Mapping[str, Any]:
         if options is None:
             return {}
@@ -268,7 +316,7 @@ class MultiTaskLoss(LossModule):
         store = self.scale if self.node.form == "positive" else self.log_variance
         names = list(store.keys())
         values = [store[name] for name in names]
-        if self.distributed:
+        if self.synchronises():
             values = with_gradients_averaged(*values)
         return dict(zip(names, values))
 
@@ -301,8 +349,8 @@ class MultiTaskLoss(LossModule):
 
         Values are numbers in [0, 1] (Python numbers or 0-d tensors of any dtype and device),
         higher is better. Required for regression tasks, optional for the others (it replaces
-        their measured indicator for this update). Explicit calls update the running averages in
-        any mode. All values are checked before any is stored.
+        their measured indicator at the next training-mode call that succeeds). Explicit calls
+        update the running averages in any mode. All values are checked before any is stored.
         """
         if not isinstance(self.node, DTP):
             raise LossInputError("observe() belongs to dtp losses; this loss has no indicators")
@@ -374,7 +422,11 @@ class MultiTaskLoss(LossModule):
         task that weighs this step. In eval mode nothing is stored; a task never seen yet is
         weighed by this batch's indicator rather than by an empty average."""
         measured = self._measured()
-        observed, self.observed = self.observed, set()
+        observed = set(self.observed)
+        if self.training:
+            # The observed values stand for this step's update: they are used up once the step
+            # has succeeded, not before (a failure leaves them for the next step).
+            updates.defer(lambda: self.observed.difference_update(observed))
         k = {name: self.kpi_average[name] for name in self.names}
         if not measured:
             return k
@@ -383,7 +435,7 @@ class MultiTaskLoss(LossModule):
             counts += list(self._hits(name, preds[name], targets[name]))
         # One all_reduce for every task's (hits, total): all processes see the whole batch.
         stacked = torch.stack(counts)
-        if self.distributed:
+        if self.synchronises():
             stacked = sum_over_processes(stacked)
         for i, name in enumerate(measured):
             # Observed tasks are still counted above, so every process reduces the same shape.
@@ -405,9 +457,10 @@ class MultiTaskLoss(LossModule):
                 target = target.argmax(dim=1)
             return softmax_hits(logits, target.long(), ignore)
         if target.shape != logits.shape:  # class indices on a sigmoid head
-            one_hot, valid = index_to_one_hot(target, logits.shape[1], ignore)
+            classes = logits.shape[1]
+            one_hot, valid = index_to_one_hot(target, classes, ignore, background=self.background[name])
             agree = ((logits > 0) == (one_hot > 0.5)) & valid
-            counted = valid.sum().to(torch.float64) * logits.shape[1]
+            counted = valid.sum().to(torch.float64) * classes
             return agree.sum().to(torch.float64), counted
         return sigmoid_hits(logits, target)
 

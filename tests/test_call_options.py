@@ -196,3 +196,84 @@ def test_per_task_options_are_checked(options, expected):
     targets = {"cls": (torch.rand(6, 3) > 0.7).float(), "box": torch.randn(6, 4)}
     with pytest.raises(LossInputError, match=expected):
         loss(preds, targets, **options)
+
+
+# --------------------------------------------------------------------------------------------------
+# avg_factor as a tensor (mmdetection passes reduce_mean(num_pos)): checked like a number, and in
+# the loss's computation dtype (issue 15 item 8)
+
+
+BAD_TENSOR_FACTORS = [
+    (torch.tensor(-2.0), "-2"), (torch.tensor(-2.5, dtype=torch.float64), "-2.5"),
+    (torch.tensor(-3), "-3"), (torch.tensor(float("nan")), "nan"),
+    (torch.tensor(float("inf"), dtype=torch.float64), "inf"), (torch.tensor([-1.0]), "-1"),
+]
+
+
+@pytest.mark.parametrize("bad, shown", BAD_TENSOR_FACTORS, ids=[shown for _, shown in BAD_TENSOR_FACTORS])
+def test_a_tensor_avg_factor_must_be_finite_and_non_negative(bad, shown):
+    with pytest.raises(LossInputError) as caught:
+        lossdsl.compile("focal()")(torch.randn(4, 3), torch.rand(4, 3), avg_factor=bad)
+    assert caught.value.reason == f"focal(): avg_factor must be a finite number >= 0, got {shown} (a tensor)"
+
+
+def test_a_float64_avg_factor_too_large_for_a_float32_loss_is_refused():
+    expected = r"avg_factor must be a finite number >= 0, got inf \(a tensor\)"
+    with pytest.raises(LossInputError, match=expected):
+        lossdsl.compile("focal()")(torch.randn(4, 3), torch.rand(4, 3),
+                                   avg_factor=torch.tensor(1e39, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bad", [torch.tensor(True), torch.tensor(2 + 1j)], ids=["bool", "complex"])
+def test_a_bool_or_complex_avg_factor_is_refused(bad):
+    with pytest.raises(LossInputError, match=f"avg_factor must be a real number, got a {bad.dtype} tensor"):
+        lossdsl.compile("focal()")(torch.randn(4, 3), torch.rand(4, 3), avg_factor=bad)
+
+
+def test_a_tensor_avg_factor_is_not_read_when_value_checks_are_off():
+    """The check is a host read: switched off, the value is used as given (as mmdetection does)."""
+    x, y = torch.randn(4, 3), torch.rand(4, 3)
+    loss = lossdsl.compile("focal()", check_values=False)
+    total = lossdsl.compile("focal(reduction=sum)")(x, y)
+    torch.testing.assert_close(loss(x, y, avg_factor=torch.tensor(-2.0)), total / (-2.0 + EPS))
+
+
+@pytest.mark.parametrize("expr, summed", [
+    ("focal()", "focal(reduction=sum)"), ("focal(reduction=pos_mean)", "focal(reduction=sum)"),
+    ("ce()", "ce(reduction=sum)"), ("dice()", "dice(reduction=sum)"), ("giou()", "giou(reduction=sum)"),
+])
+@pytest.mark.parametrize("factor_dtype",
+                         [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32])
+def test_a_tensor_avg_factor_of_any_real_dtype_keeps_the_losss_dtype(expr, summed, factor_dtype):
+    generator = torch.Generator().manual_seed(3)
+    if expr == "ce()":
+        x, y = torch.randn(6, 3, generator=generator), torch.randint(0, 3, (6,), generator=generator)
+    elif expr == "dice()":
+        x = torch.randn(2, 3, 4, 4, generator=generator)
+        y = torch.randint(0, 3, (2, 4, 4), generator=generator)
+    elif expr == "giou()":
+        corner = torch.rand(5, 2, generator=generator)
+        x = torch.cat([corner, corner + 1], dim=1)
+        y = x + 0.1 * torch.rand(5, 4, generator=generator)
+    else:
+        x, y = torch.randn(6, 3, generator=generator), (torch.rand(6, 3, generator=generator) > 0.5).float()
+    total = lossdsl.compile(summed)(x.double(), y.double() if y.is_floating_point() else y)
+    for input_dtype in (torch.float32, torch.float64):
+        value = lossdsl.compile(expr)(x.to(input_dtype), y.to(input_dtype) if y.is_floating_point() else y,
+                                      avg_factor=torch.tensor(6, dtype=factor_dtype))
+        assert value.dtype == input_dtype
+        torch.testing.assert_close(value, (total / (6 + EPS)).to(input_dtype), rtol=1e-5, atol=1e-7)
+
+
+def test_a_tensor_avg_factor_traces_without_a_graph_break():
+    """Under torch.compile the value check steps aside: fullgraph=True fails on any host read."""
+    x, y = torch.randn(6, 3), (torch.rand(6, 3) > 0.5).float()
+    loss = lossdsl.compile("focal()")
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(loss, fullgraph=True, backend="eager")
+        value = compiled(x, y, avg_factor=torch.tensor(4.0, dtype=torch.float64))
+    finally:
+        torch._dynamo.reset()
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, loss(x, y, avg_factor=4.0))

@@ -1,6 +1,7 @@
 """Statistics across processes: with torch.distributed initialised, GHM-C's bin counts and dtp's
 indicators are summed over the process group, so N processes with a slice of the batch each compute
-the weights and hold the running buffers that one process with the whole batch would.
+the weights and hold the running buffers that one process with the whole batch would. In eval mode
+a loss makes no collective call: rank 0 alone computes a validation loss without waiting.
 
 Two CPU processes (start method spawn, gloo backend, a file:// rendezvous in a temporary folder)
 each run the same steps on their half of every batch; the single-process reference is the same code
@@ -16,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException
 
 import lossdsl
 from lossdsl.functional.distributed import sum_over_processes
@@ -153,6 +155,64 @@ def uncertainty_steps(rank: int, world: int, distributed: bool, inside_ddp: bool
     return {"log_variance": torch.stack(history)}
 
 
+# --------------------------------------------------------------------------------------------------
+# eval mode: a validation loss computed on rank 0 only (SPEC 4b: no collective call in eval mode)
+
+def pos_mean_eval_batch():
+    return torch.randn(16, 4, generator=torch.Generator().manual_seed(60)), pos_mean_batch(0)[1]
+
+
+def task_eval_batch():
+    logits, labels = pos_mean_eval_batch()
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0]]).repeat(16, 1)
+    shift = 0.1 * torch.rand(16, 4, generator=torch.Generator().manual_seed(61))
+    return {"cls": logits, "box": boxes + shift}, {"cls": labels, "box": boxes}
+
+
+# Every loss that synchronises something in training mode, with its batch.
+EVAL_CASES = {
+    "pos_mean": ("focal(reduction=pos_mean)", pos_mean_eval_batch),
+    "ghm": (GHM_EXPR, lambda: ghm_batch(0)),
+    "ghm_plain": ("ghm(bins=10)", lambda: ghm_batch(1)),
+    "dtp": (DTP_EXPR, lambda: dtp_batch(0)),
+    "uncertainty": ("uncertainty({a: bce(), b: mse()})", lambda: uncertainty_batch(0)),
+    "task_pos_mean": ("{cls: focal(reduction=pos_mean), box: giou()}", task_eval_batch),
+}
+# How long rank 1 waits for rank 0's validation (it normally takes well under a second).
+EVAL_WAIT_S = 30
+
+
+def eval_call(expr: str, preds, targets, world: int) -> dict:
+    """One eval-mode call (and its backward) on rank 0's slice: the value, the gradients of the
+    loss's parameters and the number of all_reduce calls it made."""
+    loss = lossdsl.compile(expr).eval()
+    before = len(ALL_REDUCE_CALLS)
+    value = loss(half(preds, 0, world), half(targets, 0, world))
+    if value.requires_grad:  # uncertainty's gradient averaging would run in the backward pass
+        value.backward()
+    return {"value": value.detach(), "calls": len(ALL_REDUCE_CALLS) - before,
+            "grads": [parameter.grad for parameter in loss.parameters()]}
+
+
+def eval_on_rank_zero(rank: int, world: int, out_dir: str) -> None:
+    """Rank 0 calls each loss in eval mode (backward included) and records that it returned; the
+    other ranks make no call at all and wait (without any collective) for rank 0's marker file. A
+    loss that made a collective call would block rank 0 here instead of returning."""
+    folder = Path(out_dir)
+    if rank != 0:
+        deadline = time.monotonic() + EVAL_WAIT_S
+        while not (folder / "eval_done").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return
+    for name, (expr, batch) in EVAL_CASES.items():
+        try:
+            record = eval_call(expr, *batch(), world)
+        except Exception as error:  # noqa: BLE001 - a collective that failed once rank 1 left
+            record = {"error": f"{type(error).__name__}: {error}"}
+        torch.save(record, folder / f"eval_{name}.pt")
+    (folder / "eval_done").touch()
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -166,25 +226,41 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         results = {"synchronised": run_steps(rank, world, True), "local": run_steps(rank, world, False)}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        eval_on_rank_zero(rank, world, out_dir)  # last: a regression blocks rank 0 in it
     finally:
         dist.all_reduce = original
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
-def per_process(tmp_path_factory):
+def worker_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("distributed")
+
+
+@pytest.fixture(scope="module")
+def per_process(worker_folder):
     """The results of each of the two processes: a list indexed by rank."""
-    folder = tmp_path_factory.mktemp("distributed")
+    folder = worker_folder
     context = mp.start_processes(
         _worker, args=(WORLD, str(folder / "rendezvous"), str(folder)), nprocs=WORLD, join=False,
         start_method="spawn",
     )
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=1):
+    while True:
+        try:
+            if context.join(timeout=1):
+                break
+        except ProcessException:  # a rank failed: the results it saved are still read below
+            break
         if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD} processes did not finish within {SPAWN_TIMEOUT_S} s")
+            break
+    for process in context.processes:
+        if process.is_alive():
+            process.kill()
+    missing = [rank for rank in range(WORLD) if not (folder / f"rank{rank}.pt").exists()]
+    if missing:
+        pytest.fail(f"the {WORLD} processes did not finish within {SPAWN_TIMEOUT_S} s (no results of rank "
+                    f"{missing[0]})")
     return [torch.load(folder / f"rank{rank}.pt") for rank in range(WORLD)]
 
 
@@ -296,6 +372,35 @@ def test_uncertainty_weights_stay_identical_on_every_process_and_equal_one_proce
 def test_uncertainty_without_distributed_drifts_apart_outside_ddp(per_process):
     first, second = (results["local"]["uncertainty"]["log_variance"] for results in per_process)
     assert not torch.allclose(first, second)
+
+
+# --------------------------------------------------------------------------------------------------
+# eval mode on rank 0 only
+
+
+@pytest.mark.parametrize("case", list(EVAL_CASES))
+def test_an_eval_mode_loss_called_on_rank_zero_only_returns_without_a_collective(
+    per_process, worker_folder, case
+):
+    """A validation loss on the main process (SPEC 4b): the other rank never calls it, so any
+    collective would block; rank 0 returns, having computed on its own slice exactly what one
+    process computes on that slice."""
+    saved = worker_folder / f"eval_{case}.pt"
+    expr, batch = EVAL_CASES[case]
+    assert saved.exists(), (
+        f"rank 0's eval-mode call of {expr} did not return within {SPAWN_TIMEOUT_S} s: it waits in a "
+        "collective for a rank that never calls the loss"
+    )
+    record = torch.load(saved)
+    assert "error" not in record, (
+        f"rank 0's eval-mode call of {expr} waited in a collective for a rank that never calls the "
+        f"loss, until that rank left: {record.get('error')}"
+    )
+    assert record["calls"] == 0
+    expected = eval_call(expr, *batch(), WORLD)  # here torch.distributed is not initialised
+    torch.testing.assert_close(record["value"], expected["value"], rtol=1e-6, atol=1e-7)
+    for got, want in zip(record["grads"], expected["grads"]):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -457,3 +457,35 @@ def test_a_rejected_call_changes_no_buffer_of_any_task(task, bad):
     twin(*good_half_update_batch())
     assert torch.equal(loss(*good_half_update_batch()), twin(*good_half_update_batch()))
     assert_unchanged(loss, snapshot(twin))
+
+
+# --------------------------------------------------------------------------------------------------
+# the containers print their values (issue 15 item 26)
+
+
+def test_uncertainty_parameters_and_dtp_state_print_their_values_by_task():
+    loss = lossdsl.compile("uncertainty({seg: ce(), depth: l1()})")
+    with torch.no_grad():
+        loss.log_variance["depth"].fill_(-0.25)
+    assert repr(loss.log_variance) == "TaskParameters(depth=-0.25, seg=0)"
+    dtp = lossdsl.compile("dtp({seg: ce(), depth: l1()})")
+    dtp.observe(depth=0.125)
+    assert repr(dtp.kpi_average) == "RunningState(seg=0, depth=0.125)"
+    assert repr(dtp.kpi_seen) == "RunningState(seg=False, depth=True)"
+    dtp.to("meta")
+    assert repr(dtp.kpi_average) == "RunningState(seg=<no data>, depth=<no data>)"
+
+
+def test_an_observed_indicator_waits_through_eval_calls_for_the_next_training_step():
+    """observe() stands for the next training step's measure; a validation call in between does not
+    use it up (it stores nothing)."""
+    loss, twin = lossdsl.compile(DTP3), lossdsl.compile(DTP3)
+    for module in (loss, twin):
+        module.observe(seg=0.3, depth=0.5)
+    loss.eval()
+    loss(*batch(1))
+    loss.train()
+    for module in (loss, twin):
+        module(*batch(2))
+    assert_unchanged(loss, snapshot(twin))
+    torch.testing.assert_close(loss.kpi_average["seg"], torch.tensor(0.3))

@@ -36,6 +36,7 @@ class ElementLoss(LossNode):
     def elementwise(self, p: Tensor, y: Tensor) -> Tensor:
         """The loss per element: ``p`` probabilities ``[N, C, d1, ...]`` (sigmoid or softmax of the
         logits), ``y`` dense targets of the same shape (multi-hot or soft on the sigmoid head, one-hot
-        or probabilities on the softmax head). Returns a tensor of ``p``'s shape; on the softmax head
-        the loss of a position is its sum over classes."""
+        or probabilities on the softmax head). Returns a floating-point tensor of ``p``'s shape on
+        its device (anything else is an error naming this function); on the softmax head the loss
+        of a position is its sum over classes."""
         raise NotImplementedError(f"{self.kind_name()}() defines no element-wise function")

@@ -46,8 +46,9 @@ class RegionLoss(LossNode):
     def region(self, p: Tensor, y: Tensor, valid: Tensor | None) -> Tensor:
         """A plug-in's own region function: probabilities ``p`` and dense targets ``y``
         ``[N, C, d1, ...]`` (0 at ignored positions), the mask ``valid`` ``[N, 1, d1, ...]`` of the
-        positions that count (None: all), to the loss ``[N, C]`` per sample and class. The built-in
-        names are computed by ``lossdsl.functional.region`` instead."""
+        positions that count (None: all), to the loss ``[N, C]`` per sample and class (a
+        floating-point tensor on ``p``'s device; anything else is an error naming this function).
+        The built-in names are computed by ``lossdsl.functional.region`` instead."""
         raise NotImplementedError(f"{self.kind_name()}() defines no region function")
 
 

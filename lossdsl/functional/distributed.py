@@ -2,7 +2,7 @@
 
 Used for GHM-C's bin counts (and, with multi-task weighting, task indicators). One ``all_reduce``
 per call, on the device, without a host synchronisation; a no-op when torch.distributed is not
-initialised.
+initialised. Only training-mode calls synchronise (``collectives_allowed``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,14 @@ from torch import Tensor
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def collectives_allowed(distributed: bool, training: bool) -> bool:
+    """Whether a loss may call a collective now (SPEC 4b): asked for, and in training mode, where
+    every rank calls the loss each step as DDP requires of the model. A loss in eval mode is often
+    computed on one rank only (a validation loss on the main process): a collective there would
+    wait for ranks that never come, until the group's timeout."""
+    return distributed and training
 
 
 def sum_over_processes(tensor: Tensor) -> Tensor:

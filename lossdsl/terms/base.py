@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import LossInputError
-from ..functional.distributed import mean_over_processes
+from ..functional.distributed import collectives_allowed, mean_over_processes
+from ..functional.plan import compute_dtype
 from ..functional.reduce import reduce_loss, reduce_total
-from ..functional.tracing import is_compiling
-from ..running import apply_keeping_dtype
+from ..functional.tracing import holds_no_data, is_compiling
+from ..running import RunningStatistics
 from ..spec import Term
 from ..state_updates import StateUpdates
 from .shared import SharedComputations
@@ -40,14 +41,6 @@ class TermInputs:
     reduction: str | None = None
 
 
-def holds_no_data(tensor: Tensor) -> bool:
-    """Meta and fake tensors (shape inference, torch.compile's tracing) carry shapes but no values."""
-    if tensor.device.type == "meta":
-        return True
-    fake = getattr(getattr(torch, "_subclasses", None), "fake_tensor", None)
-    return fake is not None and isinstance(tensor, fake.FakeTensor)
-
-
 def host_range(tensor: Tensor) -> tuple[float, float]:
     """The smallest and largest value of ``tensor``, read in one host synchronisation (one
     ``tolist`` of both, not one read each)."""
@@ -62,8 +55,12 @@ def shape_of(dims: Any) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
-class TermModule(nn.Module):
-    """One term of a loss: ``prepare(input, target)`` then ``compute(prepared)``."""
+class TermModule(RunningStatistics):
+    """One term of a loss: ``prepare(input, target)`` then ``compute(prepared)``.
+
+    Its buffers are constants (non-persistent) and running statistics, which keep their dtype and
+    are range-checked when loaded (``lossdsl.running``; counts >= 0 unless ``statistic_bounds`` says
+    otherwise)."""
 
     # Whether the term takes a call-time weight (region losses compare whole masks: they do not).
     accepts_weight = True
@@ -155,14 +152,29 @@ class TermModule(nn.Module):
                 f"{reduction}",
             )
         if isinstance(avg_factor, Tensor):
-            if avg_factor.numel() != 1:
-                raise self.fail(f"avg_factor must be one number, got shape {shape_text(avg_factor)}")
-            return avg_factor.reshape(()).to(device=input.device)
+            return self._avg_factor_tensor(avg_factor, input)
         if isinstance(avg_factor, bool) or not isinstance(avg_factor, (int, float)):
             raise self.fail(f"avg_factor must be a number or a 0-d tensor, got {type(avg_factor).__name__}")
         if not math.isfinite(avg_factor) or avg_factor < 0:
             raise self.fail(f"avg_factor must be a finite number >= 0, got {avg_factor}")
         return float(avg_factor)
+
+    def _avg_factor_tensor(self, avg_factor: Tensor, input: Tensor) -> Tensor:
+        """A tensor avg_factor (mmdetection passes ``reduce_mean(num_pos)``) checked like a number,
+        in the loss's computation dtype: a float64 count must not turn a float32 loss into float64
+        (two 0-d tensors promote to the wider dtype), and integer or half-precision counts work."""
+        if avg_factor.numel() != 1:
+            raise self.fail(f"avg_factor must be one number, got shape {shape_text(avg_factor)}")
+        if avg_factor.dtype == torch.bool or avg_factor.is_complex():
+            raise self.fail(f"avg_factor must be a real number, got a {avg_factor.dtype} tensor")
+        value = avg_factor.reshape(()).to(device=input.device, dtype=compute_dtype(input))
+        # A host read, as for every value check: skipped when they are off or while tracing. The
+        # value read is the one used (a float64 count too large for float32 is inf there).
+        if self.values_checked(avg_factor):
+            number = float(value.detach())
+            if not math.isfinite(number) or number < 0:
+                raise self.fail(f"avg_factor must be a finite number >= 0, got {number:g} (a tensor)")
+        return value
 
     def reduce(
         self, loss: Tensor, inputs: TermInputs, *, count: Tensor | float | None = None,
@@ -171,7 +183,7 @@ class TermModule(nn.Module):
         """The term's reduction of its per-element loss (already multiplied by the call weight)."""
         return reduce_loss(
             loss, self.reduction_of(inputs), count=count, positives=positives, batch_size=loss.shape[0],
-            avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.distributed else None,
+            avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.synchronises() else None,
         )
 
     def reduce_sum(
@@ -181,8 +193,13 @@ class TermModule(nn.Module):
         """The same reduction from an already summed loss (a fused kernel summed for us)."""
         return reduce_total(
             total, self.reduction_of(inputs), count=count, positives=positives, batch_size=batch_size,
-            avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.distributed else None,
+            avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.synchronises() else None,
         )
+
+    def synchronises(self) -> bool:
+        """Whether this call sums its statistics over the process group (pos_mean's positive count,
+        GHM-C's bin counts): in training mode only (SPEC 4b)."""
+        return collectives_allowed(self.distributed, self.training)
 
     def stage_update(self, inputs: TermInputs, buffer: Tensor, value: Tensor) -> None:
         """Running state is never written while computing: the new value waits in the call's
@@ -190,6 +207,27 @@ class TermModule(nn.Module):
         if inputs.updates is None:
             raise RuntimeError(f"{self.label}: running state staged outside a call")  # a bug of ours
         inputs.updates.stage(buffer, value)
+
+    def plugin_output(self, value: Any, function: str, shape: torch.Size, per: str, like: Tensor) -> Tensor:
+        """What a plug-in's ``function`` returned, checked before anything uses it: a floating-point
+        tensor of ``shape`` (one value per ``per``) on ``like``'s device; returned in ``like``'s
+        dtype, the computation's. Anything else is an error naming the plug-in's function."""
+        expected = f"a floating-point tensor of shape {shape_of(shape)} (one value per {per})"
+        if not isinstance(value, Tensor):
+            found = f"{type(value).__name__} {value!r}"[:80]
+        elif not value.is_floating_point():
+            found = f"a {value.dtype} tensor"
+        elif value.shape != shape:
+            found = f"shape {shape_text(value)}"
+        elif value.device != like.device:
+            found = f"a tensor on {value.device} (the input is on {like.device})"
+        else:
+            return value.to(like.dtype)
+        raise self.fail(
+            f"{function} must return {expected}; it returned {found}",
+            hint="build it with torch operations from the p and y it is given, which gives it their "
+            "dtype and device",
+        )
 
     def fail(self, reason: str, hint: str | None = None) -> LossInputError:
         return LossInputError(f"{self.label}: {reason}", hint=hint)
@@ -288,16 +326,7 @@ class TermModule(nn.Module):
         self.register_buffer(name, tensor.to(torch.float32))
 
     def _is_running(self, buffer: Tensor) -> bool:
-        return any(buffer is self._buffers[name] for name in self._buffers
-                   if name not in self._non_persistent_buffers_set)
-
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # A term holds no parameters, only constants and running statistics: they follow the
-        # device but keep their dtype (see lossdsl.running).
-        apply_keeping_dtype(self._buffers, fn)
-        for child in self.children():
-            child._apply(fn, recurse)
-        return self
+        return any(buffer is running for running in self.running_statistics().values())
 
     def lower_block(self, block: Any) -> Any:
         """The kernel step for a focusing, polynomial or balancing block (shared by both heads);

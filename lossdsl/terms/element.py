@@ -58,12 +58,8 @@ class ElementTerm(TermModule):
 
     def compute(self, inputs: ElementInputs) -> Tensor:
         p = torch.sigmoid(inputs.x) if self.head == "sigmoid" else torch.softmax(inputs.x, dim=1)
-        loss = self.node.elementwise(p, inputs.y)
-        if loss.shape != p.shape:
-            raise self.fail(
-                f"{self.node.kind_name()}.elementwise() must return one value per element, "
-                f"{shape_text(p)}; it returned {shape_text(loss)}"
-            )
+        function = f"{self.node.kind_name()}.elementwise()"
+        loss = self.plugin_output(self.node.elementwise(p, inputs.y), function, p.shape, "element", like=p)
         valid = inputs.valid
         if self.head == "softmax":
             loss = loss.sum(dim=1)

@@ -165,12 +165,9 @@ class RegionTerm(TermModule):
         y = self.dense_target(inputs)
         if inputs.valid is not None:
             p, y = zero_ignored(p, inputs.valid), zero_ignored(y, inputs.valid)
-        value = self.node.region(p, y, inputs.valid)
-        if value.shape != p.shape[:2]:
-            raise self.fail(
-                f"{self.node.kind_name()}.region() must return one value per sample and class, "
-                f"{shape_of(p.shape[:2])}; it returned {shape_text(value)}"
-            )
+        function = f"{self.node.kind_name()}.region()"
+        value = self.plugin_output(self.node.region(p, y, inputs.valid), function, p.shape[:2],
+                                   "sample and class", like=p)
         return self._without_background(value)
 
     def _without_background(self, value: Tensor) -> Tensor:

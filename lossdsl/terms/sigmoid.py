@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -14,6 +14,7 @@ from ..catalogue.modifiers import Clip, Density, Modulate
 from ..functional.plan import DensityStep, VarifocalStep, compute_dtype
 from ..functional.sigmoid_kernel import SigmoidPlan, sigmoid_term_elementwise
 from ..functional.targets import index_to_one_hot, per_class, smooth_binary
+from ..running import Bounds
 from ..spec import Term
 from .base import TermInputs, TermModule, shape_of, shape_text
 
@@ -64,6 +65,13 @@ class SigmoidTerm(TermModule):
             else:
                 steps.append(self.lower_block(block))
         self.plan = SigmoidPlan(margin, tuple(steps), quality)
+        # The same plan with GHM-C's counts kept local, for calls that make no collective call.
+        self.local_plan = SigmoidPlan(margin, tuple(
+            replace(step, synchronise=False) if isinstance(step, DensityStep) else step for step in steps
+        ), quality)
+
+    def statistic_bounds(self, name: str) -> Bounds:
+        return Bounds("GHM-C's running bin counts")  # its only running statistic
 
     def prepare(self, input: Tensor, target: Tensor) -> SigmoidInputs:
         self.check_tensors(input, target)
@@ -118,8 +126,9 @@ class SigmoidTerm(TermModule):
             per_class(self.constant(name, inputs.x), inputs.x.dim()) for name in self.alpha_names
         )
         accumulator = getattr(self, "ghm_accumulator", None)
+        plan = self.plan if self.synchronises() else self.local_plan
         loss, new_accumulator = sigmoid_term_elementwise(
-            inputs.x, inputs.y, self.plan, weight, pos_weight, inputs.valid, accumulator, alphas
+            inputs.x, inputs.y, plan, weight, pos_weight, inputs.valid, accumulator, alphas
         )
         if new_accumulator is not None and self.training:
             self.stage_update(inputs, accumulator, new_accumulator)
