@@ -1,4 +1,5 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Each creates .venv on first use.
+# `make floors` checks the declared dependency floors in a venv of its own (.ci/floors; CI runs it).
 # torch is pinned for set-up only (a CPU build that installs from local disk here); the package itself
 # asks for torch>=2.1.
 PYTHON ?= python3
@@ -8,7 +9,7 @@ TORCH ?= torch==2.13.0
 TIMM ?= timm==1.0.31
 SMP ?= segmentation-models-pytorch==0.6.0
 
-.PHONY: demo test venv clean
+.PHONY: demo test floors venv clean
 
 $(VENV)/.ready: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+floors:
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" bash .ci/floors
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -193,7 +193,6 @@ class CompiledLoss(LossModule):
         self.terms = nn.ModuleList(terms)
         self.keys = [spec_term.name or term.label for spec_term, term in zip(spec.terms, terms)]
         self.weights = [term.weight for term in spec.terms]
-        self.unreduced = all(term.reduction == "none" for term in spec.terms)
         self.last_terms: dict[str, Tensor] = {}
         # Terms that need the softmax of the logits (ce, softmax blocks, softmax region losses) share
         # one log_softmax per call when there are several of them (terms.shared).
@@ -218,19 +217,24 @@ class CompiledLoss(LossModule):
     def prepare(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
         avg_factor: Tensor | float | None = None, *, updates: StateUpdates | None = None,
+        reductions: Sequence[str | None] | None = None,
     ) -> list[Any]:
         """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
         checks of a call happen before any term touches a running buffer. The terms stage their
         running-state updates in ``updates``, which the caller commits once the call has succeeded
-        (a multi-task loss passes one for all its tasks)."""
-        prepared = [term.prepare_call(input, target, weight, avg_factor) for term in self.terms]
+        (a multi-task loss passes one for all its tasks). ``reductions``, one per term (None: the
+        term's own), replace the terms' reductions for this call only."""
+        reductions = [None] * len(self.terms) if reductions is None else list(reductions)
+        prepared = [term.prepare_call(input, target, weight, avg_factor, reduction=reduction)
+                    for term, reduction in zip(self.terms, reductions, strict=True)]
         for inputs in prepared:
             inputs.updates = updates
         if self.shares:
             shared = SharedComputations()
             for inputs in prepared:
                 inputs.shared = shared
-        if self.unreduced and len(prepared) > 1:
+        unreduced = all(term.reduction_of(inputs) == "none" for term, inputs in zip(self.terms, prepared))
+        if unreduced and len(prepared) > 1:
             self._check_same_shapes(prepared)
         return prepared
 

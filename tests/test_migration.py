@@ -68,7 +68,7 @@ from test_detection import (
 )
 
 import lossdsl
-from lossdsl.integrations.mmdet import reductions_overridden
+from lossdsl.state_updates import StateUpdates
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "migration.md"
 HEADER = ["row", "you wrote", "write this in lossdsl", "differences"]
@@ -776,6 +776,8 @@ def _(row):
     adapter = mmengine_models().build(dict(type="LossDSL", expr=row.ours[0]))
     assert_same(lambda x: adapter(x, (labels, score), weight),
                 lambda x: theirs(x, (labels, score), weight), [pred], F64)
+    assert_same(lambda x: adapter(x, (labels, score), weight, avg_factor=9.0),
+                lambda x: theirs(x, (labels, score), weight, avg_factor=9.0), [pred], F64)
 
 
 @check("mmdet-vfl")
@@ -808,11 +810,17 @@ def _(row):
     torch.testing.assert_close(per_edge, F.cross_entropy(pred, at_n.long(), reduction="none"))
 
 
+def unreduced(loss, input, target):
+    """The per-element values of a compiled loss of stateless terms: every term reduced with none
+    for this one call (the same modules, not a recompiled copy)."""
+    prepared = loss.prepare(input, target, updates=StateUpdates(), reductions=["none"] * len(loss.terms))
+    return loss.combine(prepared)
+
+
 def mmdet_boxes_agree(ours_loss, theirs_loss, pred, target, value_atol=1e-5):
     """Per box within ``value_atol`` (mmdetection floors where lossdsl adds eps), and the gradients of
     the mean to a relative 1e-4."""
-    with reductions_overridden(ours_loss, "none"):
-        mine = ours_loss(pred, target)
+    mine = unreduced(ours_loss, pred, target)
     other = theirs_loss(pred, target, reduction_override="none")
     torch.testing.assert_close(mine, other, rtol=0, atol=value_atol)
     assert_same(lambda p: ours_loss(p, target), lambda p: theirs_loss(p, target), [pred],
@@ -832,8 +840,7 @@ def _(row):
     pred, target = boxes()
     ours, theirs = compiled(row), their(row, MMDET)
     x = pred.detach().clone().requires_grad_(True)
-    with reductions_overridden(ours, "none"):
-        linear = ours(x, target)
+    linear = unreduced(ours, x, target)
     log = theirs(pred, target, reduction_override="none")
     iou = 1 - linear
     torch.testing.assert_close(-torch.log(1 - linear), log, rtol=1e-4, atol=1e-6)
@@ -869,8 +876,7 @@ def _(row):
     target = random_boxes(256, generator, min_size=0.5)
     pred = torch.cat((near(target[:128], 0.3, generator), near(target[128:], 1.5, generator)))
     ours, theirs = compiled(row), their(row, MMDET)
-    with reductions_overridden(ours, "none"):
-        mine = ours(pred, target)
+    mine = unreduced(ours, pred, target)
     other = theirs(pred, target, reduction_override="none")
     eps = 1e-6
     iou = 1 - tv_iou_loss(pred, target, eps)
@@ -1117,8 +1123,7 @@ def _(row):
 
     def stated(x):
         loss = compiled(row)
-        with reductions_overridden(loss, "none"):
-            per_class = loss(x, t)
+        per_class = unreduced(loss, x, t)
         return loss(x, t) - (absent * per_class).sum() / 4
 
     assert_same(stated, lambda x: their(row, smp())(x, t), [x], F64)

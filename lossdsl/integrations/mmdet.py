@@ -1,31 +1,37 @@
 """A lossdsl expression behind mmdetection's loss calling convention (no mmdetection import needed).
 
 mmdetection builds a head's losses from config dicts and calls them as
-``loss(pred, target, weight=None, avg_factor=None, reduction_override=None)``, with integer labels
+``loss(pred, target, weight=None, avg_factor=None, reduction_override=None)`` (and
+``CrossEntropyLoss`` also with ``ignore_index=None``), with integer labels
 whose background is ``num_classes`` on a sigmoid head (mmdet/models/losses/focal_loss.py), and QFL's
 target as a ``(label, score)`` pair (gfocal_loss.py). ``MMDetLoss`` speaks that convention for any
-single-task expression; ``lossdsl.integrations.mmengine`` registers it as ``type='LossDSL'``.
+single-task expression; ``lossdsl.integrations.mmengine`` registers it as ``type='LossDSL'``. The
+target conventions themselves are in ``lossdsl.integrations.mmdet_targets``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..api import compile as compile_loss
 from ..api import load, parse
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import BCE
-from ..catalogue.modifiers import Density, walk
+from ..catalogue.modifiers import walk
 from ..catalogue.multitask import MultiTask
 from ..errors import LossConfigError, LossInputError
 from ..spec import LossSpec
+from ..state_updates import StateUpdates
+from .mmdet_targets import label_weights_as_mask, quality_targets, replace_ignore_index
 
-REDUCTIONS = (None, "none", "mean", "sum")
+# mmdetection's reductions (weight_reduce_loss): its "mean" is the mean of whatever its loss
+# function returns per element, which for a lossdsl term is the term's own kind of mean (QFL's
+# per-anchor mean is batchmean here; RetinaNet's mean over positives, pos_mean).
+REDUCTIONS = ("none", "mean", "sum")
+MEANS = ("mean", "batchmean", "pos_mean")
 
 
 def with_background_label(node: LossNode) -> LossNode:
@@ -40,6 +46,42 @@ def with_background_label(node: LossNode) -> LossNode:
     return node.model_copy(update=children)
 
 
+def term_reduction(own: str, mmdet: str | None, avg_factor: bool) -> str | None:
+    """The lossdsl reduction of a term whose expression says ``own`` when mmdetection asks for
+    ``mmdet`` (None: the term's own), in a call with or without ``avg_factor``."""
+    if mmdet in (None, "mean") and own in MEANS:
+        # weight_reduce_loss: with avg_factor, every mean is sum / avg_factor (mean and pos_mean
+        # take avg_factor as their denominator; batchmean has none to replace).
+        return "mean" if avg_factor and own == "batchmean" else None
+    return mmdet
+
+
+def default_reduction(reduction: Any, spec: LossSpec, expression: str) -> str | None:
+    """The constructor's ``reduction`` (mmdetection's default for calls without an override),
+    checked against the expression's: it may say what the expression says, or fill in the
+    expression's default ``mean``; it may not contradict a reduction the expression states."""
+    if reduction is None:
+        return None
+    if reduction not in REDUCTIONS:
+        raise LossConfigError(f"reduction must be one of none, mean, sum, got {reduction!r}")
+    for term in spec.terms:
+        agrees = term.reduction in MEANS if reduction == "mean" else term.reduction in (reduction, "mean")
+        if not agrees:
+            raise LossConfigError(
+                f"reduction={reduction!r} contradicts the expression, whose reduction is "
+                f"{term.reduction}: {expression}",
+                hint="leave reduction out of the config (the expression's applies) or make them agree",
+            )
+    return reduction
+
+
+def checked_loss_weight(loss_weight: Any) -> float:
+    if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)) \
+            or not math.isfinite(loss_weight):
+        raise LossConfigError(f"loss_weight must be a finite number, got {loss_weight!r}")
+    return float(loss_weight)
+
+
 class MMDetLoss(nn.Module):
     """``dict(type='LossDSL', expr='poly(focal(), eps=1)', loss_weight=1.0)`` in an mmdetection config.
 
@@ -47,6 +89,11 @@ class MMDetLoss(nn.Module):
         expr: the loss, as an expression or any form ``lossdsl.load`` accepts (not a multi-task loss:
             an mmdetection head calls each of its losses on its own).
         loss_weight: multiplies the loss, as every mmdetection loss does.
+        reduction: mmdetection's default reduction for calls without ``reduction_override``
+            (``none``, ``mean``, ``sum``). It may fill in the expression's default ``mean`` or say
+            what the expression says (``mean`` is any mean of the expression: ``batchmean`` for
+            QFL, ``pos_mean``); a contradiction is a LossConfigError. Left out, the expression's
+            reduction applies.
         use_sigmoid: mmdetection heads read this key of the config to size their classifier
             (``num_classes`` outputs on a sigmoid head, ``num_classes + 1`` on a softmax head); it is
             checked against the expression's head when given, and set from it otherwise.
@@ -54,8 +101,8 @@ class MMDetLoss(nn.Module):
     """
 
     def __init__(
-        self, expr: Any, loss_weight: float = 1.0, use_sigmoid: bool | None = None,
-        check_values: bool = True, distributed: bool = True,
+        self, expr: Any, loss_weight: float = 1.0, reduction: str | None = None,
+        use_sigmoid: bool | None = None, check_values: bool = True, distributed: bool = True,
     ) -> None:
         super().__init__()
         spec = parse(expr) if isinstance(expr, str) else load(expr)  # a string is an expression
@@ -64,13 +111,10 @@ class MMDetLoss(nn.Module):
                 "an mmdetection head calls each of its losses on its own; give one loss per config "
                 "entry (loss_cls, loss_bbox, ...) instead of a task dictionary"
             )
+        self.expression = spec.to_expr()  # as written, for messages
         self.spec = LossSpec(terms=tuple(
             term.model_copy(update={"loss": with_background_label(term.loss)}) for term in spec.terms
         ))
-        # GHM-C's label weights are a validity mask in mmdetection (GHMC.forward: anchors of weight 0
-        # stay out of the bins, avg_factor is not used): a gradient-density term reads them so.
-        self.density = next((node for term in self.spec.terms for node in walk(term.loss)
-                             if isinstance(node, Density)), None)
         heads = {getattr(term.loss, "head", None) for term in self.spec.terms} - {None}
         sigmoid = heads == {"sigmoid"}
         if use_sigmoid is not None and heads and bool(use_sigmoid) != sigmoid:
@@ -79,60 +123,51 @@ class MMDetLoss(nn.Module):
                 f"{'sigmoid' if sigmoid else 'softmax'}: {spec.to_expr()}"
             )
         self.use_sigmoid = sigmoid if use_sigmoid is None else bool(use_sigmoid)
-        self.loss_weight = float(loss_weight)
+        self.loss_weight = checked_loss_weight(loss_weight)
+        self.reduction = default_reduction(reduction, self.spec, self.expression)
+        # The values the expression's likelihoods ignore (a call-time ignore_index replaces them).
+        self.ignore_values = {node.ignore_index for term in self.spec.terms for node in walk(term.loss)
+                              if isinstance(getattr(node, "ignore_index", None), int)}
         self.loss = compile_loss(self.spec, check_values=check_values, distributed=distributed)
 
     def forward(
         self, pred: Tensor, target: Tensor | tuple[Tensor, Tensor], weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None, reduction_override: str | None = None, **_: Any,
+        avg_factor: float | Tensor | None = None, reduction_override: str | None = None,
+        ignore_index: int | None = None, **unknown: Any,
     ) -> Tensor:
-        if reduction_override not in REDUCTIONS:
+        """mmdetection's call. ``ignore_index`` (as ``CrossEntropyLoss`` takes it) is ignored for
+        this call in place of the expression's own value; a GHM-C term reads ``weight`` as its
+        label weights (a validity mask, ``avg_factor`` unused), every other term multiplies by it."""
+        if unknown:
+            raise LossInputError(
+                f"{', '.join(sorted(unknown))}: not an argument of this loss; it takes pred, target, "
+                "weight, avg_factor, reduction_override and ignore_index",
+            )
+        if reduction_override is not None and reduction_override not in REDUCTIONS:
             raise LossInputError(
                 f"reduction_override must be one of none, mean, sum (or None), got {reduction_override!r}"
             )
+        if ignore_index is not None:
+            target = replace_ignore_index(target, pred, ignore_index, self.ignore_values, self.expression)
         if isinstance(target, (tuple, list)):
             target = quality_targets(pred, target)
-        if self.density is not None and weight is not None and not target.is_floating_point():
-            ignore_index = self.density.loss.ignore_index if isinstance(self.density.loss, BCE) else -100
-            target = torch.where(weight.reshape(target.shape) > 0, target, ignore_index)
-            weight = avg_factor = None
-        with reductions_overridden(self.loss, reduction_override):
-            value = self.loss(pred, target, weight=weight, avg_factor=avg_factor)
+        requested = reduction_override or self.reduction
+        reductions = [term_reduction(term.reduction, requested, avg_factor is not None)
+                      for term in self.spec.terms]
+        # CompiledLoss.forward, with this call's reductions (nothing is stored on the shared
+        # terms, so concurrent and nested calls of this module do not see each other's).
+        updates = StateUpdates()
+        prepared = self.loss.prepare(pred, target, weight, avg_factor, updates=updates, reductions=reductions)
+        for term, inputs in zip(self.loss.terms, prepared):
+            if getattr(term, "has_density", False) and inputs.weight is not None:
+                label_weights_as_mask(inputs)
+        value = self.loss.combine(prepared)
+        updates.commit()
         return self.loss_weight * value
 
     def extra_repr(self) -> str:
-        return f"expr={self.spec.to_expr()!r}, loss_weight={self.loss_weight:g}"
+        reduction = f", reduction={self.reduction!r}" if self.reduction else ""
+        return f"expr={self.spec.to_expr()!r}, loss_weight={self.loss_weight:g}{reduction}"
 
 
-@contextmanager
-def reductions_overridden(loss: nn.Module, reduction: str | None) -> Iterator[None]:
-    """Every term of ``loss`` reduced with ``reduction`` for one call (mmdetection's
-    ``reduction_override``): the same modules, so running statistics stay shared."""
-    if reduction is None:
-        yield
-        return
-    saved = [term.reduction for term in loss.terms], loss.unreduced
-    for term in loss.terms:
-        term.reduction = reduction
-    loss.unreduced = reduction == "none"
-    try:
-        yield
-    finally:
-        for term, previous in zip(loss.terms, saved[0]):
-            term.reduction = previous
-        loss.unreduced = saved[1]
-
-
-def quality_targets(pred: Tensor, target: tuple[Tensor, Tensor] | list[Tensor]) -> Tensor:
-    """QFL's ``(label, score)`` target (gfocal_loss.py) as the dense soft-target matrix: the score at
-    the label class, 0 elsewhere, an all-zero row for the background label ``num_classes``."""
-    if len(target) != 2:
-        raise LossInputError(f"a tuple target must be (label, score), got {len(target)} elements")
-    label, score = target
-    num_classes = pred.shape[1]
-    dense = torch.zeros(pred.shape[0], num_classes + 1, dtype=pred.dtype, device=pred.device)
-    dense.scatter_(1, label.long().clamp(0, num_classes).unsqueeze(1), score.to(pred.dtype).unsqueeze(1))
-    return dense[:, :num_classes]
-
-
-__all__ = ["MMDetLoss", "quality_targets", "reductions_overridden", "with_background_label"]
+__all__ = ["MMDetLoss", "term_reduction", "with_background_label"]

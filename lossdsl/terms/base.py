@@ -36,6 +36,9 @@ class TermInputs:
     # term (and task) has computed: a failure anywhere leaves every buffer as it was.
     # (None: a term called on its own, which commits at the end of its own call.)
     updates: StateUpdates | None = None
+    # This call's reduction where it replaces the term's own (mmdetection's reduction_override):
+    # carried by the call, so concurrent and nested calls of one module never see each other's.
+    reduction: str | None = None
 
 
 def host_range(tensor: Tensor) -> tuple[float, float]:
@@ -97,15 +100,21 @@ class TermModule(RunningStatistics):
 
     def prepare_call(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None,
+        avg_factor: Tensor | float | None = None, *, reduction: str | None = None,
     ) -> TermInputs:
-        """``prepare`` plus the call-time options (mmdetection's ``weight`` and ``avg_factor``)."""
+        """``prepare`` plus the call-time options (mmdetection's ``weight`` and ``avg_factor``, and
+        a ``reduction`` that replaces the term's own for this call)."""
         prepared = self.prepare(input, target)
+        prepared.reduction = reduction
         if weight is not None:
             prepared.weight = self._call_weight(weight, self.unreduced_shape(prepared), input)
         if avg_factor is not None:
-            prepared.avg_factor = self._avg_factor(avg_factor, input)
+            prepared.avg_factor = self._avg_factor(avg_factor, input, self.reduction_of(prepared))
         return prepared
+
+    def reduction_of(self, inputs: TermInputs) -> str:
+        """The reduction of this call: the one the call brings, else the term's own."""
+        return inputs.reduction or self.reduction
 
     def _call_weight(self, weight: Any, shape: torch.Size, input: Tensor) -> Tensor:
         """The call's weight shaped to broadcast to the per-element loss: the full shape, a leading
@@ -135,11 +144,12 @@ class TermModule(RunningStatistics):
             )
         return weight.reshape(view)
 
-    def _avg_factor(self, avg_factor: Any, input: Tensor) -> Tensor | float:
-        if self.reduction in ("sum", "batchmean"):
+    def _avg_factor(self, avg_factor: Any, input: Tensor, reduction: str | None = None) -> Tensor | float:
+        reduction = reduction or self.reduction
+        if reduction in ("sum", "batchmean"):
             raise self.fail(
                 f"avg_factor replaces the denominator of mean and pos_mean; this term's reduction is "
-                f"{self.reduction}",
+                f"{reduction}",
             )
         if isinstance(avg_factor, Tensor):
             return self._avg_factor_tensor(avg_factor, input)
@@ -172,7 +182,7 @@ class TermModule(RunningStatistics):
     ) -> Tensor:
         """The term's reduction of its per-element loss (already multiplied by the call weight)."""
         return reduce_loss(
-            loss, self.reduction, count=count, positives=positives, batch_size=loss.shape[0],
+            loss, self.reduction_of(inputs), count=count, positives=positives, batch_size=loss.shape[0],
             avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.synchronises() else None,
         )
 
@@ -182,7 +192,7 @@ class TermModule(RunningStatistics):
     ) -> Tensor:
         """The same reduction from an already summed loss (a fused kernel summed for us)."""
         return reduce_total(
-            total, self.reduction, count=count, positives=positives, batch_size=batch_size,
+            total, self.reduction_of(inputs), count=count, positives=positives, batch_size=batch_size,
             avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.synchronises() else None,
         )
 

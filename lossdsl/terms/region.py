@@ -184,10 +184,10 @@ class RegionTerm(TermModule):
     def compute(self, inputs: RegionInputs) -> Tensor:
         value, counted = self.per_class(inputs)
         value = self._weighted(value, inputs.x)
-        if self.reduction == "none":
+        if self.reduction_of(inputs) == "none":
             return value
         n = inputs.x.shape[0]
-        if counted is not None and self.reduction == "mean" and inputs.avg_factor is None:
+        if counted is not None and self.reduction_of(inputs) == "mean" and inputs.avg_factor is None:
             return mean_over_counted(value, counted)  # Berman's mean over the classes that count
         return self.reduce_sum(value.sum(), inputs, batch_size=n, count=value.numel())
 

@@ -159,7 +159,7 @@ class SoftmaxTerm(TermModule):
 
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
         plain = len(self.plan.steps) == 0 and inputs.weight is None  # (dynamo cannot trace `not tuple`)
-        if plain and self.reduction != "none":  # torch's kernel sums for us
+        if plain and self.reduction_of(inputs) != "none":  # torch's kernel sums for us
             total = self.plain_ce(inputs, "sum")
             return self.reduce_sum(total, inputs, batch_size=inputs.x.shape[0],
                                    count=self.mean_count(inputs), positives=inputs.positives)
