@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .call_inputs import check_names, readers
 from .errors import LossConfigError, LossInputError
 from .spec import LossSpec
 from .state_updates import StateUpdates
@@ -196,28 +197,35 @@ class CompiledLoss(LossModule):
         self.shares = len(softmax_users) > 1
         for term in softmax_users:
             term.shared_log_softmax = self.shares
+        # The named call-time inputs the terms read (kd's teacher=), with the terms that read each.
+        self.reads = readers(self.terms)
 
     def forward(
-        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None,
+        self, input: Tensor, target: Tensor | None = None, weight: Tensor | None = None,
+        avg_factor: Tensor | float | None = None, **inputs: Any,
     ) -> Tensor:
         """``weight`` multiplies every element term's per-element loss (broadcast from ``[N]``,
         ``[N, C]`` or the full shape); ``avg_factor`` replaces the denominator of ``mean`` and
-        ``pos_mean`` (mmdetection's convention: ``sum / (avg_factor + eps)``)."""
+        ``pos_mean`` (mmdetection's convention: ``sum / (avg_factor + eps)``); ``inputs`` are the
+        named tensors terms read (``teacher=`` for kd). ``target`` may be left out when no term
+        reads it (a loss of kd terms only)."""
         updates = StateUpdates()
-        total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates))
+        total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs))
         updates.commit()  # only now that every term has computed (lossdsl.state_updates)
         return total
 
     def prepare(
-        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
+        self, input: Tensor, target: Tensor | None, weight: Tensor | None = None,
         avg_factor: Tensor | float | None = None, *, updates: StateUpdates | None = None,
+        inputs: dict[str, Any] | None = None,
     ) -> list[Any]:
         """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
         checks of a call happen before any term touches a running buffer. The terms stage their
         running-state updates in ``updates``, which the caller commits once the call has succeeded
         (a multi-task loss passes one for all its tasks)."""
-        prepared = [term.prepare_call(input, target, weight, avg_factor) for term in self.terms]
+        inputs = inputs or {}
+        check_names(inputs, self.reads)
+        prepared = [term.prepare_call(input, target, weight, avg_factor, inputs) for term in self.terms]
         for inputs in prepared:
             inputs.updates = updates
         if self.shares:

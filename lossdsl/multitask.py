@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
+from .call_inputs import check_names
 from .errors import LossDSLError, LossInputError, unknown_name_hint
 from .functional.distributed import sum_over_processes, with_gradients_averaged
 from .functional.targets import index_to_one_hot
@@ -208,19 +209,22 @@ class MultiTaskLoss(LossModule):
     def forward(
         self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor],
         weight: Mapping[str, Tensor] | None = None, avg_factor: Mapping[str, Tensor | float] | None = None,
+        **inputs: Mapping[str, Tensor],
     ) -> Tensor:
-        """``weight`` and ``avg_factor``: call-time options per task (mappings by task name, any
-        subset of the tasks), passed to that task's loss (SPEC section 4)."""
+        """``weight``, ``avg_factor`` and the named inputs terms read (``teacher=``): call-time
+        options per task (mappings by task name, any subset of the tasks), passed to that task's
+        loss (SPEC section 4)."""
         self._check_keys(preds, targets)
         weights = self._per_task("weight", weight)
         avg_factors = self._per_task("avg_factor", avg_factor)
+        named = self._named_inputs(inputs)
         # Every task checks its inputs before any of them computes; running state (the tasks' own
         # and dtp's indicators) is staged in one StateUpdates and committed once everything has
         # computed, so a failure in any task leaves every buffer as it was.
         updates = StateUpdates()
         prepared = {
             name: in_task(name, self.tasks[name].prepare, preds[name], targets[name], weights.get(name),
-                          avg_factors.get(name), updates=updates)
+                          avg_factors.get(name), updates=updates, inputs=named[name])
             for name in self.names
         }
         if isinstance(self.node, DTP):
@@ -259,6 +263,23 @@ class MultiTaskLoss(LossModule):
                 hint=unknown_name_hint(str(extra[0]), self.names, "tasks"),
             )
         return options
+
+    def _named_inputs(self, inputs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The named inputs (``teacher={"cls": t}``) regrouped by task, each name checked: read by
+        some task, and given only to tasks that read it."""
+        read = {key: [f"task '{name}'" for name in self.names if key in self.tasks[name].reads]
+                for key in dict.fromkeys(k for name in self.names for k in self.tasks[name].reads)}
+        check_names(inputs, read)
+        by_task: dict[str, dict[str, Any]] = {name: {} for name in self.names}
+        for key, value in inputs.items():
+            for name, tensor in self._per_task(key, value).items():
+                if key not in self.tasks[name].reads:
+                    raise LossInputError(
+                        f"task '{name}' reads no input {key}=; {' and '.join(read[key])} "
+                        f"{'reads' if len(read[key]) == 1 else 'read'} it",
+                    )
+                by_task[name][key] = tensor
+        return by_task
 
     def _learned_weights(self) -> dict[str, Tensor]:
         """uncertainty's parameters by task, their gradients averaged over the process group when

@@ -64,6 +64,9 @@ class TermModule(nn.Module):
 
     # Whether the term takes a call-time weight (region losses compare whole masks: they do not).
     accepts_weight = True
+    # The named tensors the term reads at call time besides weight and avg_factor (kd's teacher=),
+    # each with what it must be (for the message when it is missing); ``prepare`` takes them by name.
+    reads: dict[str, str] = {}
 
     def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
         super().__init__()
@@ -90,9 +93,9 @@ class TermModule(nn.Module):
     # -- shared
     def forward(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None,
+        avg_factor: Tensor | float | None = None, **inputs: Any,
     ) -> Tensor:
-        prepared = self.prepare_call(input, target, weight, avg_factor)
+        prepared = self.prepare_call(input, target, weight, avg_factor, inputs)
         prepared.updates = StateUpdates()
         value = self.compute(prepared)
         prepared.updates.commit()
@@ -100,10 +103,17 @@ class TermModule(nn.Module):
 
     def prepare_call(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None,
+        avg_factor: Tensor | float | None = None, inputs: dict[str, Any] | None = None,
     ) -> TermInputs:
-        """``prepare`` plus the call-time options (mmdetection's ``weight`` and ``avg_factor``)."""
-        prepared = self.prepare(input, target)
+        """``prepare`` plus the call-time options (mmdetection's ``weight`` and ``avg_factor``) and
+        the named inputs the term reads (``inputs``: every name of the call; the loss that owns the
+        call has already refused names no term reads)."""
+        inputs = inputs or {}
+        for name, meaning in self.reads.items():
+            if inputs.get(name) is None:
+                raise self.fail(f"needs the call-time input {name}= ({meaning})",
+                                hint=f"call the loss as loss(input, target, {name}=...)")
+        prepared = self.prepare(input, target, **{name: inputs[name] for name in self.reads})
         if weight is not None:
             prepared.weight = self._call_weight(weight, self.unreduced_shape(prepared), input)
         if avg_factor is not None:
