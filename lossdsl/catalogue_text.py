@@ -24,6 +24,7 @@ CATEGORIES = [
     ("modifier", "blocks (wrap a loss with a probability p_t)"),
     ("named", "named losses (each exactly its expansion)"),
     ("region", "region losses (segmentation: whole masks per sample and class; no block wraps them)"),
+    ("distillation", "distillation (reads the teacher's logits at call time: teacher=)"),
     ("multitask", "multi-task weighting"),
     ("plugin", "registered plug-ins"),
 ]
@@ -69,7 +70,7 @@ def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
             "default": default_text(cls, example, name), "description": field.description or "",
         })
     if cls.category != "multitask":
-        rows.append({"name": "reduction", "type": "one of " + ", ".join(REDUCTIONS), "default": "mean",
+        rows.append({"name": "reduction", "type": "one of " + ", ".join(REDUCTIONS), "default": cls.default_reduction,
                      "description": REDUCTION_TEXT})
     return rows
 

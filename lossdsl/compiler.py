@@ -6,6 +6,7 @@ from __future__ import annotations
 from .catalogue.base import LossNode
 from .catalogue.boxes import DFL, BoxLoss
 from .catalogue.detection import Varifocal
+from .catalogue.distillation import KD
 from .catalogue.likelihoods import BCE, CE
 from .catalogue.modifiers import Modifier
 from .catalogue.multitask import MultiTask
@@ -19,6 +20,7 @@ from .printer import term_to_expr
 from .spec import LossSpec, Term
 from .terms.base import TermModule
 from .terms.boxes import BoxTerm, DFLTerm
+from .terms.distillation import KDTerm
 from .terms.element import ElementTerm
 from .terms.region import RegionTerm
 from .terms.regression import RegressionTerm
@@ -68,6 +70,8 @@ def compile_term(term: Term, label: str, check_values: bool, distributed: bool =
         return DFLTerm(term, label, check_values, distributed)
     if isinstance(base, ZLPR):
         return ZLPRTerm(term, label, check_values, distributed)
+    if isinstance(base, KD):
+        return KDTerm(term, label, check_values, distributed)
     if base.is_regression:
         return RegressionTerm(term, label, check_values, distributed)
     raise LossSpecError(f"{base.kind_name()}() has no compiled form")

@@ -370,7 +370,7 @@ class _Walker:
             )
         node = self.node(item, path, depth, allow_reduction=True)
         try:
-            term = Term(loss=node, weight=weight, reduction=str(reduction or "mean"))
+            term = Term(loss=node, weight=weight, reduction=str(reduction or node.default_reduction))
         except ValidationError:
             raise self._fail("term weight must be a finite number", item.location, path) from None
         return term, item
@@ -386,7 +386,7 @@ class _Walker:
                 hint="apply the modifier to each term: poly(a) + 0.5 * poly(b)",
             )
         term, source = terms[0]
-        if term.reduction != "mean" or "reduction" in (source.value or {}):
+        if term.reduction != term.loss.default_reduction or "reduction" in (source.value or {}):
             where = source.key_location("reduction")
             raise self._fail(
                 "reduction= belongs on the outermost call of a term", where, _join(path, "reduction"),

@@ -75,6 +75,8 @@ class LossNode(BaseModel):
     equivalents: ClassVar[tuple[str, ...]] = ()
     # The targets the compiled term accepts, in words (None: the head's or category's usual ones).
     targets: ClassVar[str | None] = None
+    # The reduction of a term of this loss that names none (kd: batchmean, as the KD literature).
+    default_reduction: ClassVar[str] = "mean"
 
     @classmethod
     def kind_name(cls) -> str:

@@ -78,7 +78,7 @@ def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None, full: bool
 
 def term_to_expr(term: Term, *, with_weight: bool = True) -> str:
     """A term as text; its reduction prints on the outermost call, where the syntax puts it."""
-    extra = {"reduction": term.reduction} if term.reduction != "mean" else None
+    extra = {"reduction": term.reduction} if term.reduction != term.loss.default_reduction else None
     text = node_to_expr(term.loss, extra)
     if with_weight and term.weight != 1:
         text = f"{format_number(term.weight)} * {text}"
@@ -122,7 +122,7 @@ def spec_to_dict(spec: LossSpec) -> dict[str, Any]:
     if len(spec.terms) == 1 and spec.terms[0].weight == 1 and spec.terms[0].name is None:
         term = spec.terms[0]
         out = node_to_dict(term.loss)
-        if term.reduction != "mean":
+        if term.reduction != term.loss.default_reduction:
             out["reduction"] = term.reduction
         return out
     terms = []
@@ -130,7 +130,7 @@ def spec_to_dict(spec: LossSpec) -> dict[str, Any]:
         item: dict[str, Any] = {"loss": node_to_dict(term.loss)}
         if term.weight != 1:
             item["weight"] = term.weight
-        if term.reduction != "mean":
+        if term.reduction != term.loss.default_reduction:
             item["reduction"] = term.reduction
         if term.name is not None:
             item["name"] = term.name

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from ..errors import LossDSLError, LossSpecError
-from .base import Child, Reduction
+from .base import CATALOGUE, Child, LossNode, Reduction
 from .printing import spec_to_dict, spec_to_expr
 
 # A term's name keys its value in ``loss.last_terms`` and in logged metrics, so it is a plain ASCII
@@ -72,6 +72,18 @@ class Term(_RaisesOwnErrors):
     reduction: Reduction = "mean"
     name: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_default_reduction(cls, data: Any) -> Any:
+        """A term that names no reduction takes its loss's default (``mean``; kd's ``batchmean``)."""
+        if isinstance(data, dict) and "reduction" not in data:
+            loss = data.get("loss")
+            kind = loss.get("kind") if isinstance(loss, dict) else None
+            node = loss if isinstance(loss, LossNode) else CATALOGUE.get(kind) if isinstance(kind, str) else None
+            if node is not None:
+                data = {**data, "reduction": node.default_reduction}
+        return data
+
     @field_validator("name")
     @classmethod
     def _identifier(cls, name: str | None) -> str | None:
@@ -101,7 +113,8 @@ def composition_problem(terms: Sequence[Term]) -> CompositionProblem | None:
     to specs built in Python, which would otherwise compile to something else than they say.
     """
     for index, term in enumerate(terms):
-        if term.loss.task_fields and (len(terms) > 1 or term.weight != 1 or term.reduction != "mean"):
+        if term.loss.task_fields and (len(terms) > 1 or term.weight != 1
+                                      or term.reduction != term.loss.default_reduction):
             what = "a task dictionary" if term.loss.bare else f"{term.loss.kind_name()}()"
             return CompositionProblem(
                 index,
