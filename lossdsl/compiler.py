@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .catalogue.base import LossNode
 from .catalogue.boxes import DFL, BoxLoss
+from .catalogue.deep import Deep
 from .catalogue.detection import Varifocal
 from .catalogue.distillation import KD
 from .catalogue.likelihoods import BCE, CE
@@ -13,6 +14,7 @@ from .catalogue.multitask import MultiTask
 from .catalogue.named import ZLPR
 from .catalogue.plugins import ElementLoss
 from .catalogue.region import RegionLoss
+from .deep import DeepSupervisionLoss
 from .errors import LossSpecError
 from .module import CompiledLoss
 from .multitask import MultiTaskLoss
@@ -31,7 +33,7 @@ from .terms.zlpr import ZLPRTerm
 
 def compile_spec(
     spec: LossSpec, *, check_values: bool = True, distributed: bool = True
-) -> CompiledLoss | MultiTaskLoss:
+) -> CompiledLoss | MultiTaskLoss | DeepSupervisionLoss:
     """The module for a spec. ``distributed``: sum GHM-C's bin counts and dtp's indicators over the
     process group when torch.distributed is initialised."""
     first = spec.terms[0].loss
@@ -41,6 +43,9 @@ def compile_spec(
             for name, task in first.tasks.items()
         }
         return MultiTaskLoss(spec, first, tasks, distributed=distributed)
+    if isinstance(first, Deep):
+        inner = compile_spec(first.loss, check_values=check_values, distributed=distributed)
+        return DeepSupervisionLoss(spec, first, inner)
     labels = _labels(spec)
     terms = [
         compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values, distributed)

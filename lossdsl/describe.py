@@ -123,12 +123,15 @@ def _terms_document(spec: LossSpec, module: Any) -> list[dict[str, Any]]:
 def _node_document(node: LossNode, module: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": node.kind_name(), "parameters": {}}
     for name in type(node).model_fields:
-        if name == "kind" or name in node.loss_fields or name in node.task_fields:
+        if name == "kind" or name in node.loss_fields or name in node.task_fields or name in node.spec_fields:
             continue
         value = getattr(node, name)
         out["parameters"][name] = {"value": _plain_value(value), "default": value == node.default_for(name)}
     for name in node.loss_fields:
         out[name] = _node_document(getattr(node, name), module)
+    for name in node.spec_fields:  # deep supervision's inner loss, compiled as module.inner
+        inner = getattr(node, name)
+        out[name] = {"expression": inner.to_expr(), "tree": _terms_document(inner, module.inner)}
     for name in node.task_fields:
         out[name] = {
             task: {"expression": task_spec.to_expr(), "tree": _terms_document(task_spec, module.tasks[task])}
@@ -157,6 +160,12 @@ def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
                 lines.append(f"{pad}  task {name}:")
                 lines += _terms_lines(task, depth + 2)
             continue
+        if node.spec_fields:  # deep supervision: its weights, then the loss at every scale
+            lines += _node_lines(node, depth + 1)
+            for name in node.spec_fields:
+                lines.append(f"{pad}  at every scale:")
+                lines += _terms_lines(getattr(node, name), depth + 2)
+            continue
         head = getattr(node, "head", None) or (
             "none (regression)" if node.is_regression else "none (no p_t: blocks cannot wrap it)"
         )
@@ -172,7 +181,7 @@ def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
 def _node_lines(node: LossNode, depth: int) -> list[str]:
     params = []
     for name in type(node).model_fields:  # on the class: the instance attribute is deprecated
-        if name == "kind" or name in node.loss_fields or name in node.task_fields:
+        if name == "kind" or name in node.loss_fields or name in node.task_fields or name in node.spec_fields:
             continue
         value = getattr(node, name)
         shown = f"{name}={format_value(value)}"

@@ -171,6 +171,9 @@ def _kind(spec: LossSpec, label: str) -> str:
         raise LossSpecError(
             f"plot draws one loss at a time; {label} weighs several tasks: plot each task's loss"
         )
+    if terms[0].loss.spec_fields:  # deep supervision: the same loss at every scale
+        inner = spec.terms[0].loss.loss.to_expr()
+        raise LossSpecError(f"{label} applies {inner} at every scale of a list of predictions; plot {inner}")
     if any(isinstance(t.loss, RegionLoss) for t in terms):
         return "region"
     for term in terms:

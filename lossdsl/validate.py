@@ -414,7 +414,8 @@ class _Walker:
                 params[parameter[0]] = parameter[1]
             else:
                 failed = True
-                is_child = key == POSITIONAL or key in cls.loss_fields or key in cls.task_fields
+                is_child = (key == POSITIONAL or key in cls.loss_fields or key in cls.task_fields
+                            or key in cls.spec_fields)
                 children_failed = children_failed or is_child
         if children_failed:
             # Without its child the node cannot be checked as a whole ("requires the parameter
@@ -466,6 +467,8 @@ class _Walker:
             return key, self.single_node(child, where, name, depth + 1)
         if key in getattr(cls, "task_fields", ()):
             return key, self.task_specs(child, where, name, depth + 1)
+        if key in cls.spec_fields:  # a whole loss, a sum included (deep supervision's)
+            return key, self.spec(child, where, depth + 1)
         return key, self.plain_value(child, where, depth + 1)
 
     def task_specs(self, item: Located, path: str, owner: str, depth: int) -> dict[str, LossSpec]:
@@ -661,7 +664,7 @@ def _loss_parts(value: dict[str, Located]) -> list[Located]:
         field = cls.positional if key == POSITIONAL else key
         if field in cls.task_fields:
             parts += _task_parts(child)
-        elif field in cls.loss_fields:
+        elif field in cls.loss_fields or field in cls.spec_fields:
             parts.append(child)
     return parts
 

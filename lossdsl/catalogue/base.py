@@ -67,6 +67,8 @@ class LossNode(BaseModel):
     loss_fields: ClassVar[tuple[str, ...]] = ()
     # Fields holding named tasks, each a whole loss (multi-task weighting).
     task_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields holding one whole loss, a sum included (deep supervision's inner loss).
+    spec_fields: ClassVar[tuple[str, ...]] = ()
     # Print only the positional argument (the {...} of a plain task dictionary).
     bare: ClassVar[bool] = False
     # Why no block may wrap this name (None: a block may, when the name has a probability).

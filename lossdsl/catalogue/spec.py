@@ -113,14 +113,16 @@ def composition_problem(terms: Sequence[Term]) -> CompositionProblem | None:
     to specs built in Python, which would otherwise compile to something else than they say.
     """
     for index, term in enumerate(terms):
-        if term.loss.task_fields and (len(terms) > 1 or term.weight != 1
-                                      or term.reduction != term.loss.default_reduction):
+        whole = term.loss.task_fields or term.loss.spec_fields
+        if whole and (len(terms) > 1 or term.weight != 1 or term.reduction != term.loss.default_reduction):
             what = "a task dictionary" if term.loss.bare else f"{term.loss.kind_name()}()"
+            does, where = (("weighs whole tasks", "each task's loss") if term.loss.task_fields
+                           else ("takes a list of predictions", "the loss it wraps"))
             return CompositionProblem(
                 index,
-                f"{what} weighs whole tasks and must be the entire loss: it cannot be added to other "
+                f"{what} {does} and must be the entire loss: it cannot be added to other "
                 "terms, scaled or given a reduction",
-                "put weights and reductions inside each task's loss",
+                f"put weights and reductions inside {where}",
             )
     unreduced = [term.reduction == "none" for term in terms]
     if any(unreduced) and not all(unreduced):
