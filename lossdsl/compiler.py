@@ -14,6 +14,7 @@ from .catalogue.multitask import MultiTask
 from .catalogue.named import ZLPR
 from .catalogue.plugins import ElementLoss
 from .catalogue.region import RegionLoss
+from .catalogue.schedules import spec_schedules
 from .deep import DeepSupervisionLoss
 from .errors import LossSpecError
 from .module import CompiledLoss
@@ -35,17 +36,23 @@ def compile_spec(
     spec: LossSpec, *, check_values: bool = True, distributed: bool = True
 ) -> CompiledLoss | MultiTaskLoss | DeepSupervisionLoss:
     """The module for a spec. ``distributed``: sum GHM-C's bin counts and dtp's indicators over the
-    process group when torch.distributed is initialised."""
+    process group when torch.distributed is initialised. A loss with schedules gets the clock they
+    follow (its tasks and inner loss read it at call time)."""
+    module = _compile(spec, check_values, distributed)
+    if spec_schedules(spec):
+        module.attach_clock()
+    return module
+
+
+def _compile(
+    spec: LossSpec, check_values: bool, distributed: bool
+) -> CompiledLoss | MultiTaskLoss | DeepSupervisionLoss:
     first = spec.terms[0].loss
     if isinstance(first, MultiTask):
-        tasks = {
-            name: compile_spec(task, check_values=check_values, distributed=distributed)
-            for name, task in first.tasks.items()
-        }
+        tasks = {name: _compile(task, check_values, distributed) for name, task in first.tasks.items()}
         return MultiTaskLoss(spec, first, tasks, distributed=distributed)
     if isinstance(first, Deep):
-        inner = compile_spec(first.loss, check_values=check_values, distributed=distributed)
-        return DeepSupervisionLoss(spec, first, inner)
+        return DeepSupervisionLoss(spec, first, _compile(first.loss, check_values, distributed))
     labels = _labels(spec)
     terms = [
         compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values, distributed)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .catalogue.deep import Deep, scale_weights
+from .clock import Clock
 from .errors import LossDSLError, LossInputError
 from .functional.tracing import is_compiling
 from .module import CompiledLoss, LossModule
@@ -101,18 +102,23 @@ class DeepSupervisionLoss(LossModule):
         given as a list has one entry per scale)."""
         updates = StateUpdates()
         total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs))
+        self._advance_step(updates)
         updates.commit()
         return total
+
+    def _epoch_changed(self, epoch: int) -> None:
+        self.inner._epoch_changed(epoch)
 
     def prepare(
         self, input: Any, target: Any, weight: Tensor | None = None,
         avg_factor: Tensor | float | None = None, *, updates: StateUpdates | None = None,
-        inputs: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None, clock: Clock | None = None,
     ) -> DeepCall:
         inputs = inputs or {}
+        clock = clock if clock is not None else self.clock
         if isinstance(input, Tensor):
             return DeepCall(None, [self.inner.prepare(input, target, weight, avg_factor, updates=updates,
-                                                      inputs=inputs)])
+                                                      inputs=inputs, clock=clock)])
         if not isinstance(input, (list, tuple)) or not input:
             got = type(input).__name__ if not isinstance(input, (list, tuple)) else "an empty list"
             raise LossInputError(f"{self.spec.to_expr()} takes a list of predictions (or one tensor), "
@@ -125,7 +131,7 @@ class DeepSupervisionLoss(LossModule):
             target_l = resized_target(target, prediction, level)
             inputs_l = {name: self._at_scale(name, value, level, len(input)) for name, value in inputs.items()}
             scales.append(in_scale(level, self.inner.prepare, prediction, target_l, weight, avg_factor,
-                                   updates=staged, inputs=inputs_l))
+                                   updates=staged, inputs=inputs_l, clock=clock))
         return DeepCall(weights, scales)
 
     def combine(self, call: DeepCall) -> Tensor:

@@ -224,7 +224,7 @@ class MultiTaskLoss(LossModule):
         updates = StateUpdates()
         prepared = {
             name: in_task(name, self.tasks[name].prepare, preds[name], targets[name], weights.get(name),
-                          avg_factors.get(name), updates=updates, inputs=named[name])
+                          avg_factors.get(name), updates=updates, inputs=named[name], clock=self.clock)
             for name in self.names
         }
         if isinstance(self.node, DTP):
@@ -241,6 +241,7 @@ class MultiTaskLoss(LossModule):
             logged[name] = raw[name].detach()
             logged[f"{name}.weight"] = weight.detach() if isinstance(weight, Tensor) else torch.tensor(weight)
             logged[f"{name}.weighted"] = weighted.detach()
+        self._advance_step(updates)
         updates.commit()
         if not is_compiling():
             logged["total"] = total.detach()
@@ -263,6 +264,10 @@ class MultiTaskLoss(LossModule):
                 hint=unknown_name_hint(str(extra[0]), self.names, "tasks"),
             )
         return options
+
+    def _epoch_changed(self, epoch: int) -> None:
+        for name in self.names:
+            self.tasks[name]._epoch_changed(epoch)
 
     def _named_inputs(self, inputs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """The named inputs (``teacher={"cls": t}``) regrouped by task, each name checked: read by

@@ -144,7 +144,8 @@ def _node_error(cls: type[LossNode], exc: ValidationError) -> LossDSLError:
     original = first.get("ctx", {}).get("error")
     if isinstance(original, LossDSLError):
         return original
-    where = ".".join(str(part) for part in first["loc"])
+    # Union branches appear in the location under their type's name ("constrained-float"): left out.
+    where = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or part.isidentifier())
     reason = str(original) if original is not None else first["msg"]
     return NodeArgumentsError(f"{cls.kind_name()}(): {where + ': ' if where else ''}{reason}", exc)
 

@@ -25,6 +25,7 @@ from pydantic import (
 from ..errors import LossDSLError, LossSpecError
 from .base import CATALOGUE, Child, LossNode, Reduction
 from .printing import spec_to_dict, spec_to_expr
+from .schedules import Schedule
 
 # A term's name keys its value in ``loss.last_terms`` and in logged metrics, so it is a plain ASCII
 # identifier (safe in every metric store: MLflow accepts only [/\w.\- ]); ``total`` is the sum's key.
@@ -68,7 +69,8 @@ class Term(_RaisesOwnErrors):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     loss: Child
-    weight: Annotated[float, Strict()] = 1.0
+    # A number, or a schedule (ramp(0, 1, end=10) * dice(): the weight follows the epoch or step).
+    weight: Annotated[float, Strict()] | Schedule = 1.0
     reduction: Reduction = "mean"
     name: str | None = None
 

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..catalogue.schedules import is_schedule
 from ..errors import LossInputError
 from ..functional.distributed import mean_over_processes
 from ..functional.reduce import reduce_loss, reduce_total
+from ..functional.schedules import schedule_value
 from ..functional.tracing import is_compiling
 from ..running import apply_keeping_dtype
 from ..spec import Term
@@ -35,6 +37,8 @@ class TermInputs:
     # term (and task) has computed: a failure anywhere leaves every buffer as it was.
     # (None: a term called on its own, which commits at the end of its own call.)
     updates: StateUpdates | None = None
+    # The clock the schedules of the call follow (None: a loss without one, or a term on its own).
+    clock: Any = None
 
 
 def holds_no_data(tensor: Tensor) -> bool:
@@ -77,6 +81,9 @@ class TermModule(nn.Module):
         # pos_mean divides by the positive count averaged over the process group (SPEC 4b).
         self.distributed = distributed
         self.alpha_names: list[str] = []  # buffers of the balance blocks, in step order
+        # What the kernels' constants hold, slot by slot (see functional.plan.Slot): the name of a
+        # constant buffer (a balance block's alpha), or a schedule, evaluated per call.
+        self.slots: list[Any] = []
 
     # -- to implement
     def prepare(self, input: Tensor, target: Tensor) -> TermInputs:
@@ -301,20 +308,55 @@ class TermModule(nn.Module):
 
     def lower_block(self, block: Any) -> Any:
         """The kernel step for a focusing, polynomial or balancing block (shared by both heads);
-        None for a block the head handles itself. Balance weights become constant buffers."""
+        None for a block the head handles itself. Balance weights become constant buffers, and
+        scheduled parameters slots (``parameter``)."""
         from ..catalogue.modifiers import Balance, Modulate, Poly
         from ..functional.plan import BalanceStep, ModulateStep, PolyStep
 
         if isinstance(block, Modulate):
-            return ModulateStep(*block.exponents, block.detach)
+            gamma_pos, gamma_neg = block.exponents
+            return ModulateStep(self.parameter(gamma_pos), self.parameter(gamma_neg), block.detach)
         if isinstance(block, Poly):
-            return PolyStep(block.coefficients)
+            return PolyStep(tuple(self.parameter(eps) for eps in block.coefficients))
         if isinstance(block, Balance):
+            if is_schedule(block.alpha):
+                return BalanceStep(self._slot(block.alpha))
             name = f"alpha{len(self.alpha_names)}"
             self.class_values(name, block.alpha)
             self.alpha_names.append(name)
-            return BalanceStep(len(self.alpha_names) - 1)
+            return BalanceStep(self._slot(name))
         return None
+
+    def parameter(self, value: Any) -> Any:
+        """A block parameter as a plan step holds it: the number itself, or, for a schedule, the
+        ``Slot`` of the constant that holds its current value (a 0-d tensor per call: see
+        ``slot_values``). The one way a term reads a scheduled parameter."""
+        from ..functional.plan import Slot
+
+        return Slot(self._slot(value)) if is_schedule(value) else value
+
+    def _slot(self, source: Any) -> int:
+        """The slot of a constant buffer's name or a schedule (an equal schedule shares its slot,
+        so focal(gamma=ramp(...)) stays a symmetric focusing)."""
+        for index, existing in enumerate(self.slots):
+            if type(existing) is type(source) and existing == source:
+                return index
+        self.slots.append(source)
+        return len(self.slots) - 1
+
+    def slot_values(self, inputs: TermInputs, like: Tensor, shaped: Any = None) -> tuple[Tensor, ...]:
+        """The constants of this call, slot by slot, in ``like``'s dtype and device: each constant
+        buffer (passed through ``shaped``, when given), and each schedule's value at the call's
+        clock."""
+        values = []
+        for source in self.slots:
+            if isinstance(source, str):
+                value = self.constant(source, like)
+                values.append(value if shaped is None else shaped(value))
+            else:
+                clock = inputs.clock
+                values.append(schedule_value(source, None if clock is None else clock.reading(source.over), like))
+        return tuple(values)
 
     def constant(self, name: str, like: Tensor) -> Tensor | None:
         """A constant buffer on the computation's device and dtype."""

@@ -52,7 +52,7 @@ class SigmoidTerm(TermModule):
         quality = any(isinstance(block, Modulate) and block.focus == "quality" for block in blocks)
         for block in blocks:
             if isinstance(block, Clip):
-                margin = block.margin
+                margin = self.parameter(block.margin)
             elif isinstance(block, Varifocal):
                 steps.append(VarifocalStep(block.alpha, block.gamma, block.iou_weighted))
             elif isinstance(block, Density):
@@ -114,9 +114,7 @@ class SigmoidTerm(TermModule):
         weight, pos_weight = self.constants(inputs.x)
         if inputs.weight is not None:  # the call's weight multiplies the per-element loss, as bce's
             weight = inputs.weight if weight is None else weight * inputs.weight
-        alphas = tuple(
-            per_class(self.constant(name, inputs.x), inputs.x.dim()) for name in self.alpha_names
-        )
+        alphas = self.slot_values(inputs, inputs.x, lambda value: per_class(value, inputs.x.dim()))
         accumulator = getattr(self, "ghm_accumulator", None)
         loss, new_accumulator = sigmoid_term_elementwise(
             inputs.x, inputs.y, self.plan, weight, pos_weight, inputs.valid, accumulator, alphas
