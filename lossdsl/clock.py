@@ -25,10 +25,17 @@ class Clock(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.host_epoch = 0
 
+    # Both readings are replaced by new tensors rather than written in place: under torch.compile a
+    # buffer written in place may be read back, already moved on, by the backward pass of the call
+    # that moved it (torch saves the buffer rather than the schedule value it computed).
+
     def set_epoch(self, epoch: int) -> None:
-        with torch.no_grad():
-            self.epoch.fill_(epoch)
+        self.epoch = torch.full_like(self.epoch, epoch)
         self.host_epoch = epoch
+
+    def advance(self) -> None:
+        """One more training step (called once a training-mode call has succeeded)."""
+        self.step = self.step + 1
 
     def reading(self, over: str) -> Tensor:
         return self.epoch if over == "epoch" else self.step

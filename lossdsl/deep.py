@@ -102,8 +102,8 @@ class DeepSupervisionLoss(LossModule):
         given as a list has one entry per scale)."""
         updates = StateUpdates()
         total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs))
-        self._advance_step(updates)
         updates.commit()
+        self._advance_step()
         return total
 
     def _epoch_changed(self, epoch: int) -> None:

@@ -124,10 +124,10 @@ class LossModule(nn.Module):
     def _epoch_changed(self, epoch: int) -> None:
         """Decisions taken on the host from the epoch (which terms a zero weight switches off)."""
 
-    def _advance_step(self, updates: StateUpdates) -> None:
-        """A training-mode call counts one step (staged: a failed call counts none)."""
+    def _advance_step(self) -> None:
+        """A training-mode call that succeeded counts one step (called after its commit)."""
         if self.clock is not None and self.training:
-            updates.stage(self.clock.step, self.clock.step + 1)
+            self.clock.advance()
 
     def logged_terms(self, prefix: str = "", *, floats: bool = True) -> dict[str, Any]:
         """``last_terms`` under names every metric store accepts (MLflow: ``[/\\w.\\- ]``), with
@@ -259,8 +259,8 @@ class CompiledLoss(LossModule):
         reads it (a loss of kd terms only)."""
         updates = StateUpdates()
         total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs))
-        self._advance_step(updates)
         updates.commit()  # only now that every term has computed (lossdsl.state_updates)
+        self._advance_step()
         return total
 
     def _epoch_changed(self, epoch: int) -> None:

@@ -241,8 +241,8 @@ class MultiTaskLoss(LossModule):
             logged[name] = raw[name].detach()
             logged[f"{name}.weight"] = weight.detach() if isinstance(weight, Tensor) else torch.tensor(weight)
             logged[f"{name}.weighted"] = weighted.detach()
-        self._advance_step(updates)
         updates.commit()
+        self._advance_step()
         if not is_compiling():
             logged["total"] = total.detach()
             self.last_terms = logged

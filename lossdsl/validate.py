@@ -489,7 +489,8 @@ class _Walker:
         name = name_item.value
         cls = SCHEDULES.get(name) if isinstance(name, str) else None
         if cls is None:
-            raise self._fail(f"unknown schedule {_shown(name)}", name_item.location, _join(path, "schedule"),
+            shown = f"'{name}'" if isinstance(name, str) else _shown(name)
+            raise self._fail(f"unknown schedule {shown}", name_item.location, _join(path, "schedule"),
                              hint=unknown_name_hint(str(name), SCHEDULES, "schedules"))
         plain = self.plain_value(item, path, depth)
         try:
@@ -691,6 +692,8 @@ class _Walker:
             return self._fail(
                 f"{name}(): {field} cannot follow a schedule", location, where,
                 hint=(f"the parameters of {name} that can: {', '.join(schedulable)}" if schedulable
+                      else f"no parameter of {name} can; schedules go inside each loss" if
+                      cls.task_fields or cls.spec_fields
                       else f"no parameter of {name} can; a term's weight can (ramp(0, 1, end=10) * {name}())"),
             )
         allowed = literal_values(annotation)

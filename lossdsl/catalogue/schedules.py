@@ -53,8 +53,15 @@ class ScheduleOutOfRange(ValueError):
         self.value = value
 
 
+def _name_required(schema: dict[str, Any]) -> None:
+    # The name tells the two apart in a mapping ({schedule: ramp, ...}): required there, though the
+    # models give it a default for Python.
+    schema["required"] = ["schedule", *schema.get("required", [])]
+
+
 class ScheduleBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              json_schema_extra=_name_required)
 
     values: tuple[Number, ...]
     over: Over = "epoch"
@@ -81,7 +88,7 @@ class ScheduleBase(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.model_fields["schedule"].default
+        return type(self).model_fields["schedule"].default
 
 
 class Steps(ScheduleBase):
