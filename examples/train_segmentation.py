@@ -1,7 +1,7 @@
 """Train a tiny segmenter on synthetic masks with small structures: ce() alone, ce() + dice(), and
 ce() + dice() supervised at every decoder scale with deep().
 
-    python examples/train_segmentation.py                  # the comparison, about 30 s on a CPU
+    python examples/train_segmentation.py                  # the comparison, a minute or two on a CPU
     python examples/train_segmentation.py --steps 300 --loss "ce() + tversky(alpha=0.3, beta=0.7)"
 
 Each image holds a large blob (class 1) and a few tiny dots (class 2) on background (class 0), under

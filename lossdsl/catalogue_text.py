@@ -72,8 +72,8 @@ def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
             "default": default_text(cls, example, name), "description": field.description or "",
         })
     if not (cls.task_fields or cls.spec_fields):  # those reduce inside
-        rows.append({"name": "reduction", "type": "one of " + ", ".join(REDUCTIONS), "default": cls.default_reduction,
-                     "description": REDUCTION_TEXT})
+        rows.append({"name": "reduction", "type": "one of " + ", ".join(REDUCTIONS),
+                     "default": cls.default_reduction, "description": REDUCTION_TEXT})
     return rows
 
 

@@ -129,7 +129,8 @@ class DeepSupervisionLoss(LossModule):
             # Running statistics (GHM-C's momentum counts) follow the full-resolution scale only.
             staged = updates if level == 0 else StateUpdates()
             target_l = resized_target(target, prediction, level)
-            inputs_l = {name: self._at_scale(name, value, level, len(input)) for name, value in inputs.items()}
+            inputs_l = {name: self._at_scale(name, value, level, len(input))
+                        for name, value in inputs.items()}
             scales.append(in_scale(level, self.inner.prepare, prediction, target_l, weight, avg_factor,
                                    updates=staged, inputs=inputs_l, clock=clock))
         return DeepCall(weights, scales)

@@ -66,7 +66,8 @@ def _schedule_lines(spec: LossSpec, module: Any) -> list[str]:
     lines = [f"schedules (epoch {epoch}, step {step}):"]
     for (where, text), row in zip(texts, rows):
         note = "" if row["computed"] else " (the term is not computed)"
-        lines.append(f"  {where.ljust(widths[0])}  {text.ljust(widths[1])}  now {format_number(row['now'])}{note}")
+        now = format_number(row["now"])
+        lines.append(f"  {where.ljust(widths[0])}  {text.ljust(widths[1])}  now {now}{note}")
     return lines
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .catalogue.base import LossNode
-from .errors import LossDSLError
 from .catalogue.schedules import is_schedule
-from .printer import format_number, format_value, node_to_expr, term_to_expr, weight_to_expr
+from .errors import LossDSLError
+from .printer import format_value, node_to_expr, term_to_expr, weight_to_expr
 from .spec import LossSpec, Term, per_class_lengths
 
 DIFF_FORMAT = "lossdsl.diff/1"

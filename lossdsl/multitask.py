@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
 from .call_inputs import check_names
+from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
 from .errors import LossDSLError, LossInputError, unknown_name_hint
 from .functional.distributed import sum_over_processes, with_gradients_averaged
 from .functional.targets import index_to_one_hot
@@ -40,6 +40,8 @@ def task_is_regression(spec: LossSpec) -> bool:
 def task_head(spec: LossSpec) -> str | None:
     """The head of the task's first classification term (what its KPI is measured on)."""
     for term in spec.expand().terms:
+        if term.loss.spec_fields:  # deep supervision: its inner loss's head
+            return task_head(term.loss.loss)
         head = getattr(term.loss, "head", None)
         if head is not None:
             return head
@@ -424,6 +426,8 @@ class MultiTaskLoss(LossModule):
         return k
 
     def _hits(self, name: str, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(logits, (list, tuple)):  # deep supervision: measured at full resolution
+            logits = logits[0]
         logits = logits.detach()
         ignore = self.ignore_index[name]
         if self.heads[name] == "softmax":

@@ -306,8 +306,8 @@ class _Walker:
         self._check_keys(term, _TERM_KEYS, where, "a term")
         factor = self._weight_of(term, where)
         term_reduction = self._reduction_of(term, where, reduction)
-        built = self.terms(term.value["loss"], _join(where, "loss"), self._product(weight, factor, term, where),
-                           term_reduction, depth + 1)
+        product = self._product(weight, factor, term, where)
+        built = self.terms(term.value["loss"], _join(where, "loss"), product, term_reduction, depth + 1)
         if "name" in term.value:
             built = self._named(built, term, _join(where, "name"))
         return built
@@ -508,20 +508,21 @@ class _Walker:
                 loc = []
             elif error["type"] == "extra_forbidden":
                 valid = [f for f in cls.model_fields if f not in ("schedule", "values")]
+                hint = unknown_name_hint(str(loc[0]), valid, f"parameters of {name}")
                 raise self._fail(f"{name}() has no parameter '{loc[0]}'", item.key_location(str(loc[0])),
-                                 _join(path, str(loc[0])),
-                                 hint=unknown_name_hint(str(loc[0]), valid, f"parameters of {name}"))
+                                 _join(path, str(loc[0])), hint=hint) from None
             else:
                 field = str(loc[0]) if loc else ""
                 annotation = cls.model_fields[field].annotation if field in cls.model_fields else None
                 allowed = literal_values(annotation) if annotation is not None else []
                 bounds = bounds_text(annotation, cls.model_fields[field].metadata) if annotation else None
+                given = _shown(error.get("input"))
                 if allowed:
-                    reason = f"{name}(): {field}={_shown(error.get('input'))} is not one of {', '.join(allowed)}"
+                    reason = f"{name}(): {field}={given} is not one of {', '.join(allowed)}"
                 elif error["type"] in _RANGE_ERRORS and bounds:
-                    reason = f"{name}(): {field}={_shown(error.get('input'))} is out of range; {field} must be {bounds}"
+                    reason = f"{name}(): {field}={given} is out of range; {field} must be {bounds}"
                 else:
-                    reason = f"{name}(): {field} expects {describe_type(annotation)}, got {_shown(error.get('input'))}"
+                    reason = f"{name}(): {field} expects {describe_type(annotation)}, got {given}"
             target, where = _navigate(item, loc, path)
             location = target.location if target is not None and loc else item.location
             raise self._fail(reason, location, where) from None
@@ -694,7 +695,8 @@ class _Walker:
                 hint=(f"the parameters of {name} that can: {', '.join(schedulable)}" if schedulable
                       else f"no parameter of {name} can; schedules go inside each loss" if
                       cls.task_fields or cls.spec_fields
-                      else f"no parameter of {name} can; a term's weight can (ramp(0, 1, end=10) * {name}())"),
+                      else f"no parameter of {name} can; a term's weight can "
+                           f"(ramp(0, 1, end=10) * {name}())"),
             )
         allowed = literal_values(annotation)
         if allowed and isinstance(first.get("input"), str):

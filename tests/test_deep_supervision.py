@@ -174,7 +174,8 @@ def test_bad_deep_expressions(expr, expected):
 
 
 def test_deep_round_trips_through_expression_and_yaml():
-    spec = lossdsl.parse("deep(ce(ignore_index=255) + 0.5 * dice(include_background=false), weights=[1, 0.5])")
+    spec = lossdsl.parse("deep(ce(ignore_index=255) + 0.5 * dice(include_background=false), "
+                         "weights=[1, 0.5])")
     assert lossdsl.parse(spec.to_expr()) == spec == lossdsl.load(spec.to_yaml())
     assert spec.to_dict()["loss"]["terms"][1] == {"loss": {"kind": "dice", "include_background": False},
                                                   "weight": 0.5}
@@ -199,3 +200,13 @@ def test_plot_points_at_the_inner_loss():
     with pytest.raises(LossSpecError, match=r"applies ce\(\) \+ dice\(\) at every scale .*; plot ce\(\) "
                                             r"\+ dice\(\)"):
         lossdsl.plot("deep(ce() + dice())")
+
+
+def test_dtp_measures_a_deep_task_at_full_resolution():
+    loss = lossdsl.compile("dtp({seg: deep(ce(), weights=two), cls: ce()})")
+    seg = predictions([(8, 8), (4, 4)])
+    cls = torch.randn(2, 5)
+    y_seg, y_cls = torch.randint(0, 3, (2, 8, 8)), torch.randint(0, 5, (2,))
+    loss({"seg": seg, "cls": cls}, {"seg": y_seg, "cls": y_cls})
+    accuracy = (seg[0].argmax(1) == y_seg).float().mean()
+    torch.testing.assert_close(loss.kpi_average["seg"], accuracy)

@@ -61,7 +61,8 @@ def test_schedules_round_trip_through_the_expression_and_both_yaml_forms(expr):
     ("ce() - ramp(0, 1, end=3) * dice()", "ce() - ramp(0, 1, end=3) * dice()"),
     ("0.5 * (ce() + steps([0, 1], at=[5]) * dice())", "0.5 * ce() + steps([0, 0.5], at=[5]) * dice()"),
     ("ramp(0, 1, start=0, end=3, shape=linear, over=epoch) * ce()", "ramp(0, 1, end=3) * ce()"),
-    ("focal(gamma=ramp(0, 2, over=step, end=4, start=1))", "focal(gamma=ramp(0, 2, start=1, end=4, over=step))"),
+    ("focal(gamma=ramp(0, 2, over=step, end=4, start=1))",
+     "focal(gamma=ramp(0, 2, start=1, end=4, over=step))"),
 ])
 def test_the_canonical_expression_folds_numbers_into_the_schedule(written, canonical):
     assert lossdsl.parse(written).to_expr() == canonical
@@ -231,7 +232,8 @@ def test_a_scheduled_clip_margin_of_0_is_exact_at_confident_logits():
 
 def test_scheduled_blocks_pass_gradcheck():
     loss = lossdsl.compile("poly(asl(gamma_neg=ramp(1, 4, end=4), clip=ramp(0, 0.1, end=4)), "
-                           "eps=ramp(1, 0.5, end=4)) + ramp(0.5, 1, end=4) * focal(alpha=ramp(0.25, 0.5, end=4))")
+                           "eps=ramp(1, 0.5, end=4)) "
+                           "+ ramp(0.5, 1, end=4) * focal(alpha=ramp(0.25, 0.5, end=4))")
     loss.set_epoch(1)
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     y = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)

@@ -86,12 +86,14 @@ class Modulate(Modifier):
 
     kind: Literal["modulate"] = "modulate"
     loss: Child
-    gamma: described(scheduled(NonNegative), "focusing exponent: the loss is multiplied by q^gamma, q = 1 - p_t, "
-                                  "down-weighing easy examples (0: no focusing)") = 2.0
+    gamma: described(scheduled(NonNegative), "focusing exponent: the loss is multiplied by q^gamma, "
+                                             "q = 1 - p_t, down-weighing easy examples (0: no "
+                                             "focusing)") = 2.0
     gamma_pos: described(scheduled(NonNegative) | None, "exponent for positive targets instead of gamma "
                                              "(with gamma_neg)") = None
-    gamma_neg: described(scheduled(NonNegative) | None, "exponent for negative targets (sigmoid), or the weight "
-                                             "p_c^gamma_neg of the other classes (softmax)") = None
+    gamma_neg: described(scheduled(NonNegative) | None, "exponent for negative targets (sigmoid), or "
+                                                        "the weight p_c^gamma_neg of the other classes "
+                                                        "(softmax)") = None
     detach: described(Flag, "compute the focusing weight without gradient (ASL's "
                             "disable_torch_grad_focal_loss)") = False
     focus: described(Literal["pt", "quality"], "what q is: pt is 1 - p_t (focal loss); quality is "

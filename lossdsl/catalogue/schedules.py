@@ -23,7 +23,16 @@ import typing
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from .base import LossNode, NodeArgumentsError, described
 
@@ -74,7 +83,8 @@ class ScheduleBase(BaseModel):
             reason = first.get("ctx", {}).get("error") or first["msg"]
             where = ".".join(str(part) for part in first["loc"])
             name = type(self).model_fields["schedule"].default
-            prefix = "" if isinstance(reason, ScheduleProblem) else f"{name}(): {where + ': ' if where else ''}"
+            own = isinstance(reason, ScheduleProblem)  # its message names the schedule already
+            prefix = "" if own else f"{name}(): {where + ': ' if where else ''}"
             # pydantic's report kept for the validator, which points at the argument in the text
             raise NodeArgumentsError(f"{prefix}{reason}", exc) from None
 
@@ -166,7 +176,7 @@ def lowest(value: float | ScheduleBase) -> float:
     return min(value.values) if is_schedule(value) else value
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adapter(annotation: Any) -> TypeAdapter:
     return TypeAdapter(annotation)
 

@@ -81,7 +81,8 @@ class Term(_RaisesOwnErrors):
         if isinstance(data, dict) and "reduction" not in data:
             loss = data.get("loss")
             kind = loss.get("kind") if isinstance(loss, dict) else None
-            node = loss if isinstance(loss, LossNode) else CATALOGUE.get(kind) if isinstance(kind, str) else None
+            node = loss if isinstance(loss, LossNode) else CATALOGUE.get(kind) if isinstance(kind, str) \
+                else None
             if node is not None:
                 data = {**data, "reduction": node.default_reduction}
         return data

@@ -429,7 +429,8 @@ def sigmoid_loss_and_grad(
         elif isinstance(step, PolyStep):
             for j, eps in enumerate(step.eps, start=1):
                 if eps:  # a Slot (a scheduled coefficient) is always computed
-                    running.add(*s.power(exponent + j, need_dx, need_dy, exponent_dy), resolve(eps, constants))
+                    term = s.power(exponent + j, need_dx, need_dy, exponent_dy)
+                    running.add(*term, resolve(eps, constants))
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
             slope = 2 * alpha - 1

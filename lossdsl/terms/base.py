@@ -354,8 +354,8 @@ class TermModule(nn.Module):
                 value = self.constant(source, like)
                 values.append(value if shaped is None else shaped(value))
             else:
-                clock = inputs.clock
-                values.append(schedule_value(source, None if clock is None else clock.reading(source.over), like))
+                reading = None if inputs.clock is None else inputs.clock.reading(source.over)
+                values.append(schedule_value(source, reading, like))
         return tuple(values)
 
     def constant(self, name: str, like: Tensor) -> Tensor | None:
