@@ -61,8 +61,8 @@ def test_probability_targets_are_resized_by_area():
 
 
 def test_float64_value_gradient_and_gradcheck_against_the_definition():
-    preds = predictions([(6, 6), (3, 3)], dtype=torch.float64)
-    y = torch.randint(0, 3, (2, 6, 6))
+    preds = predictions([(6, 6), (3, 3)], batch=1, dtype=torch.float64)
+    y = torch.randint(0, 3, (1, 6, 6))
     loss = lossdsl.compile("deep(ce() + 0.5 * dice(), weights=[1, 0.25])")
     inner = lossdsl.compile("ce() + 0.5 * dice()")
     small = F.interpolate(y[:, None].double(), size=(3, 3), mode="nearest-exact")[:, 0].long()
