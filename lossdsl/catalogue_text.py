@@ -24,6 +24,8 @@ CATEGORIES = [
     ("modifier", "blocks (wrap a loss with a probability p_t)"),
     ("named", "named losses (each exactly its expansion)"),
     ("region", "region losses (segmentation: whole masks per sample and class; no block wraps them)"),
+    ("distillation", "distillation (reads the teacher's logits at call time: teacher=)"),
+    ("deep", "deep supervision (a list of predictions at decreasing resolution)"),
     ("multitask", "multi-task weighting"),
     ("plugin", "registered plug-ins"),
 ]
@@ -62,8 +64,9 @@ def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
     rows = []
     if cls.positional:
         wraps = cls.positional in cls.loss_fields
+        is_loss = wraps or cls.positional in cls.spec_fields
         rows.append({
-            "name": f"<{cls.positional}>", "type": "a loss" if wraps else "named tasks {name: loss, ...}",
+            "name": f"<{cls.positional}>", "type": "a loss" if is_loss else "named tasks {name: loss, ...}",
             "default": None, "description": "the loss it wraps (positional)" if wraps else
             cls.model_fields[cls.positional].description or "",
         })
@@ -76,12 +79,13 @@ def parameter_rows(cls: type[LossNode]) -> list[dict[str, Any]]:
             "name": name, "type": kind + (f", {bounds}" if bounds else ""),
             "default": default_text(cls, example, name), "description": field.description or "",
         })
-    if cls.category != "multitask":
+    if not (cls.task_fields or cls.spec_fields):  # those reduce inside
         reductions = [r for r in REDUCTIONS if r != "pos_mean" or _divides_by_positives(cls, example)]
         words = dict(_REDUCTION_WORDS)
         if cls.category == "region":
             words["none"] = "none (the values before reducing: per sample and class, as above)"
-        rows.append({"name": "reduction", "type": "one of " + ", ".join(reductions), "default": "mean",
+        rows.append({"name": "reduction", "type": "one of " + ", ".join(reductions),
+                     "default": cls.default_reduction,
                      "description": "how the term becomes a number: "
                      + ", ".join(words[r] for r in reductions) + "; on the outermost call of a term"})
     return rows
@@ -228,7 +232,7 @@ def example_of(cls: type[LossNode]) -> LossNode | None:
     from .spec import LossSpec, Term
 
     one_task = {"task": LossSpec(terms=(Term(loss=CE()),))}
-    for extra in ({}, {"loss": BCE()}, {"loss": CE()}, {"tasks": one_task}):
+    for extra in ({}, {"loss": BCE()}, {"loss": CE()}, {"tasks": one_task}, {"loss": one_task["task"]}):
         try:
             return cls.model_validate(extra)
         except Exception:  # noqa: BLE001 - trying the next shape of example
@@ -237,7 +241,7 @@ def example_of(cls: type[LossNode]) -> LossNode | None:
 
 
 def default_text(cls: type[LossNode], example: LossNode | None, field_name: str) -> str:
-    if field_name in cls.loss_fields or field_name in cls.task_fields:
+    if field_name in cls.loss_fields or field_name in cls.task_fields or field_name in cls.spec_fields:
         return None
     if "head" in cls.model_fields and field_name in ("alpha", "clip") and example is not None:
         sigmoid = example.model_copy(update={"head": "sigmoid"}).default_for(field_name)

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from .catalogue.base import LossNode
 from .catalogue.boxes import DFL, BoxLoss
+from .catalogue.deep import Deep
 from .catalogue.detection import Varifocal
+from .catalogue.distillation import KD
 from .catalogue.likelihoods import BCE, CE
 from .catalogue.modifiers import Modifier
 from .catalogue.multitask import MultiTask
 from .catalogue.named import ZLPR
 from .catalogue.plugins import ElementLoss
 from .catalogue.region import RegionLoss
+from .catalogue.schedules import spec_schedules
+from .deep import DeepSupervisionLoss
 from .errors import LossSpecError
 from .module import CompiledLoss
 from .multitask import MultiTaskLoss
@@ -19,6 +23,7 @@ from .printer import term_to_expr
 from .spec import LossSpec, Term
 from .terms.base import TermModule
 from .terms.boxes import BoxTerm, DFLTerm
+from .terms.distillation import KDTerm
 from .terms.element import ElementTerm
 from .terms.region import RegionTerm
 from .terms.regression import RegressionTerm
@@ -29,16 +34,25 @@ from .terms.zlpr import ZLPRTerm
 
 def compile_spec(
     spec: LossSpec, *, check_values: bool = True, distributed: bool = True
-) -> CompiledLoss | MultiTaskLoss:
+) -> CompiledLoss | MultiTaskLoss | DeepSupervisionLoss:
     """The module for a spec. ``distributed``: sum GHM-C's bin counts and dtp's indicators over the
-    process group when torch.distributed is initialised."""
+    process group when torch.distributed is initialised. A loss with schedules gets the clock they
+    follow (its tasks and inner loss read it at call time)."""
+    module = _compile(spec, check_values, distributed)
+    if spec_schedules(spec):
+        module.attach_clock()
+    return module
+
+
+def _compile(
+    spec: LossSpec, check_values: bool, distributed: bool
+) -> CompiledLoss | MultiTaskLoss | DeepSupervisionLoss:
     first = spec.terms[0].loss
     if isinstance(first, MultiTask):
-        tasks = {
-            name: compile_spec(task, check_values=check_values, distributed=distributed)
-            for name, task in first.tasks.items()
-        }
+        tasks = {name: _compile(task, check_values, distributed) for name, task in first.tasks.items()}
         return MultiTaskLoss(spec, first, tasks, distributed=distributed)
+    if isinstance(first, Deep):
+        return DeepSupervisionLoss(spec, first, _compile(first.loss, check_values, distributed))
     labels = _labels(spec)
     terms = [
         compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values, distributed)
@@ -68,6 +82,8 @@ def compile_term(term: Term, label: str, check_values: bool, distributed: bool =
         return DFLTerm(term, label, check_values, distributed)
     if isinstance(base, ZLPR):
         return ZLPRTerm(term, label, check_values, distributed)
+    if isinstance(base, KD):
+        return KDTerm(term, label, check_values, distributed)
     if base.is_regression:
         return RegressionTerm(term, label, check_values, distributed)
     raise LossSpecError(f"{base.kind_name()}() has no compiled form")

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from .catalogue.base import LossNode
+from .catalogue.schedules import is_schedule, spec_schedules
 from .catalogue_text import CATEGORIES, catalogue_listing, explain  # noqa: F401  (the CLI's views)
-from .printer import format_number, format_value
+from .printer import format_number, format_value, schedule_to_dict, schedule_to_expr, weight_to_expr
 from .spec import LossSpec
 
 # What each kind of module state is, for the tree's last section.
@@ -16,6 +17,7 @@ _STATE_NOTES = {
     "kpi_seen": "dtp: whether each task's indicator has been observed",
     "log_variance": "uncertainty: log-variance s of the task, starts at 0",
     "scale": "uncertainty (positive form): c of the task, starts at 1",
+    "clock": "the schedules' clock: the epoch (set_epoch) and the training steps so far",
 }
 
 
@@ -28,16 +30,48 @@ def spec_tree(spec: LossSpec, *, expand: bool = False, module: Any = None) -> st
     or the spec compiled here), in aligned columns."""
     if expand:
         spec = spec.expand()
-    lines = [f"loss: {spec.to_expr()}"]
-    lines += _terms_lines(spec, depth=0)
-    return "\n".join(lines + _state_lines(spec, module))
-
-
-def _state_lines(spec: LossSpec, module: Any = None) -> list[str]:
     if module is None:
         from .compiler import compile_spec
 
         module = compile_spec(spec)
+    lines = [f"loss: {spec.to_expr()}"]
+    lines += _terms_lines(spec, depth=0)
+    return "\n".join(lines + _schedule_lines(spec, module) + _state_lines(spec, module))
+
+
+def clock_reading(module: Any) -> tuple[int, int]:
+    """A compiled loss's (epoch, step); a loss without a clock is at its start, (0, 0)."""
+    clock = getattr(module, "clock", None)
+    return (0, 0) if clock is None else (clock.host_epoch, int(clock.step))
+
+
+def schedule_rows(spec: LossSpec, module: Any) -> list[dict[str, Any]]:
+    """Every schedule of the loss, where it is, and its value at the module's clock now."""
+    epoch, step = clock_reading(module)
+    rows = []
+    for where, schedule in spec_schedules(spec):
+        now = schedule.value_at(epoch if schedule.over == "epoch" else step)
+        silent = where.endswith("weight") and schedule.over == "epoch" and now == 0
+        rows.append({"where": where, "schedule": schedule, "now": now, "computed": not silent})
+    return rows
+
+
+def _schedule_lines(spec: LossSpec, module: Any) -> list[str]:
+    rows = schedule_rows(spec, module)
+    if not rows:
+        return []
+    epoch, step = clock_reading(module)
+    texts = [(row["where"], schedule_to_expr(row["schedule"])) for row in rows]
+    widths = [max(len(text[column]) for text in texts) for column in (0, 1)]
+    lines = [f"schedules (epoch {epoch}, step {step}):"]
+    for (where, text), row in zip(texts, rows):
+        note = "" if row["computed"] else " (the term is not computed)"
+        now = format_number(row["now"])
+        lines.append(f"  {where.ljust(widths[0])}  {text.ljust(widths[1])}  now {now}{note}")
+    return lines
+
+
+def _state_lines(spec: LossSpec, module: Any) -> list[str]:
     parameters = [(name, _shape(tensor), _note(name)) for name, tensor in module.named_parameters()]
     buffers = [(name, _shape(tensor), _note(name)) for name, tensor in module.named_buffers()
                if _is_state(module, name)]
@@ -62,7 +96,7 @@ def spec_html(spec: LossSpec, module: Any = None) -> str:
 
     lines = [f"loss: {spec.to_expr()}"] + _terms_lines(spec, depth=0)
     if module is not None:
-        lines += _state_lines(spec, module)
+        lines += _schedule_lines(spec, module) + _state_lines(spec, module)
         title = f"lossdsl.compile({spec.to_expr()!r})"
     else:
         title = f"LossSpec {spec.to_expr()}"
@@ -93,15 +127,21 @@ def spec_document(spec: LossSpec, *, module: Any = None) -> dict[str, Any]:
 
     # No top-level "expr", "terms", "kind" or "tasks": those would make the document read as a loss
     # itself, where `lossdsl compile doc.json` should find its "loss" member.
-    return {
+    document = {
         "format": COMPILE_FORMAT,
         "expression": spec.to_expr(),
         "expanded": spec.expand().to_expr(),
         "loss": spec.to_dict(),
         "tree": _terms_document(spec, module),
-        "parameters": rows(module.named_parameters()),
-        "buffers": rows((name, b) for name, b in module.named_buffers() if _is_state(module, name)),
     }
+    schedules = schedule_rows(spec, module)
+    if schedules:  # a loss with schedules: its clock, and each schedule with its value now
+        document["clock"] = dict(zip(("epoch", "step"), clock_reading(module)))
+        document["schedules"] = [{**row, "schedule": schedule_to_dict(row["schedule"]),
+                                  "expression": schedule_to_expr(row["schedule"])} for row in schedules]
+    document["parameters"] = rows(module.named_parameters())
+    document["buffers"] = rows((name, b) for name, b in module.named_buffers() if _is_state(module, name))
+    return document
 
 
 def _terms_document(spec: LossSpec, module: Any) -> list[dict[str, Any]]:
@@ -112,7 +152,7 @@ def _terms_document(spec: LossSpec, module: Any) -> list[dict[str, Any]]:
             "index": index,
             "key": key,
             "name": term.name,
-            "weight": term.weight,
+            "weight": schedule_to_dict(term.weight) if is_schedule(term.weight) else term.weight,
             "reduction": term.reduction,
             "head": getattr(term.loss, "head", None),
             "node": _node_document(term.loss, module),
@@ -123,12 +163,15 @@ def _terms_document(spec: LossSpec, module: Any) -> list[dict[str, Any]]:
 def _node_document(node: LossNode, module: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": node.kind_name(), "parameters": {}}
     for name in type(node).model_fields:
-        if name == "kind" or name in node.loss_fields or name in node.task_fields:
+        if name == "kind" or name in node.loss_fields or name in node.task_fields or name in node.spec_fields:
             continue
         value = getattr(node, name)
         out["parameters"][name] = {"value": _plain_value(value), "default": value == node.default_for(name)}
     for name in node.loss_fields:
         out[name] = _node_document(getattr(node, name), module)
+    for name in node.spec_fields:  # deep supervision's inner loss, compiled as module.inner
+        inner = getattr(node, name)
+        out[name] = {"expression": inner.to_expr(), "tree": _terms_document(inner, module.inner)}
     for name in node.task_fields:
         out[name] = {
             task: {"expression": task_spec.to_expr(), "tree": _terms_document(task_spec, module.tasks[task])}
@@ -138,6 +181,8 @@ def _node_document(node: LossNode, module: Any) -> dict[str, Any]:
 
 
 def _plain_value(value: Any) -> Any:
+    if is_schedule(value):
+        return schedule_to_dict(value)
     if isinstance(value, (tuple, list)):
         return [_plain_value(v) for v in value]
     if isinstance(value, dict):
@@ -157,12 +202,18 @@ def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
                 lines.append(f"{pad}  task {name}:")
                 lines += _terms_lines(task, depth + 2)
             continue
+        if node.spec_fields:  # deep supervision: its weights, then the loss at every scale
+            lines += _node_lines(node, depth + 1)
+            for name in node.spec_fields:
+                lines.append(f"{pad}  at every scale:")
+                lines += _terms_lines(getattr(node, name), depth + 2)
+            continue
         head = getattr(node, "head", None) or (
             "none (regression)" if node.is_regression else "none (no p_t: blocks cannot wrap it)"
         )
         named = f" ({term.name})" if term.name else ""
         lines.append(
-            f"{pad}term {index}{named}: weight {format_number(term.weight)}, reduction {term.reduction}, "
+            f"{pad}term {index}{named}: weight {weight_to_expr(term.weight)}, reduction {term.reduction}, "
             f"head {head}"
         )
         lines += _node_lines(node, depth + 1)
@@ -172,7 +223,7 @@ def _terms_lines(spec: LossSpec, depth: int) -> list[str]:
 def _node_lines(node: LossNode, depth: int) -> list[str]:
     params = []
     for name in type(node).model_fields:  # on the class: the instance attribute is deprecated
-        if name == "kind" or name in node.loss_fields or name in node.task_fields:
+        if name == "kind" or name in node.loss_fields or name in node.task_fields or name in node.spec_fields:
             continue
         value = getattr(node, name)
         shown = f"{name}={format_value(value)}"

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .catalogue.base import LossNode
+from .catalogue.schedules import is_schedule
 from .errors import LossConfigError, LossDSLError
-from .printer import format_number, format_value, node_to_expr, term_to_expr
+from .printer import format_number, format_value, node_to_expr, term_to_expr, weight_to_expr
 from .spec import LossSpec, Term, per_class_lengths
 
 DIFF_FORMAT = "lossdsl.diff/1"
@@ -169,13 +170,15 @@ def canonical(spec: LossSpec) -> Any:
                               if k not in first.task_fields))
         return ("tasks", first.kind_name(), params,
                 tuple(sorted((name, canonical(task)) for name, task in tasks.items())))
-    weights: dict[tuple[str, str], float] = {}
+    weights: dict[tuple[str, str, str], float] = {}
     for term in spec.terms:
-        key = (node_to_expr(term.loss), term.reduction)
-        weights[key] = weights.get(key, 0.0) + term.weight
+        # A scheduled weight is part of the key (counted, not added to numbers).
+        schedule = weight_to_expr(term.weight) if is_schedule(term.weight) else ""
+        key = (node_to_expr(term.loss), term.reduction, schedule)
+        weights[key] = weights.get(key, 0.0) + (1.0 if schedule else term.weight)
     # Added weights are rounded: 0.1 + 0.2 and 0.3 are the same weight.
-    return tuple(sorted((text, reduction, float(f"{weight:.12g}"))
-                        for (text, reduction), weight in weights.items()))
+    return tuple(sorted((text, reduction, schedule, float(f"{weight:.12g}"))
+                        for (text, reduction, schedule), weight in weights.items()))
 
 
 # -- in words -------------------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def _term_text(term: Term) -> str:
 def _term_changes(a: Term, b: Term) -> list[str]:
     changes = []
     if a.weight != b.weight:
-        changes.append(f"weight {format_number(a.weight)} -> {format_number(b.weight)}")
+        changes.append(f"weight {weight_to_expr(a.weight)} -> {weight_to_expr(b.weight)}")
     if a.reduction != b.reduction:
         changes.append(f"reduction {a.reduction} -> {b.reduction}")
     if a.name != b.name:

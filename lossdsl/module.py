@@ -8,6 +8,7 @@ checkpoint of another loss is refused by name rather than by a key error (or, wo
 from __future__ import annotations
 
 import contextlib
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .call_inputs import check_names, readers
+from .catalogue.schedules import is_schedule
+from .clock import Clock
 from .errors import LossConfigError, LossInputError
+from .functional.schedules import schedule_value
 from .running import check_loaded_statistics
 from .spec import LossSpec
 from .state_updates import StateUpdates
@@ -76,14 +81,54 @@ def _decode(saved: Any) -> str | None:
     return None
 
 
+def _clock_loaded(module: LossModule, incompatible_keys: Any) -> None:
+    """After ``load_state_dict``: the terms a zero weight switches off follow the loaded epoch."""
+    module._epoch_changed(module.clock.host_epoch)
+
+
 class LossModule(nn.Module):
     """Shared by ``CompiledLoss`` and ``MultiTaskLoss``: ``spec``, ``last_terms``, ``logged_terms``,
-    and the loss's canonical expression in its ``state_dict`` (key ``_extra_state``, UTF-8 bytes)."""
+    the loss's canonical expression in its ``state_dict`` (key ``_extra_state``, UTF-8 bytes), and
+    the clock of its schedules (``set_epoch``)."""
 
     spec: LossSpec
     last_terms: dict[str, Tensor]
     # False for the tasks of a multi-task loss: the multi-task loss records the whole expression.
     records_expression = True
+    # -- schedules
+    @property
+    def clock(self) -> Clock | None:
+        """The schedules' clock, on the loss that owns the calls (its tasks and inner loss read their
+        owner's); None when the loss has no schedule."""
+        return self._modules.get("clock")
+
+    def attach_clock(self) -> None:
+        """Give this loss (the one that owns the calls) the clock its schedules follow."""
+        self._modules["clock"] = Clock()  # (add_module refuses a name the class has: the property)
+        self.register_load_state_dict_post_hook(_clock_loaded)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Move the clock of the schedules that follow the epoch (``over=epoch``) to ``epoch``: call
+        it at the start of every epoch (the Lightning callback and mmengine hook in
+        ``lossdsl.integrations`` do). A loss without schedules accepts it and does nothing."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise LossInputError(
+                f"set_epoch() takes the epoch as an integer >= 0, got {epoch!r} (the loss "
+                f"{self.spec.to_expr()!r})",
+                hint="count epochs from 0, as Lightning's trainer.current_epoch and mmengine's "
+                "runner.epoch do",
+            )
+        if self.clock is not None:
+            self.clock.set_epoch(int(epoch))
+            self._epoch_changed(int(epoch))
+
+    def _epoch_changed(self, epoch: int) -> None:
+        """Decisions taken on the host from the epoch (which terms a zero weight switches off)."""
+
+    def _advance_step(self) -> None:
+        """A training-mode call that succeeded counts one step (called after its commit)."""
+        if self.clock is not None and self.training:
+            self.clock.advance()
 
     def logged_terms(self, prefix: str = "", *, floats: bool = True) -> dict[str, Any]:
         """``last_terms`` under names every metric store accepts (MLflow: ``[/\\w.\\- ]``), with
@@ -201,40 +246,63 @@ class CompiledLoss(LossModule):
         self.shares = len(softmax_users) > 1
         for term in softmax_users:
             term.shared_log_softmax = self.shares
+        # The named call-time inputs the terms read (kd's teacher=), with the terms that read each.
+        self.reads = readers(self.terms)
+        # Terms whose weight follows the epoch and is 0 now: not computed (set on the host by
+        # set_epoch, so reading it costs nothing and torch.compile recompiles only when it changes).
+        self.silent = (False,) * len(self.terms)
+        self._epoch_changed(0)
 
     def forward(
-        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None,
+        self, input: Tensor, target: Tensor | None = None, weight: Tensor | None = None,
+        avg_factor: Tensor | float | None = None, **inputs: Any,
     ) -> Tensor:
         """``weight`` multiplies every element term's per-element loss (broadcast from ``[N]``,
         ``[N, C]`` or the full shape); ``avg_factor`` replaces the denominator of ``mean`` and
-        ``pos_mean`` (mmdetection's convention: ``sum / (avg_factor + eps)``)."""
+        ``pos_mean`` (mmdetection's convention: ``sum / (avg_factor + eps)``); ``inputs`` are the
+        named tensors terms read (``teacher=`` for kd). ``target`` may be left out when no term
+        reads it (a loss of kd terms only)."""
         updates = StateUpdates()
-        total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates))
+        total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs))
         updates.commit()  # only now that every term has computed (lossdsl.state_updates)
+        self._advance_step()
         return total
 
+    def _epoch_changed(self, epoch: int) -> None:
+        silent = tuple(is_schedule(w) and w.over == "epoch" and w.value_at(epoch) == 0 for w in self.weights)
+        self.silent = (False,) * len(silent) if all(silent) else silent  # a loss never vanishes whole
+
     def prepare(
-        self, input: Tensor, target: Tensor, weight: Tensor | None = None,
+        self, input: Tensor, target: Tensor | None, weight: Tensor | None = None,
         avg_factor: Tensor | float | None = None, *, updates: StateUpdates | None = None,
         reductions: Sequence[str | None] | None = None,
+        inputs: dict[str, Any] | None = None, clock: Clock | None = None,
     ) -> list[Any]:
         """Check and convert the inputs for every term. Nothing runs, nothing is updated: all the
         checks of a call happen before any term touches a running buffer. The terms stage their
         running-state updates in ``updates``, which the caller commits once the call has succeeded
-        (a multi-task loss passes one for all its tasks). ``reductions``, one per term (None: the
-        term's own), replace the terms' reductions for this call only."""
+        (a multi-task loss passes one for all its tasks, and its ``clock``). ``reductions``, one per
+        term (None: the term's own), replace the terms' reductions for this call only. A term
+        switched off by a zero weight is neither checked nor computed: its entry is None."""
+        inputs = inputs or {}
+        check_names(inputs, self.reads)
+        clock = clock if clock is not None else self.clock
         reductions = [None] * len(self.terms) if reductions is None else list(reductions)
-        prepared = [term.prepare_call(input, target, weight, avg_factor, reduction=reduction)
-                    for term, reduction in zip(self.terms, reductions, strict=True)]
-        for inputs in prepared:
-            inputs.updates = updates
+        prepared = [
+            None if silent else term.prepare_call(input, target, weight, avg_factor, inputs, reduction=reduction)
+            for term, silent, reduction in zip(self.terms, self.silent, reductions, strict=True)
+        ]
+        active = [item for item in prepared if item is not None]
+        for item in active:
+            item.updates = updates
+            item.clock = clock
         if self.shares:
             shared = SharedComputations()
-            for inputs in prepared:
-                inputs.shared = shared
-        unreduced = all(term.reduction_of(inputs) == "none" for term, inputs in zip(self.terms, prepared))
-        if unreduced and len(prepared) > 1:
+            for item in active:
+                item.shared = shared
+        unreduced = all(term.reduction_of(item) == "none"
+                        for term, item in zip(self.terms, prepared) if item is not None)
+        if unreduced and len(active) > 1:
             self._check_same_shapes(prepared)
         return prepared
 
@@ -245,17 +313,24 @@ class CompiledLoss(LossModule):
         dtype (float32 for half precision), and an op that autocast lists (a matmul, a dot product)
         must not drop back to bfloat16 halfway through a loss.
         """
-        with autocast_off(prepared[0].x.device.type):
-            values = [term.compute(inputs) for term, inputs in zip(self.terms, prepared)]
+        active = [(key, weight, term, inputs) for key, weight, term, inputs
+                  in zip(self.keys, self.weights, self.terms, prepared) if inputs is not None]
+        clock = active[0][3].clock
+        with autocast_off(active[0][3].x.device.type):
+            values = [term.compute(inputs) for _, _, term, inputs in active]
         total = None
-        for weight, value in zip(self.weights, values):
-            weighted = value if weight == 1 else weight * value
+        for (_, weight, _, _), value in zip(active, values):
+            if is_schedule(weight):  # a 0-d tensor from the clock: no recompilation, no host sync
+                weight = schedule_value(weight, None if clock is None else clock.reading(weight.over), value)
+                weighted = weight * value
+            else:
+                weighted = value if weight == 1 else weight * value
             total = weighted if total is None else total + weighted
         if not is_compiling():
-            logged = {key: value.detach() for key, value in zip(self.keys, values)}
+            logged = {key: value.detach() for (key, _, _, _), value in zip(active, values)}
             logged["total"] = total.detach()
             # Replaced with the running state, when the whole call (every task) has succeeded.
-            updates = prepared[0].updates
+            updates = active[0][3].updates
             if updates is None:
                 self.last_terms = logged
             else:
@@ -263,10 +338,12 @@ class CompiledLoss(LossModule):
         return total
 
     def _check_same_shapes(self, prepared: list[Any]) -> None:
-        shapes = [term.unreduced_shape(inputs) for term, inputs in zip(self.terms, prepared)]
-        for term, shape in zip(self.terms, shapes):
-            if shape != shapes[0]:
+        pairs = [(term, term.unreduced_shape(inputs)) for term, inputs in zip(self.terms, prepared)
+                 if inputs is not None]
+        first, expected = pairs[0]
+        for term, shape in pairs:
+            if shape != expected:
                 raise LossInputError(
                     f"reduction=none terms must have equal shapes to be added: "
-                    f"{self.terms[0].label} gives {shape_of(shapes[0])}, {term.label} gives {shape_of(shape)}"
+                    f"{first.label} gives {shape_of(expected)}, {term.label} gives {shape_of(shape)}"
                 )

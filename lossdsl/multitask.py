@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .call_inputs import check_names
 from .catalogue.multitask import DTP, MultiTask, Tasks, Uncertainty
 from .errors import LossDSLError, LossInputError, unknown_name_hint
 from .functional.distributed import collectives_allowed, sum_over_processes, with_gradients_averaged
@@ -39,6 +40,8 @@ def task_is_regression(spec: LossSpec) -> bool:
 def task_head(spec: LossSpec) -> str | None:
     """The head of the task's first classification term (what its KPI is measured on)."""
     for term in spec.expand().terms:
+        if term.loss.spec_fields:  # deep supervision: its inner loss's head
+            return task_head(term.loss.loss)
         head = getattr(term.loss, "head", None)
         if head is not None:
             return head
@@ -251,19 +254,22 @@ class MultiTaskLoss(LossModule):
     def forward(
         self, preds: Mapping[str, Tensor], targets: Mapping[str, Tensor],
         weight: Mapping[str, Tensor] | None = None, avg_factor: Mapping[str, Tensor | float] | None = None,
+        **inputs: Mapping[str, Tensor],
     ) -> Tensor:
-        """``weight`` and ``avg_factor``: call-time options per task (mappings by task name, any
-        subset of the tasks), passed to that task's loss (SPEC section 4)."""
+        """``weight``, ``avg_factor`` and the named inputs terms read (``teacher=``): call-time
+        options per task (mappings by task name, any subset of the tasks), passed to that task's
+        loss (SPEC section 4)."""
         self._check_keys(preds, targets)
         weights = self._per_task("weight", weight)
         avg_factors = self._per_task("avg_factor", avg_factor)
+        named = self._named_inputs(inputs)
         # Every task checks its inputs before any of them computes; running state (the tasks' own
         # and dtp's indicators) is staged in one StateUpdates and committed once everything has
         # computed, so a failure in any task leaves every buffer as it was.
         updates = StateUpdates()
         prepared = {
             name: in_task(name, self.tasks[name].prepare, preds[name], targets[name], weights.get(name),
-                          avg_factors.get(name), updates=updates)
+                          avg_factors.get(name), updates=updates, inputs=named[name], clock=self.clock)
             for name in self.names
         }
         if isinstance(self.node, DTP):
@@ -281,6 +287,7 @@ class MultiTaskLoss(LossModule):
             logged[f"{name}.weight"] = weight.detach() if isinstance(weight, Tensor) else torch.tensor(weight)
             logged[f"{name}.weighted"] = weighted.detach()
         updates.commit()
+        self._advance_step()
         if not is_compiling():
             logged["total"] = total.detach()
             self.last_terms = logged
@@ -307,6 +314,27 @@ class MultiTaskLoss(LossModule):
                 hint=unknown_name_hint(str(extra[0]), self.names, "tasks"),
             )
         return options
+
+    def _epoch_changed(self, epoch: int) -> None:
+        for name in self.names:
+            self.tasks[name]._epoch_changed(epoch)
+
+    def _named_inputs(self, inputs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """The named inputs (``teacher={"cls": t}``) regrouped by task, each name checked: read by
+        some task, and given only to tasks that read it."""
+        read = {key: [f"task '{name}'" for name in self.names if key in self.tasks[name].reads]
+                for key in dict.fromkeys(k for name in self.names for k in self.tasks[name].reads)}
+        check_names(inputs, read)
+        by_task: dict[str, dict[str, Any]] = {name: {} for name in self.names}
+        for key, value in inputs.items():
+            for name, tensor in self._per_task(key, value).items():
+                if key not in self.tasks[name].reads:
+                    raise LossInputError(
+                        f"task '{name}' reads no input {key}=; {' and '.join(read[key])} "
+                        f"{'reads' if len(read[key]) == 1 else 'read'} it",
+                    )
+                by_task[name][key] = tensor
+        return by_task
 
     def _learned_weights(self) -> dict[str, Tensor]:
         """uncertainty's parameters by task, their gradients averaged over the process group when
@@ -450,6 +478,8 @@ class MultiTaskLoss(LossModule):
         return k
 
     def _hits(self, name: str, logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        if isinstance(logits, (list, tuple)):  # deep supervision: measured at full resolution
+            logits = logits[0]
         logits = logits.detach()
         ignore = self.ignore_index[name]
         if self.heads[name] == "softmax":

@@ -28,7 +28,10 @@ from .catalogue.base import lookup
 from .catalogue.boxes import DFL, BoxLoss
 from .catalogue.modifiers import Density
 from .catalogue.region import RegionLoss
+from .catalogue.schedules import spec_schedules
 from .errors import LossConfigError, LossSpecError, MissingDependencyError
+from .plotting_schedules import NOTE as SCHEDULE_NOTE
+from .plotting_schedules import add_schedule_panels
 from .spec import LossSpec, per_class_lengths
 
 POINTS = 400
@@ -135,7 +138,12 @@ def build_figure(loss: Any, sweep: Any = None, **options: Any) -> tuple[Any, int
         first = sources[0] if isinstance(sources[0], str) else specs[0].to_expr()
         sweep_text = sweep if isinstance(sweep, str) else (f"{sweep[0]}" if sweep else "")
         title = first + (f"  (sweep {sweep_text})" if sweep else "")
+    scheduled = ax is None and any(spec_schedules(spec) for _, spec in variants)
+    if scheduled:  # the loss is drawn at epoch 0; the schedules' course goes in a panel below
+        curves[0].notes = (*curves[0].notes, SCHEDULE_NOTE)
     figure = _draw(figure_class, curves, title, ax, options.get("log_y", False), options.get("signed", False))
+    if scheduled:
+        add_schedule_panels(figure, [spec for _, spec in variants])
     return figure, len(curves)
 
 
@@ -174,6 +182,9 @@ def _kind(spec: LossSpec, label: str) -> str:
         raise LossSpecError(
             f"plot draws one loss at a time; {label} weighs several tasks: plot each task's loss"
         )
+    if terms[0].loss.spec_fields:  # deep supervision: the same loss at every scale
+        inner = spec.terms[0].loss.loss.to_expr()
+        raise LossSpecError(f"{label} applies {inner} at every scale of a list of predictions; plot {inner}")
     if any(isinstance(t.loss, RegionLoss) for t in terms):
         return "region"
     for term in terms:

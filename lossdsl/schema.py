@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from .catalogue.base import CATALOGUE, LOSS_SCHEMA_MARKER, NODE_SCHEMA_MARKER, REDUCTIONS
+from .catalogue.schedules import Schedule
 from .catalogue_text import parameter_rows, summary_of
 from .errors import LossConfigError
 from .located import MAX_DEPTH
@@ -88,6 +91,11 @@ def loss_json_schema(key: str | None = None) -> dict[str, Any]:
     definitions = node_schemas()
     node_names = sorted(n for n in definitions if n.startswith("node_"))
     definitions["Reduction"] = {"type": "string", "enum": list(REDUCTIONS)}
+    schedule = TypeAdapter(Schedule).json_schema(ref_template="#/definitions/{model}")
+    definitions.update(schedule.pop("$defs", {}))
+    definitions["Schedule"] = {**schedule, "description": "a value that changes over training: "
+                               "{schedule: steps, values: [...], at: [...]} or {schedule: ramp, "
+                               "values: [a, b], end: T}"}
     definitions["Node"] = {
         "description": "one loss: a catalogue name under 'kind' and its parameters",
         "type": "object",
@@ -102,7 +110,7 @@ def loss_json_schema(key: str | None = None) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "loss": _ref("Loss"),
-            "weight": {"type": "number"},
+            "weight": {"anyOf": [{"type": "number"}, _ref("Schedule")]},
             "reduction": _ref("Reduction"),
             "name": {
                 "type": "string",

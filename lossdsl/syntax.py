@@ -24,6 +24,7 @@ from typing import Any
 from lark import Lark, Token, Transformer_NonRecursive, UnexpectedInput, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, VisitError
 
+from .catalogue.schedules import SCHEDULES
 from .errors import Location, LossDSLError, LossSyntaxError, offset_locator
 from .located import MAX_DEPTH, POSITIONAL, Located
 
@@ -95,6 +96,17 @@ class _Terms:
         self.offset = offset
 
 
+class _Schedule:
+    """A schedule call (``ramp(0, 1, end=10)``): a term's weight when it multiplies a loss, or a
+    parameter's value. ``located`` is the plain mapping the YAML node form gives for it."""
+
+    __slots__ = ("located", "offset")
+
+    def __init__(self, located: Located, offset: int) -> None:
+        self.located = located
+        self.offset = offset
+
+
 def _as_terms(value: Any) -> _Terms:
     if isinstance(value, _Terms):
         return value
@@ -126,6 +138,11 @@ class _Build(Transformer_NonRecursive):
                 f"cannot {op} a number and a loss: a constant has no gradient",
                 value.offset,
                 hint="weights multiply losses: write 0.5 * ce(), not ce() + 0.5",
+            )
+        if isinstance(value, _Schedule):
+            raise self._error(
+                f"cannot {op} a schedule and a loss: a schedule weighs a loss", value.offset,
+                hint="multiply the loss by it: ramp(0, 1, end=10) * dice()",
             )
 
     # -- numbers and values
@@ -166,21 +183,39 @@ class _Build(Transformer_NonRecursive):
 
     @v_args(meta=True)
     def list(self, meta: Any, children: list[Any]) -> Located:
-        items = [self._value(child) for child in children if child is not None]
+        items = []
+        for child in children:
+            if isinstance(child, _Schedule):
+                raise self._error("a list holds numbers, names or strings, not schedules", child.offset,
+                                  hint="a whole parameter can be a schedule: eps=ramp(0, 1, end=10)")
+            if child is not None:
+                items.append(self._value(child))
         return self._located(items, meta.start_pos if not meta.empty else 0)
 
     def _value(self, child: Any) -> Located:
         if isinstance(child, _Number):
             return self._located(child.value, child.offset)
+        if isinstance(child, _Schedule):
+            return child.located
+        if isinstance(child, Located) and child.is_mapping() and "kind" in child.value:
+            # poly(loss=bce()): the grammar reads a call here so that schedules can be values.
+            raise self._error(
+                "a parameter value cannot be a call; the wrapped loss is the positional argument",
+                self.text.index("(", child.offset),
+                hint="for example poly(focal(gamma=2), eps=1)",
+            )
         return child
 
     # -- losses
-    def call(self, children: list[Any]) -> Located:
+    def call(self, children: list[Any]) -> Located | _Schedule:
         name, arguments = children
+        if str(name) in SCHEDULES:
+            return self._schedule(name, arguments or [])
         params: dict[str, Located] = {"kind": self._located(str(name), name.start_pos)}
         keys: dict[str, Location | None] = {}
         for kind, key, value in arguments or []:
             if kind == "positional":
+                value = self._positional_loss(value)
                 if POSITIONAL in params:
                     raise self._error(
                         f"{name}() takes one positional loss; this is a second one", value.offset,
@@ -201,13 +236,53 @@ class _Build(Transformer_NonRecursive):
         return [child for child in children if child is not None]
 
     def positional(self, children: list[Any]) -> tuple[str, Any, Any]:
-        value = children[0]
-        if isinstance(value, _Number):
+        return ("positional", None, children[0])  # a loss's, or a schedule's values
+
+    def _positional_loss(self, value: Any) -> Located:
+        if isinstance(value, _Number) or (isinstance(value, Located) and value.is_list()):
             raise self._error(
                 "a positional argument must be a loss; numbers are passed by name",
                 value.offset, hint="for example poly(focal(), eps=1)",
             )
-        return ("positional", None, self._loss(value))
+        if isinstance(value, _Schedule):
+            raise self._error(
+                "a positional argument must be a loss, not a schedule", value.offset,
+                hint="a schedule weighs a loss (ramp(0, 1, end=10) * dice()) or is a parameter's "
+                "value (gamma=ramp(0, 2, end=5))",
+            )
+        return self._loss(value)
+
+    def _schedule(self, name: Token, arguments: list[tuple[str, Any, Any]]) -> _Schedule:
+        """``steps([v0, v1], at=[t1])`` or ``ramp(a, b, end=t)`` as the plain mapping the YAML node
+        form gives (``{schedule: ramp, values: [a, b], end: t}``); the validator checks the rest."""
+        positional = [value for kind, _, value in arguments if kind == "positional"]
+        params: dict[str, Located] = {"schedule": self._located(str(name), name.start_pos)}
+        keys: dict[str, Location | None] = {}
+        where = positional[0].offset if positional else name.start_pos
+        if str(name) == "steps":
+            if len(positional) != 1 or not (isinstance(positional[0], Located) and positional[0].is_list()):
+                raise self._error("steps() takes its values as one list", where,
+                                  hint="for example steps([0, 0.9999], at=[160])")
+            params["values"] = positional[0]
+        else:
+            if len(positional) != 2 or not all(isinstance(v, _Number) for v in positional):
+                raise self._error("ramp() takes two numbers, the value before start and the value from "
+                                  "end on", where, hint="for example ramp(0, 1, end=10)")
+            params["values"] = self._located([self._value(v) for v in positional], where)
+        keys["values"] = self.locate(where)
+        for kind, key, value in arguments:
+            if kind != "keyword":
+                continue
+            if key in params:
+                raise self._error(f"{key}= is given twice in {name}()", key.start_pos)
+            if value.is_mapping():
+                raise self._error(f"{name}()'s arguments are numbers and names, not schedules",
+                                  value.offset)
+            params[str(key)] = value
+            keys[str(key)] = self.locate(key.start_pos)
+        node = self._located(params, name.start_pos)
+        node.key_locations = keys
+        return _Schedule(node, name.start_pos)
 
     def keyword(self, children: list[Any]) -> tuple[str, Token, Located]:
         key, value = children
@@ -247,7 +322,7 @@ class _Build(Transformer_NonRecursive):
         return self._combine(left, right, -1.0, "subtract")
 
     def _combine(self, left: Any, right: Any, sign: float, op: str) -> _Terms:
-        if isinstance(left, _Number) and isinstance(right, _Number):
+        if isinstance(left, (_Number, _Schedule)) and isinstance(right, (_Number, _Schedule)):
             raise self._error(
                 "a sum needs at least one loss; this one only adds numbers", left.offset,
                 hint="a loss is a call such as ce() or focal(gamma=2)",
@@ -256,7 +331,8 @@ class _Build(Transformer_NonRecursive):
         self._need_loss(right, op)
         terms = _as_terms(left)
         # Reuse the left list: each intermediate sum is consumed exactly once, so no copy is needed.
-        terms.items.extend((sign * w, loss) for w, loss in _as_terms(right).items)
+        offset = _offset_of(right)
+        terms.items.extend((self._times(sign, w, offset), loss) for w, loss in _as_terms(right).items)
         return terms
 
     def mul(self, children: list[Any]) -> Any:
@@ -266,16 +342,23 @@ class _Build(Transformer_NonRecursive):
                 return _Number(left.value * right.value, left.offset)
             except OverflowError:
                 raise self._error("number is too large", right.offset) from None
-        if not isinstance(left, _Number) and not isinstance(right, _Number):
+        factors = (_Number, _Schedule)
+        if isinstance(left, factors) and isinstance(right, factors):  # 2 * ramp(0, 1, end=10)
+            return self._times(left, right, right.offset)
+        if not isinstance(left, factors) and not isinstance(right, factors):
             raise self._error(
-                "cannot multiply two losses; only a number can weight a loss", _offset_of(right),
+                "cannot multiply two losses; only a number or a schedule can weight a loss",
+                _offset_of(right),
                 hint="write a weighted sum instead, for example 0.5 * ce() + 0.5 * focal()",
             )
-        number, loss = (left, right) if isinstance(left, _Number) else (right, left)
-        return self._scale(loss, number.value)
+        factor, loss = (left, right) if isinstance(left, factors) else (right, left)
+        return self._scale(loss, factor.value if isinstance(factor, _Number) else factor)
 
     def div(self, children: list[Any]) -> Any:
         left, right = children
+        if isinstance(right, _Schedule):
+            raise self._error("cannot divide by a schedule; only by a number", right.offset,
+                              hint="multiply by a schedule instead: ramp(1, 0.5, end=10) * ce()")
         if not isinstance(right, _Number):
             raise self._error("cannot divide by a loss; only by a number", _offset_of(right))
         if right.value == 0:
@@ -283,6 +366,8 @@ class _Build(Transformer_NonRecursive):
         try:  # huge integers (10**400 / 3) overflow a float division: an error, not an OverflowError
             if isinstance(left, _Number):
                 return _Number(left.value / right.value, left.offset)
+            if isinstance(left, _Schedule):
+                return self._times(left, _Number(1.0 / right.value, right.offset), right.offset)
             return self._scale(left, 1.0 / right.value)
         except OverflowError:
             raise self._error("number is too large", right.offset) from None
@@ -291,33 +376,74 @@ class _Build(Transformer_NonRecursive):
         value = children[0]
         if isinstance(value, _Number):
             return _Number(-value.value, value.offset - 1)
+        if isinstance(value, _Schedule):
+            return self._times(value, _Number(-1.0, value.offset), value.offset)
         return self._scale(value, -1.0)
 
-    def _scale(self, value: Any, factor: float) -> _Terms:
-        try:
-            factor = float(factor)  # an integer weight of 400 digits does not fit a float
-        except OverflowError:
-            factor = math.inf
+    def _scale(self, value: Any, factor: float | _Schedule) -> _Terms:
+        if not isinstance(factor, _Schedule):
+            try:
+                factor = float(factor)  # an integer weight of 400 digits does not fit a float
+            except OverflowError:
+                factor = math.inf
         terms = _as_terms(value)
-        items = [(factor * w, loss) for w, loss in terms.items]
+        offset = _offset_of(value)
+        items = [(self._times(w, factor, offset), loss) for w, loss in terms.items]
         # Check the products too: each factor of ce()*2*2*...*2 is finite, the weight is not.
-        if not all(math.isfinite(w) for w, _ in items):
-            raise self._error("weight is too large", _offset_of(value))
+        if not all(isinstance(w, _Schedule) or math.isfinite(w) for w, _ in items):
+            raise self._error("weight is too large", offset)
         terms.items = items
         return terms
 
+    def _times(self, a: Any, b: Any, offset: int) -> Any:
+        """A product of weights: numbers (floats or ``_Number``) and at most one schedule, whose
+        values are then multiplied (``2 * ramp(0, 1, end=10)`` is ``ramp(0, 2, end=10)``)."""
+        a_value = a.value if isinstance(a, _Number) else a
+        b_value = b.value if isinstance(b, _Number) else b
+        if isinstance(a_value, _Schedule) and isinstance(b_value, _Schedule):
+            raise self._error("cannot multiply two schedules; a term's weight is one schedule",
+                              b_value.offset, hint="fold the numbers into one schedule's values")
+        if not isinstance(a_value, _Schedule) and not isinstance(b_value, _Schedule):
+            product = a_value * b_value
+            return _Number(product, a.offset) if isinstance(a, _Number) else product
+        schedule, factor = (a_value, b_value) if isinstance(a_value, _Schedule) else (b_value, a_value)
+        return schedule if factor == 1 else self._scaled_schedule(schedule, factor)
+
+    def _scaled_schedule(self, schedule: _Schedule, factor: float) -> _Schedule:
+        values = schedule.located.value.get("values")
+        if values is None or not values.is_list():
+            raise self._error("a schedule needs its values to be scaled", schedule.offset)
+        scaled = []
+        for item in values.value:
+            if isinstance(item.value, bool) or not isinstance(item.value, (int, float)):
+                raise self._error("a schedule's values are numbers", item.offset)
+            try:
+                product = float(item.value) * factor
+            except OverflowError:
+                product = math.inf
+            if not math.isfinite(product):
+                raise self._error("weight is too large", item.offset)
+            scaled.append(Located(product, item.location, offset=item.offset))
+        params = dict(schedule.located.value)
+        params["values"] = Located(scaled, values.location, offset=values.offset)
+        node = Located(params, schedule.located.location, dict(schedule.located.key_locations),
+                       offset=schedule.offset)
+        return _Schedule(node, schedule.offset)
+
     def _loss(self, value: Any) -> Located:
         """A loss-valued expression as located plain data: one call, or a sum of weighted terms."""
-        if isinstance(value, _Number):
+        if isinstance(value, (_Number, _Schedule)):
+            what = "a number" if isinstance(value, _Number) else "a schedule, which weighs a loss"
             raise self._error(
-                "expected a loss, got a number", value.offset,
+                f"expected a loss, got {what}", value.offset,
                 hint="a loss is a call such as ce() or focal(gamma=2)",
             )
         if isinstance(value, Located):
             return value
         terms = []
         for weight, loss in value.items:
-            term = self._located({"weight": self._located(weight, loss.offset), "loss": loss}, loss.offset)
+            weight = weight.located if isinstance(weight, _Schedule) else self._located(weight, loss.offset)
+            term = self._located({"weight": weight, "loss": loss}, loss.offset)
             terms.append(term)
         return self._located({"terms": self._located(terms, value.offset)}, value.offset)
 

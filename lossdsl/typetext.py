@@ -12,6 +12,7 @@ from typing import Any, Literal
 from annotated_types import Ge, Gt, Le, Lt
 
 from .catalogue.base import LossNode
+from .catalogue.schedules import accepts_schedule
 from .printer import format_value
 
 
@@ -52,6 +53,8 @@ def describe_type(annotation: Any) -> str:
             words.append("a mapping")
         elif isinstance(arg, type) and issubclass(arg, LossNode):
             words.append("a loss")
+        elif accepts_schedule(arg):
+            words.append("a schedule (steps or ramp)")
         else:
             words.append(getattr(arg, "__name__", str(arg)))
     if len(words) <= 1:

@@ -25,6 +25,15 @@ from .catalogue import base as catalogue_base
 from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, NodeArgumentsError, lookup
 from .catalogue.spellings import unknown_loss_hint
 from .catalogue.multitask import nesting_problem
+from .catalogue.schedules import (
+    SCHEDULES,
+    ScheduleBase,
+    ScheduleOutOfRange,
+    ScheduleProblem,
+    accepts_schedule,
+    is_schedule,
+    schedulable_parameters,
+)
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value
@@ -303,8 +312,8 @@ class _Walker:
         self._check_keys(term, _TERM_KEYS, where, "a term")
         factor = self._weight_of(term, where)
         term_reduction = self._reduction_of(term, where, reduction)
-        built = self.terms(term.value["loss"], _join(where, "loss"), weight * factor,
-                           term_reduction, depth + 1)
+        product = self._product(weight, factor, term, where)
+        built = self.terms(term.value["loss"], _join(where, "loss"), product, term_reduction, depth + 1)
         if "name" in term.value:
             built = self._named(built, term, _join(where, "name"))
         return built
@@ -376,7 +385,7 @@ class _Walker:
             )
         node = self.node(item, path, depth, allow_reduction=True)
         try:
-            term = Term(loss=node, weight=weight, reduction=str(reduction or "mean"))
+            term = Term(loss=node, weight=weight, reduction=str(reduction or node.default_reduction))
         except ValidationError:
             raise self._fail("term weight must be a finite number", item.location, path) from None
         return term, item
@@ -392,7 +401,7 @@ class _Walker:
                 hint="apply the modifier to each term: poly(a) + 0.5 * poly(b)",
             )
         term, source = terms[0]
-        if term.reduction != "mean" or "reduction" in (source.value or {}):
+        if term.reduction != term.loss.default_reduction or "reduction" in (source.value or {}):
             where = source.key_location("reduction")
             raise self._fail(
                 "reduction= belongs on the outermost call of a term", where, _join(path, "reduction"),
@@ -420,7 +429,8 @@ class _Walker:
                 params[parameter[0]] = parameter[1]
             else:
                 failed = True
-                is_child = key == POSITIONAL or key in cls.loss_fields or key in cls.task_fields
+                is_child = (key == POSITIONAL or key in cls.loss_fields or key in cls.task_fields
+                            or key in cls.spec_fields)
                 children_failed = children_failed or is_child
         if children_failed:
             # Without its child the node cannot be checked as a whole ("requires the parameter
@@ -472,7 +482,66 @@ class _Walker:
             return key, self.single_node(child, where, name, depth + 1)
         if key in getattr(cls, "task_fields", ()):
             return key, self.task_specs(child, where, name, depth + 1)
+        if key in cls.spec_fields:  # a whole loss, a sum included (deep supervision's)
+            return key, self.spec(child, where, depth + 1)
+        if child.is_mapping() and "schedule" in child.value:
+            return key, self.schedule(child, where, depth + 1)
         return key, self.plain_value(child, where, depth + 1)
+
+    def schedule(self, item: Located, path: str, depth: int = 0) -> ScheduleBase:
+        """``{schedule: steps|ramp, values: [...], ...}`` (what ``ramp(0, 1, end=10)`` parses to)
+        -> a validated schedule, its own rules' errors pointing at the argument they are about."""
+        name_item = item.value["schedule"]
+        name = name_item.value
+        cls = SCHEDULES.get(name) if isinstance(name, str) else None
+        if cls is None:
+            shown = f"'{name}'" if isinstance(name, str) else _shown(name)
+            raise self._fail(f"unknown schedule {shown}", name_item.location, _join(path, "schedule"),
+                             hint=unknown_name_hint(str(name), SCHEDULES, "schedules"))
+        plain = self.plain_value(item, path, depth)
+        try:
+            return cls.model_validate(plain)
+        except ValidationError as exc:
+            error = _field_errors(exc)[0]
+            original = error.get("ctx", {}).get("error")
+            loc = list(error["loc"])
+            if isinstance(original, ScheduleProblem):
+                loc = [original.key] + ([original.index] if original.index is not None else [])
+                reason = str(original)
+            elif error["type"] == "missing":
+                reason = f"{name}() requires {loc[0]}=, e.g. " + (
+                    "steps([0, 0.9999], at=[160])" if name == "steps" else "ramp(0, 1, end=10)")
+                loc = []
+            elif error["type"] == "extra_forbidden":
+                valid = [f for f in cls.model_fields if f not in ("schedule", "values")]
+                hint = unknown_name_hint(str(loc[0]), valid, f"parameters of {name}")
+                raise self._fail(f"{name}() has no parameter '{loc[0]}'", item.key_location(str(loc[0])),
+                                 _join(path, str(loc[0])), hint=hint) from None
+            else:
+                field = str(loc[0]) if loc else ""
+                annotation = cls.model_fields[field].annotation if field in cls.model_fields else None
+                allowed = literal_values(annotation) if annotation is not None else []
+                bounds = bounds_text(annotation, cls.model_fields[field].metadata) if annotation else None
+                given = _shown(error.get("input"))
+                if allowed:
+                    reason = f"{name}(): {field}={given} is not one of {', '.join(allowed)}"
+                elif error["type"] in _RANGE_ERRORS and bounds:
+                    reason = f"{name}(): {field}={given} is out of range; {field} must be {bounds}"
+                else:
+                    reason = f"{name}(): {field} expects {describe_type(annotation)}, got {given}"
+            target, where = _navigate(item, loc, path)
+            location = target.location if target is not None and loc else item.location
+            raise self._fail(reason, location, where) from None
+
+    def _product(self, weight: Any, factor: Any, item: Located, path: str) -> Any:
+        """A weight times a weight: numbers, and at most one schedule (whose values are scaled)."""
+        if is_schedule(weight) and is_schedule(factor):
+            raise self._fail("a term's weight can be one schedule; this one multiplies two",
+                             item.location, path, hint="fold the numbers into one schedule's values")
+        if is_schedule(weight) or is_schedule(factor):
+            schedule, number = (weight, factor) if is_schedule(weight) else (factor, weight)
+            return schedule if number == 1 else schedule.scaled(number)
+        return weight * factor
 
     def task_specs(self, item: Located, path: str, owner: str, depth: int) -> dict[str, LossSpec]:
         """``{name: loss, ...}`` -> one LossSpec per task (each an ordinary sum of terms)."""
@@ -536,10 +605,12 @@ class _Walker:
                     hint=unknown_name_hint(key, allowed, "keys"), cls=LossConfigError,
                 )
 
-    def _weight_of(self, term: Located, path: str) -> float:
+    def _weight_of(self, term: Located, path: str) -> float | ScheduleBase:
         weight = term.value.get("weight")
         if weight is None:
             return 1.0
+        if weight.is_mapping() and "schedule" in weight.value:
+            return self.schedule(weight, _join(path, "weight"))
         number = given = weight.value
         if isinstance(number, int) and not isinstance(number, bool):
             try:  # an integer beyond float range (10**400) is not a finite weight; no OverflowError
@@ -613,6 +684,26 @@ class _Walker:
                 f"{name}(): {field}={_shown(error['input'])} is out of range; {field} must be {bounds}",
                 location, where,
             )
+        schedule_error = next((e.get("ctx", {}).get("error") for e in field_errors
+                               if isinstance(e.get("ctx", {}).get("error"), ScheduleOutOfRange)), None)
+        if schedule_error is not None:
+            target, where = _navigate(item, [field, "values", schedule_error.index], path)
+            location = target.location if target is not None else location
+            bounds = bounds_text(annotation, cls.model_fields[field].metadata)
+            return self._fail(
+                f"{name}(): {field}={_shown(first.get('input'))} takes the value {schedule_error.value:g}, "
+                f"out of range; {field} must be {bounds}", location, where,
+            )
+        if is_schedule(first.get("input")) and not accepts_schedule(annotation):
+            schedulable = schedulable_parameters(cls)
+            return self._fail(
+                f"{name}(): {field} cannot follow a schedule", location, where,
+                hint=(f"the parameters of {name} that can: {', '.join(schedulable)}" if schedulable
+                      else f"no parameter of {name} can; schedules go inside each loss" if
+                      cls.task_fields or cls.spec_fields
+                      else f"no parameter of {name} can; a term's weight can "
+                           f"(ramp(0, 1, end=10) * {name}())"),
+            )
         allowed = literal_values(annotation)
         if allowed and isinstance(first.get("input"), str):
             return self._fail(
@@ -667,7 +758,7 @@ def _loss_parts(value: dict[str, Located]) -> list[Located]:
         field = cls.positional if key == POSITIONAL else key
         if field in cls.task_fields:
             parts += _task_parts(child)
-        elif field in cls.loss_fields:
+        elif field in cls.loss_fields or field in cls.spec_fields:
             parts.append(child)
     return parts
 
@@ -724,7 +815,7 @@ def _navigate(item: Located, loc: list[Any], path: str) -> tuple[Located | None,
 
 
 def _shown(value: Any) -> str:
-    if isinstance(value, (list, tuple, dict, str, bool, int, float)) or value is None:
+    if isinstance(value, (list, tuple, dict, str, bool, int, float, ScheduleBase)) or value is None:
         try:
             return format_value(value)
         except TypeError:

@@ -122,6 +122,13 @@ def softmax_focal(x: Tensor, target: Tensor, gamma: float = 2.0, smoothing: floa
     return (1 - p_t) ** gamma * ce(x, target, smoothing)
 
 
+def kd(z: Tensor, t: Tensor, T: float) -> Tensor:
+    """Knowledge distillation per position: T^2 sum_c p_c (log p_c - log q_c), p = softmax(t/T),
+    q = softmax(z/T) (Hinton et al. 2015)."""
+    p = torch.softmax(t / T, 1)
+    return T * T * (p * (torch.log(p) - torch.log_softmax(z / T, 1))).sum(1)
+
+
 def zlpr(x: Tensor, y: Tensor) -> Tensor:
     positive = y > 0.5
     zero = torch.zeros_like(x[:, :1])

@@ -290,7 +290,7 @@ def generated_specs(draw: st.DrawFn, max_terms: int = 4, depth: int = MAX_DEPTH)
             allowed = [r for r in REDUCED if not (r == "pos_mean" and gen.value.is_regression)]
             reduction = draw(_choose(tuple(allowed)))
         term: dict[str, Any] = {"loss": gen.plain, "weight": weight}
-        if reduction != "mean" or draw(st.booleans()):
+        if reduction != gen.value.default_reduction or draw(st.booleans()):
             term["reduction"] = reduction
         terms_plain.append(term)
         terms.append(Term(loss=gen.value, weight=weight, reduction=reduction))

@@ -80,6 +80,11 @@ CASES = {
         "asl(head=softmax, smoothing=0.1) + poly(ce(smoothing=0.1), eps=2, reduction=batchmean)",
         softmax_index_targets,
     ),
+    "step-schedules": (  # the values change every call: the same graph, the eager values and clock
+        "focal(gamma=ramp(0, 2, end=3, over=step)) + ramp(0, 1, end=2, over=step) * "
+        "poly(clip(bce(), margin=ramp(0, 0.1, end=3, over=step)), eps=ramp(1, 0, end=3, over=step))",
+        dense_targets,
+    ),
     "softmax-probabilities": (
         "poly(modulate(ce(), gamma_pos=2, gamma_neg=0), eps=[1, 0.5]) + ce(smoothing=0.1)",
         probability_targets,

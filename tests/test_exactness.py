@@ -99,6 +99,26 @@ MULTITASK = [
     "dtp({a: poly(bce()), b: ce()})",
 ]
 
+# Losses called with inputs of their own: kd reads the teacher's logits (teacher=), deep a list of
+# predictions (soft targets [N, C, 4, 4], resized by area to the second scale).
+OWN_INPUTS = ["kd(T=2)", "deep(ce() + 0.5 * dice(), weights=[1, 0.5])"]
+
+
+def _own_call(expr: str):
+    """``(inputs, call(loss, *inputs), reference(*inputs))`` for an ``OWN_INPUTS`` expression."""
+    if expr.startswith("kd"):
+        teacher = torch.randn(4, 5, dtype=torch.float64)
+        return ((_logits((4, 5)),), lambda loss, z: loss(z, teacher=teacher),
+                lambda z: ref.kd(z, teacher, 2.0).sum() / 4)
+    y = torch.softmax(torch.randn(2, 3, 4, 4, dtype=torch.float64), 1)
+    small = F.interpolate(y, size=(2, 2), mode="area")
+
+    def inner(x, target):
+        return ref.ce(x, target).mean() + 0.5 * ref.dice(x, target).mean()
+
+    return ((_logits((2, 3, 4, 4)), _logits((2, 3, 2, 2))), lambda loss, a, b: loss([a, b], y),
+            lambda a, b: inner(a, y) + 0.5 * inner(b, small))
+
 
 def _none(expr: str) -> str:
     """The expression with reduction=none on its outermost call."""
@@ -167,7 +187,7 @@ ALL_SINGLE = [*SIGMOID, *SOFTMAX, *OTHER]
 def test_every_catalogue_name_has_an_exactness_case():
     """A new name without a float64/gradcheck case here fails this test."""
     builtin = {name for name, cls in CATALOGUE.items() if cls.__module__.startswith("lossdsl.")}
-    missing = builtin - _covered_names([*ALL_SINGLE, *MULTITASK])
+    missing = builtin - _covered_names([*ALL_SINGLE, *MULTITASK, *OWN_INPUTS])
     assert not missing, f"add exactness cases for {sorted(missing)}"
 
 
@@ -212,6 +232,16 @@ def test_gradcheck_of_multi_task_losses_in_float64(expr):
     value = loss({"a": a, "b": b}, targets)
     assert value.dtype == torch.float64
     assert torch_gradcheck(lambda p, q: loss({"a": p, "b": q}, targets), (a, b), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("expr", OWN_INPUTS)
+def test_losses_with_inputs_of_their_own_in_float64_and_gradcheck(expr):
+    inputs, call, reference = _own_call(expr)
+    loss = lossdsl.compile(expr)
+    value = call(loss, *inputs)
+    assert value.dtype == torch.float64
+    torch.testing.assert_close(value, reference(*inputs), rtol=1e-12, atol=1e-14)
+    assert torch_gradcheck(lambda *xs: call(loss, *xs), inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("expr", ["bce()", "focal()", "ce()", "zlpr()", "mse()"])

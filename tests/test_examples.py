@@ -274,3 +274,17 @@ def test_train_segmentation_prints_the_per_class_iou_of_ce_against_ce_plus_dice(
     for line in rows.values():
         scores = [float(cell) for cell in line.split()[-6:-2]]
         assert all(0 <= score <= 1 for score in scores)
+
+
+# -- the distillation demo ------------------------------------------------------------------------------
+
+
+def test_train_distillation_compares_ce_with_kd_from_the_teachers_logits(capsys):
+    distillation = import_example("train_distillation")
+    assert distillation.main(["--epochs", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("teacher (4,000 clean examples): test accuracy ")
+    assert out[1] == "student: 300 examples, 88 with a wrong label, 2 epochs"
+    rows = {line.strip().split("  ")[0]: float(line.split()[-1]) for line in out[2:]}
+    assert set(rows) == set(distillation.DEFAULT_LOSSES)
+    assert all(0 <= accuracy <= 1 for accuracy in rows.values())

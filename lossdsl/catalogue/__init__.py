@@ -1,6 +1,18 @@
 """The catalogue: every name the language knows, one pydantic model each (see base.register)."""
 
-from . import boxes, detection, likelihoods, modifiers, multitask, named, plugins, region, regression  # noqa: F401  (importing registers the names)
+from . import (  # noqa: F401  (importing registers the names)
+    boxes,
+    deep,
+    detection,
+    distillation,
+    likelihoods,
+    modifiers,
+    multitask,
+    named,
+    plugins,
+    region,
+    regression,
+)
 from .base import CATALOGUE, REDUCTIONS, LossNode, Reduction, head_of, lookup, register
 
 __all__ = ["CATALOGUE", "REDUCTIONS", "LossNode", "Reduction", "head_of", "lookup", "register"]

@@ -70,6 +70,8 @@ class LossNode(BaseModel):
     loss_fields: ClassVar[tuple[str, ...]] = ()
     # Fields holding named tasks, each a whole loss (multi-task weighting).
     task_fields: ClassVar[tuple[str, ...]] = ()
+    # Fields holding one whole loss, a sum included (deep supervision's inner loss).
+    spec_fields: ClassVar[tuple[str, ...]] = ()
     # Print only the positional argument (the {...} of a plain task dictionary).
     bare: ClassVar[bool] = False
     # Why no block may wrap this name (None: a block may, when the name has a probability).
@@ -78,6 +80,8 @@ class LossNode(BaseModel):
     equivalents: ClassVar[tuple[str, ...]] = ()
     # The targets the compiled term accepts, in words (None: the head's or category's usual ones).
     targets: ClassVar[str | None] = None
+    # The reduction of a term of this loss that names none (kd: batchmean, as the KD literature).
+    default_reduction: ClassVar[str] = "mean"
 
     @classmethod
     def kind_name(cls) -> str:
@@ -180,7 +184,8 @@ def _node_error(cls: type[LossNode], exc: ValidationError) -> LossDSLError:
     original = first.get("ctx", {}).get("error")
     if isinstance(original, LossDSLError):
         return original
-    where = ".".join(str(part) for part in first["loc"])
+    # Union branches appear in the location under their type's name ("constrained-float"): left out.
+    where = ".".join(str(part) for part in first["loc"] if isinstance(part, int) or part.isidentifier())
     reason = str(original) if original is not None else first["msg"]
     return NodeArgumentsError(f"{cls.kind_name()}(): {where + ': ' if where else ''}{reason}", exc)
 

@@ -18,6 +18,12 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, Strict, model_validator
 
 from .base import Child, Flag, LossNode, NonNegative, Probability, described, head_of, register
+from .schedules import ScheduleBase, is_schedule, scheduled
+
+
+def _number(value: float | ScheduleBase) -> float | ScheduleBase:
+    """A parameter as a float, or the schedule it follows."""
+    return value if is_schedule(value) else float(value)
 
 
 def walk(node: LossNode) -> Iterator[LossNode]:
@@ -80,12 +86,14 @@ class Modulate(Modifier):
 
     kind: Literal["modulate"] = "modulate"
     loss: Child
-    gamma: described(NonNegative, "focusing exponent: the loss is multiplied by q^gamma, q = 1 - p_t, "
-                                  "down-weighing easy examples (0: no focusing)") = 2.0
-    gamma_pos: described(NonNegative | None, "exponent for positive targets instead of gamma "
+    gamma: described(scheduled(NonNegative), "focusing exponent: the loss is multiplied by q^gamma, "
+                                             "q = 1 - p_t, down-weighing easy examples (0: no "
+                                             "focusing)") = 2.0
+    gamma_pos: described(scheduled(NonNegative) | None, "exponent for positive targets instead of gamma "
                                              "(with gamma_neg)") = None
-    gamma_neg: described(NonNegative | None, "exponent for negative targets (sigmoid), or the weight "
-                                             "p_c^gamma_neg of the other classes (softmax)") = None
+    gamma_neg: described(scheduled(NonNegative) | None, "exponent for negative targets (sigmoid), or "
+                                                        "the weight p_c^gamma_neg of the other classes "
+                                                        "(softmax)") = None
     detach: described(Flag, "compute the focusing weight without gradient (ASL's "
                             "disable_torch_grad_focal_loss)") = False
     focus: described(Literal["pt", "quality"], "what q is: pt is 1 - p_t (focal loss); quality is "
@@ -109,11 +117,12 @@ class Modulate(Modifier):
         return self
 
     @property
-    def exponents(self) -> tuple[float, float]:
-        """(gamma_pos, gamma_neg): the exponent for positive and for negative targets."""
+    def exponents(self) -> tuple[float | ScheduleBase, float | ScheduleBase]:
+        """(gamma_pos, gamma_neg): the exponent for positive and for negative targets (numbers, or
+        schedules)."""
         if self.gamma_pos is not None:
-            return float(self.gamma_pos), float(self.gamma_neg)
-        return float(self.gamma), float(self.gamma)
+            return _number(self.gamma_pos), _number(self.gamma_neg)
+        return _number(self.gamma), _number(self.gamma)
 
 
 @register
@@ -127,9 +136,9 @@ class Clip(Modifier):
 
     kind: Literal["clip"] = "clip"
     loss: Child
-    margin: Annotated[float, Strict(), Field(ge=0, lt=1, description="probability shift of negatives: "
-                                             "they see max(p - margin, 0); easy ones (p <= margin) "
-                                             "count for nothing")] = 0.05
+    margin: described(scheduled(Annotated[float, Strict(), Field(ge=0, lt=1)]),
+                      "probability shift of negatives: they see max(p - margin, 0); easy ones "
+                      "(p <= margin) count for nothing") = 0.05
 
     summary = "asymmetric probability shifting p_m = max(p - margin, 0) for negatives (sigmoid)"
     paper = "Ridnik et al. 2021, Asymmetric Loss For Multi-Label Classification"
@@ -154,7 +163,7 @@ class Poly(Modifier):
 
     kind: Literal["poly"] = "poly"
     loss: Child
-    eps: described(PolyCoefficient | tuple[Annotated[float, Strict()], ...],
+    eps: described(scheduled(PolyCoefficient) | tuple[Annotated[float, Strict()], ...],
                    "coefficient of (1-p_t)^(1+g) (Poly-1), or a list [e1, ..., eN] of the first N "
                    "polynomial terms; e1 >= -1") = 1.0
 
@@ -174,8 +183,8 @@ class Poly(Modifier):
         return self
 
     @property
-    def coefficients(self) -> tuple[float, ...]:
-        return self.eps if isinstance(self.eps, tuple) else (float(self.eps),)
+    def coefficients(self) -> tuple[float | ScheduleBase, ...]:
+        return self.eps if isinstance(self.eps, tuple) else (_number(self.eps),)
 
 
 @register
@@ -188,7 +197,7 @@ class Balance(Modifier):
 
     kind: Literal["balance"] = "balance"
     loss: Child
-    alpha: described(Probability | tuple[Probability, ...],
+    alpha: described(scheduled(Probability) | tuple[Probability, ...],
                      "weight of positives (1 - alpha for negatives) on the sigmoid head, or one weight "
                      "per class") = 0.25
 

@@ -23,8 +23,9 @@ from .base import (
 )
 from .likelihoods import BCE, CE
 from .modifiers import Balance, Clip, Density, Modulate
+from .schedules import highest, scheduled
 
-Alpha = Probability | tuple[Probability, ...] | None
+Alpha = scheduled(Probability) | tuple[Probability, ...] | None
 
 
 class Named(LossNode):
@@ -79,7 +80,7 @@ class Focal(Named):
     """
 
     kind: Literal["focal"] = "focal"
-    gamma: described(NonNegative, "focusing exponent: the loss is multiplied by (1 - p_t)^gamma "
+    gamma: described(scheduled(NonNegative), "focusing exponent: the loss is multiplied by (1 - p_t)^gamma "
                                   "(0: plain cross-entropy)") = 2.0
     alpha: described(Alpha, "weight of positives (1 - alpha for negatives) on the sigmoid head, one "
                             "weight per class on the softmax head; none disables it") = None
@@ -116,11 +117,12 @@ class ASL(Named):
     """
 
     kind: Literal["asl"] = "asl"
-    gamma_pos: described(NonNegative, "focusing exponent of positives") = 1.0
-    gamma_neg: described(NonNegative, "focusing exponent of negatives (larger: easy negatives fade "
-                                      "faster)") = 4.0
-    clip: Annotated[float, Strict(), Field(ge=0, lt=1, description="probability margin of negatives: "
-                                           "they see max(p - clip, 0) (sigmoid head only)")] = 0.05
+    gamma_pos: described(scheduled(NonNegative), "focusing exponent of positives") = 1.0
+    gamma_neg: described(scheduled(NonNegative), "focusing exponent of negatives (larger: easy negatives "
+                                                 "fade faster)") = 4.0
+    clip: described(scheduled(Annotated[float, Strict(), Field(ge=0, lt=1)]),
+                    "probability margin of negatives: they see max(p - clip, 0) (sigmoid head "
+                    "only)") = 0.05
     detach: described(Flag, "compute the focusing weight without gradient (timm's "
                             "disable_torch_grad_focal_loss)") = False
     head: HeadChoice = "sigmoid"
@@ -140,13 +142,13 @@ class ASL(Named):
 
     @model_validator(mode="after")
     def _no_clip_on_softmax(self):
-        if self.head == "softmax" and self.clip > 0:
+        if self.head == "softmax" and highest(self.clip) > 0:
             raise ValueError("clip shifts sigmoid probabilities; asl(head=softmax) takes no clip")
         return self
 
     def expand(self) -> LossNode:
         node = self.base(self.smoothing)
-        if self.clip > 0:
+        if highest(self.clip) > 0:  # a schedule that is ever above 0 keeps the block
             node = Clip(loss=node, margin=self.clip)
         return Modulate(loss=node, gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, detach=self.detach)
 

@@ -10,6 +10,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .base import LossNode
+from .schedules import ScheduleBase
 
 if TYPE_CHECKING:  # specs are printed by shape (their terms), not imported: spec.py imports this module
     from .spec import LossSpec, Term
@@ -43,11 +44,52 @@ def format_value(value: Any) -> str:
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, LossNode):
         return node_to_expr(value)
+    if isinstance(value, ScheduleBase):
+        return schedule_to_expr(value)
     if _is_spec(value):
         return spec_to_expr(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot print {type(value).__name__}")
+
+
+def schedule_to_expr(schedule: ScheduleBase) -> str:
+    """``steps([0, 0.9999], at=[160])``, ``ramp(0, 1, end=10)``: arguments at their defaults left out."""
+    values = schedule.values
+    args = [format_value(values)] if schedule.name == "steps" else [format_value(v) for v in values]
+    args += [f"{name}={format_value(value)}" for name, value in _schedule_arguments(schedule)]
+    return f"{schedule.name}({', '.join(args)})"
+
+
+def schedule_to_dict(schedule: ScheduleBase) -> dict[str, Any]:
+    """The mapping form of a schedule: ``{schedule: ramp, values: [0, 1], end: 10}``."""
+    out: dict[str, Any] = {"schedule": schedule.name, "values": list(schedule.values)}
+    out.update((name, list(value) if isinstance(value, tuple) else value)
+               for name, value in _schedule_arguments(schedule))
+    return out
+
+
+def _schedule_arguments(schedule: ScheduleBase) -> list[tuple[str, Any]]:
+    """The arguments besides the values that differ from their defaults, ``over`` last."""
+    fields = type(schedule).model_fields
+    names = [name for name in fields if name not in ("schedule", "values", "over")] + ["over"]
+    return [(name, getattr(schedule, name)) for name in names
+            if getattr(schedule, name) != fields[name].default]
+
+
+def weight_to_expr(weight: float | ScheduleBase) -> str:
+    return format_value(weight) if isinstance(weight, ScheduleBase) else format_number(weight)
+
+
+def _is_negative(weight: float | ScheduleBase) -> bool:
+    """Printed after a minus sign: a negative number, or a schedule that is never positive."""
+    if isinstance(weight, ScheduleBase):
+        return max(weight.values) <= 0 and min(weight.values) < 0
+    return weight < 0
+
+
+def _negated(weight: float | ScheduleBase) -> float | ScheduleBase:
+    return weight.scaled(-1.0) if isinstance(weight, ScheduleBase) else -weight
 
 
 def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None, full: bool = False) -> str:
@@ -78,10 +120,10 @@ def node_to_expr(node: LossNode, extra: dict[str, Any] | None = None, full: bool
 
 def term_to_expr(term: Term, *, with_weight: bool = True) -> str:
     """A term as text; its reduction prints on the outermost call, where the syntax puts it."""
-    extra = {"reduction": term.reduction} if term.reduction != "mean" else None
+    extra = {"reduction": term.reduction} if term.reduction != term.loss.default_reduction else None
     text = node_to_expr(term.loss, extra)
     if with_weight and term.weight != 1:
-        text = f"{format_number(term.weight)} * {text}"
+        text = f"{weight_to_expr(term.weight)} * {text}"
     return text
 
 
@@ -92,8 +134,8 @@ def spec_to_expr(spec: LossSpec) -> str:
     for term in spec.terms:
         if not parts:
             parts.append(term_to_expr(term))
-        elif term.weight < 0:
-            flipped = term.model_copy(update={"weight": -term.weight})
+        elif _is_negative(term.weight):
+            flipped = term.model_copy(update={"weight": _negated(term.weight)})
             parts.append(f"- {term_to_expr(flipped)}")
         else:
             parts.append(f"+ {term_to_expr(term)}")
@@ -103,6 +145,8 @@ def spec_to_expr(spec: LossSpec) -> str:
 def _plain(value: Any) -> Any:
     if isinstance(value, LossNode):
         return node_to_dict(value)
+    if isinstance(value, ScheduleBase):
+        return schedule_to_dict(value)
     if _is_spec(value):
         return spec_to_dict(value)
     if isinstance(value, tuple):
@@ -122,15 +166,15 @@ def spec_to_dict(spec: LossSpec) -> dict[str, Any]:
     if len(spec.terms) == 1 and spec.terms[0].weight == 1 and spec.terms[0].name is None:
         term = spec.terms[0]
         out = node_to_dict(term.loss)
-        if term.reduction != "mean":
+        if term.reduction != term.loss.default_reduction:
             out["reduction"] = term.reduction
         return out
     terms = []
     for term in spec.terms:
         item: dict[str, Any] = {"loss": node_to_dict(term.loss)}
         if term.weight != 1:
-            item["weight"] = term.weight
-        if term.reduction != "mean":
+            item["weight"] = _plain(term.weight)
+        if term.reduction != term.loss.default_reduction:
             item["reduction"] = term.reduction
         if term.name is not None:
             item["name"] = term.name

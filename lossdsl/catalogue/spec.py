@@ -23,8 +23,9 @@ from pydantic import (
 )
 
 from ..errors import LossDSLError, LossSpecError
-from .base import Child, Reduction
+from .base import CATALOGUE, Child, LossNode, Reduction
 from .printing import spec_to_dict, spec_to_expr
+from .schedules import Schedule
 
 # A term's name keys its value in ``loss.last_terms`` and in logged metrics, so it is a plain ASCII
 # identifier (safe in every metric store: MLflow accepts only [/\w.\- ]); ``total`` is the sum's key.
@@ -68,9 +69,23 @@ class Term(_RaisesOwnErrors):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     loss: Child
-    weight: Annotated[float, Strict()] = 1.0
+    # A number, or a schedule (ramp(0, 1, end=10) * dice(): the weight follows the epoch or step).
+    weight: Annotated[float, Strict()] | Schedule = 1.0
     reduction: Reduction = "mean"
     name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_default_reduction(cls, data: Any) -> Any:
+        """A term that names no reduction takes its loss's default (``mean``; kd's ``batchmean``)."""
+        if isinstance(data, dict) and "reduction" not in data:
+            loss = data.get("loss")
+            kind = loss.get("kind") if isinstance(loss, dict) else None
+            node = loss if isinstance(loss, LossNode) else CATALOGUE.get(kind) if isinstance(kind, str) \
+                else None
+            if node is not None:
+                data = {**data, "reduction": node.default_reduction}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -101,13 +116,16 @@ def composition_problem(terms: Sequence[Term]) -> CompositionProblem | None:
     to specs built in Python, which would otherwise compile to something else than they say.
     """
     for index, term in enumerate(terms):
-        if term.loss.task_fields and (len(terms) > 1 or term.weight != 1 or term.reduction != "mean"):
+        whole = term.loss.task_fields or term.loss.spec_fields
+        if whole and (len(terms) > 1 or term.weight != 1 or term.reduction != term.loss.default_reduction):
             what = "a task dictionary" if term.loss.bare else f"{term.loss.kind_name()}()"
+            does, where = (("weighs whole tasks", "each task's loss") if term.loss.task_fields
+                           else ("takes a list of predictions", "the loss it wraps"))
             return CompositionProblem(
                 index,
-                f"{what} weighs whole tasks and must be the entire loss: it cannot be added to other "
+                f"{what} {does} and must be the entire loss: it cannot be added to other "
                 "terms, scaled or given a reduction",
-                "put weights and reductions inside each task's loss",
+                f"put weights and reductions inside {where}",
             )
     unreduced = [term.reduction == "none" for term in terms]
     if any(unreduced) and not all(unreduced):

@@ -2,8 +2,9 @@
 
 A term such as ``poly(balance(modulate(bce())))`` is compiled into a plan: its base likelihood, then
 one step per block from the innermost outwards. Steps hold only hyper-parameters (constant tensors such
-as ``alpha`` live in the term module and are addressed by a slot), so a plan is hashable and can be
-passed through ``torch.autograd.Function`` and ``torch.compile`` as a constant.
+as ``alpha``, and the current values of scheduled parameters, live in the term module and are
+addressed by a slot), so a plan is hashable and can be passed through ``torch.autograd.Function`` and
+``torch.compile`` as a constant.
 """
 
 from __future__ import annotations
@@ -16,15 +17,29 @@ from torch import Tensor
 
 
 @dataclass(frozen=True)
+class Slot:
+    """A parameter that follows a schedule: its current value is the 0-d tensor at ``index`` among
+    the constants the kernel is given (evaluated per call from the loss's clock), so the plan stays
+    a hashable constant while the value changes."""
+
+    index: int
+
+
+def resolve(value: float | Slot, constants: tuple[Tensor, ...]) -> float | Tensor:
+    """A step's parameter now: the number itself, or its schedule's value (a 0-d tensor)."""
+    return constants[value.index] if isinstance(value, Slot) else value
+
+
+@dataclass(frozen=True)
 class ModulateStep:
-    gamma_pos: float
-    gamma_neg: float
+    gamma_pos: float | Slot
+    gamma_neg: float | Slot
     detach: bool
 
 
 @dataclass(frozen=True)
 class PolyStep:
-    eps: tuple[float, ...]
+    eps: tuple[float | Slot, ...]
 
 
 @dataclass(frozen=True)

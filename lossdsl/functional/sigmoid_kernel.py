@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .distributed import sum_over_processes
 from .ghm import density_weights
-from .plan import BalanceStep, DensityStep, ModulateStep, PolyStep, Step, VarifocalStep, tiny
+from .plan import BalanceStep, DensityStep, ModulateStep, PolyStep, Step, VarifocalStep, resolve, tiny
 from .targets import zero_ignored
 from .tracing import is_compiling
 
@@ -73,7 +73,9 @@ class _Shared:
         self.margin = margin
         self.quality = quality
         self.need_dy = need_dy  # derivatives w.r.t. y are built only when the target requires grad
-        self.need_one_minus_p = need_one_minus_p or margin > 0
+        # A scheduled margin (a 0-d tensor) clips whatever its value: it is not looked at on the host.
+        self.clips = isinstance(margin, Tensor) or margin > 0
+        self.need_one_minus_p = need_one_minus_p or self.clips
         self.one_minus_p: Tensor | None = None
         self._minus_log_p: Tensor | None = None
         self._minus_log_one_minus_p: Tensor | None = None
@@ -129,7 +131,7 @@ class _Shared:
     def negative(self) -> tuple[Tensor, Tensor]:
         """What negatives see: ``p_m = max(p - margin, 0)`` and ``dp_m/dx``."""
         if self._negative is None:
-            if self.margin > 0:
+            if self.clips:
                 p_m = (self.p - self.margin).clamp_(min=0)
                 # sign(p_m) is the step function 1[p > margin], without a bool-to-float conversion.
                 self._negative = (p_m, torch.sign(p_m).mul_(self.p_dp))
@@ -146,7 +148,7 @@ class _Shared:
             y = self.y
             p_m, dp_m = self.negative()
             q = torch.lerp(p_m, self.one_minus_p, y)
-            if self.margin > 0:
+            if self.clips:
                 dq = torch.lerp(dp_m, torch.neg(self.p_dp), y)
             else:  # dq/dx = p(1-p)(1-2y)
                 dq = torch.addcmul(self.p_dp, y, self.p_dp, value=-2)
@@ -197,7 +199,9 @@ class _Shared:
         dy = None
         if need_dy:  # q^g (g dq/dy / q + dg/dy log q)
             slope = torch.mul(ratio_y, exponent)
-            if exponent_dy:
+            if isinstance(exponent_dy, Tensor):  # a scheduled asymmetric focusing
+                slope.addcmul_(log_q, exponent_dy)
+            elif exponent_dy:
                 slope.add_(log_q, alpha=exponent_dy)
             dy = slope.mul_(value)
         return value, dx, dy
@@ -211,8 +215,8 @@ class _InPlace:
         return tensor.mul_(factor)
 
     @staticmethod
-    def add(tensor: Tensor, other: Tensor, alpha: float) -> Tensor:
-        return tensor.add_(other, alpha=alpha)
+    def add(tensor: Tensor, other: Tensor, alpha: float | Tensor) -> Tensor:
+        return tensor.addcmul_(other, alpha) if isinstance(alpha, Tensor) else tensor.add_(other, alpha=alpha)
 
     @staticmethod
     def add_product(tensor: Tensor, a: Tensor, b: Tensor | float) -> Tensor:
@@ -291,10 +295,20 @@ def _base_loss(
     if pos_weight is not None:
         positive = positive * pos_weight
     negative_x = None  # d/dx of -log(1 - p_m)
-    if s.margin == 0:
+    if not s.clips:
         negative = s.minus_log_one_minus_p()
         if need_dx:
             negative_x = s.p
+    elif isinstance(s.margin, Tensor):
+        # A scheduled margin may be 0, where 1 - p underflows for confident negatives: the log of
+        # 1 - p + m = exp(log(1 - p)) + m from logaddexp is exact for every margin (0 included), and
+        # dp_m/dx / (1 - p_m) = sign(p_m) p (1 - p) / (1 - p + m) takes the ratio from the logs.
+        p_m, _ = s.negative()
+        log_one_minus_p = torch.neg(s.minus_log_one_minus_p())
+        log_kept = torch.logaddexp(log_one_minus_p, torch.log(s.margin))
+        negative = log_kept.clamp(max=0).neg_()
+        if need_dx:
+            negative_x = torch.sign(p_m).mul_(s.p).mul_(torch.exp(log_one_minus_p - log_kept))
     else:
         # Clipped negatives: -log(1 - p_m) = -log(min(1 - p + margin, 1)); 1 - p_m >= margin > 0, so
         # the log is finite and 1 - p (accurate) plus the margin loses nothing that matters.
@@ -369,7 +383,8 @@ def sigmoid_loss_and_grad(
     if valid is not None:  # an ignored logit may be inf or NaN: compute on 0 there, select it away below
         x = zero_ignored(x, valid)
     varifocal = next((step for step in plan.steps if isinstance(step, VarifocalStep)), None)
-    s = _Shared(x, y, plan.margin, need_dy, plan.quality,
+    margin = resolve(plan.margin, constants)
+    s = _Shared(x, y, margin, need_dy, plan.quality,
                 need_one_minus_p=plan.needs_q or varifocal is not None or pos_weight is not None)
     # GHM-C's weights need only p: build them first, before the loss and its derivatives exist,
     # so that the binning's temporaries never coexist with them (a lower peak of memory).
@@ -377,7 +392,7 @@ def sigmoid_loss_and_grad(
     density_step = next((step for step in plan.steps if isinstance(step, DensityStep)), None)
     if density_step is not None:
         # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
-        seen = s.p if plan.margin == 0 else torch.lerp((s.p - plan.margin).clamp_(min=0), s.p, y)
+        seen = s.p if not s.clips else torch.lerp((s.p - margin).clamp_(min=0), s.p, y)
         reducer = sum_over_processes if density_step.synchronise else None
         density, new_accumulator = density_weights(
             (seen - y).abs_(), valid, density_step.bins, density_step.momentum, accumulator, reducer
@@ -396,10 +411,11 @@ def sigmoid_loss_and_grad(
     exponent_dy = 0.0  # and its derivative w.r.t. y (asymmetric focusing)
     for step in plan.steps:
         if isinstance(step, ModulateStep):
-            slope = step.gamma_pos - step.gamma_neg
-            gamma: float | Tensor = float(step.gamma_pos)
-            if slope:
-                gamma = torch.mul(y, slope).add_(step.gamma_neg)
+            gamma_pos, gamma_neg = resolve(step.gamma_pos, constants), resolve(step.gamma_neg, constants)
+            slope = 0.0 if step.gamma_pos == step.gamma_neg else gamma_pos - gamma_neg
+            gamma: float | Tensor = gamma_pos if isinstance(gamma_pos, Tensor) else float(gamma_pos)
+            if isinstance(slope, Tensor) or slope:
+                gamma = torch.mul(y, slope).add_(gamma_neg)
             # detach: the focusing weight carries no gradient at all (timm's disable_torch_grad).
             wanted = not step.detach
             factor, d_factor, d_factor_dy = s.power(
@@ -412,8 +428,9 @@ def sigmoid_loss_and_grad(
             exponent_dy += slope
         elif isinstance(step, PolyStep):
             for j, eps in enumerate(step.eps, start=1):
-                if eps:
-                    running.add(*s.power(exponent + j, need_dx, need_dy, exponent_dy), eps)
+                if eps:  # a Slot (a scheduled coefficient) is always computed
+                    term = s.power(exponent + j, need_dx, need_dy, exponent_dy)
+                    running.add(*term, resolve(eps, constants))
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
             slope = 2 * alpha - 1

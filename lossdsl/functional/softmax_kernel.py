@@ -17,7 +17,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from .plan import BalanceStep, ModulateStep, PolyStep, tiny
+from .plan import BalanceStep, ModulateStep, PolyStep, resolve, tiny
 from .targets import zero_ignored
 
 SoftmaxStep = Union[ModulateStep, PolyStep, BalanceStep]
@@ -28,8 +28,11 @@ class SoftmaxPlan:
     steps: tuple[SoftmaxStep, ...] = ()
 
 
-def _power(q: Tensor, exponent: float) -> Tensor | float:
-    """``q^exponent`` with a finite gradient at q = 0 for any exponent >= 0."""
+def _power(q: Tensor, exponent: float | Tensor) -> Tensor | float:
+    """``q^exponent`` with a finite gradient at q = 0 for any exponent >= 0 (a scheduled exponent, a
+    0-d tensor, always through ``exp(g log q)``: its value is not looked at on the host)."""
+    if isinstance(exponent, Tensor):
+        return torch.exp(exponent * torch.log(q.clamp(min=tiny(q.dtype))))
     if exponent == 0:
         return 1.0
     if exponent >= 1:
@@ -56,7 +59,8 @@ def softmax_term_elementwise(
         valid: bool mask of the positions that count (index targets), or None when all do.
         plan: blocks, innermost first.
         class_weight: ``ce``'s ``weight`` ``[C]`` or None.
-        constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar).
+        constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar, and the
+            current values of scheduled parameters).
         log_p: ``log_softmax(x, 1)`` when another term of the call computed it already.
     """
     if log_p is None:
@@ -108,8 +112,9 @@ def _target_column(
     loss = None  # set once a block other than modulate has combined the two parts
     for step in plan.steps:
         if isinstance(step, ModulateStep):
+            gamma_pos = resolve(step.gamma_pos, constants)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not step.detach):
-                focus = _power(miss, step.gamma_pos)
+                focus = _power(miss, gamma_pos)
                 if loss is not None and smoothing:  # sum_c q_c m_c: the others keep weight p_c^0 = 1
                     focus = focus * (1 - smoothing + smoothing / num_classes) + smoothing * (
                         num_classes - 1
@@ -118,7 +123,7 @@ def _target_column(
                 on_target = on_target * focus
             else:
                 loss = loss * focus
-            exponent += step.gamma_pos
+            exponent = exponent + gamma_pos
             continue
         if loss is None:
             loss = on_target if spread is None else on_target + spread
@@ -128,8 +133,8 @@ def _target_column(
                 num_classes - 1
             ) / num_classes
             for j, eps in enumerate(step.eps, start=1):
-                if eps:
-                    loss = loss + eps * _power(one_minus_pt, exponent + j)
+                if eps:  # a Slot (a scheduled coefficient) is always computed
+                    loss = loss + resolve(eps, constants) * _power(one_minus_pt, exponent + j)
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
             loss = loss * (alpha if alpha.dim() == 0 else alpha[safe])
@@ -171,10 +176,11 @@ def _all_classes(
     loss = None
     for step in plan.steps:
         if isinstance(step, ModulateStep):
+            gamma_pos = resolve(step.gamma_pos, constants)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not step.detach):
-                focus = _power(miss, step.gamma_pos)
+                focus = _power(miss, gamma_pos)
                 if one_hot is not None:
-                    others = _power_of_probabilities(log_p, step.gamma_neg)
+                    others = _power_of_probabilities(log_p, resolve(step.gamma_neg, constants))
                     focus = one_hot * _unsqueeze(focus) + (1 - one_hot) * others
                 else:  # probability targets: one factor per position (prepare refuses gamma_neg != 0)
                     focus = _unsqueeze(focus)
@@ -182,15 +188,15 @@ def _all_classes(
                 per_class = per_class * focus
             else:  # a block below already reduced over classes: scale the position's loss
                 loss = loss * (focus * q).sum(dim=1) if one_hot is not None else loss * focus.squeeze(1)
-            exponent += step.gamma_pos
+            exponent = exponent + gamma_pos
         else:
             if loss is None:
                 loss = -(per_class * log_p).sum(dim=1)
             if isinstance(step, PolyStep):
                 one_minus_pt = _one_minus_pt(miss, p, q, one_hot)
                 for j, eps in enumerate(step.eps, start=1):
-                    if eps:
-                        loss = loss + eps * _power(one_minus_pt, exponent + j)
+                    if eps:  # a Slot (a scheduled coefficient) is always computed
+                        loss = loss + resolve(eps, constants) * _power(one_minus_pt, exponent + j)
             elif isinstance(step, BalanceStep):
                 loss = loss * _alpha_per_position(constants[step.slot], q, one_hot, target, is_index, view)
     if loss is None:
@@ -206,9 +212,9 @@ def _unsqueeze(tensor: Tensor | float) -> Tensor | float:
     return tensor.unsqueeze(1) if isinstance(tensor, Tensor) else tensor
 
 
-def _power_of_probabilities(log_p: Tensor, exponent: float) -> Tensor | float:
+def _power_of_probabilities(log_p: Tensor, exponent: float | Tensor) -> Tensor | float:
     """``p_c^exponent`` from log-probabilities (finite value and gradient everywhere)."""
-    if exponent == 0:
+    if not isinstance(exponent, Tensor) and exponent == 0:
         return 1.0
     return torch.exp(exponent * log_p)
 

@@ -159,10 +159,12 @@ class MMDetLoss(nn.Module):
         updates = StateUpdates()
         prepared = self.loss.prepare(pred, target, weight, avg_factor, updates=updates, reductions=reductions)
         for term, inputs in zip(self.loss.terms, prepared):
-            if getattr(term, "has_density", False) and inputs.weight is not None:
+            # (None: a term whose scheduled weight is 0 this epoch, which is not computed)
+            if inputs is not None and getattr(term, "has_density", False) and inputs.weight is not None:
                 label_weights_as_mask(inputs)
         value = self.loss.combine(prepared)
         updates.commit()
+        self.loss._advance_step()  # a step schedule counts this successful call, as in forward
         return self.loss_weight * value
 
     def extra_repr(self) -> str:

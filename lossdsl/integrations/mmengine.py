@@ -6,6 +6,8 @@ mmdetection's registries are children of mmengine's, so an mmdetection config ca
     model = dict(bbox_head=dict(loss_cls=dict(type="LossDSL", expr="poly(focal(), eps=1)", loss_weight=1.0)))
 
 The module is ``lossdsl.integrations.mmdet.MMDetLoss`` (mmdetection's calling convention and labels).
+Importing it also registers ``SetLossEpochHook`` (``custom_hooks = [dict(type="SetLossEpochHook")]``),
+which calls ``set_epoch`` on every lossdsl loss of the model before each training epoch.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ except ImportError as error:  # an optional extra: say how to get it
     ) from error
 
 from .mmdet import MMDetLoss
+from .mmengine_hook import SetLossEpochHook  # registers custom_hooks = [dict(type="SetLossEpochHook")]
 
 MODELS.register_module(name="LossDSL", module=MMDetLoss, force=True)
 
 LossDSL = MMDetLoss
 
-__all__ = ["LossDSL", "MODELS"]
+__all__ = ["LossDSL", "MODELS", "SetLossEpochHook"]

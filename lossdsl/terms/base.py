@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..catalogue.schedules import is_schedule
 from ..errors import LossInputError
 from ..functional.distributed import collectives_allowed, mean_over_processes
 from ..functional.plan import compute_dtype
 from ..functional.reduce import reduce_loss, reduce_total
+from ..functional.schedules import schedule_value
 from ..functional.tracing import holds_no_data, is_compiling
 from ..running import RunningStatistics
 from ..spec import Term
@@ -39,6 +41,8 @@ class TermInputs:
     # This call's reduction where it replaces the term's own (mmdetection's reduction_override):
     # carried by the call, so concurrent and nested calls of one module never see each other's.
     reduction: str | None = None
+    # The clock the schedules of the call follow (None: a loss without one, or a term on its own).
+    clock: Any = None
 
 
 def host_range(tensor: Tensor) -> tuple[float, float]:
@@ -64,6 +68,9 @@ class TermModule(RunningStatistics):
 
     # Whether the term takes a call-time weight (region losses compare whole masks: they do not).
     accepts_weight = True
+    # The named tensors the term reads at call time besides weight and avg_factor (kd's teacher=),
+    # each with what it must be (for the message when it is missing); ``prepare`` takes them by name.
+    reads: dict[str, str] = {}
 
     def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
         super().__init__()
@@ -74,6 +81,9 @@ class TermModule(RunningStatistics):
         # pos_mean divides by the positive count averaged over the process group (SPEC 4b).
         self.distributed = distributed
         self.alpha_names: list[str] = []  # buffers of the balance blocks, in step order
+        # What the kernels' constants hold, slot by slot (see functional.plan.Slot): the name of a
+        # constant buffer (a balance block's alpha), or a schedule, evaluated per call.
+        self.slots: list[Any] = []
 
     # -- to implement
     def prepare(self, input: Tensor, target: Tensor) -> TermInputs:
@@ -90,9 +100,9 @@ class TermModule(RunningStatistics):
     # -- shared
     def forward(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None,
+        avg_factor: Tensor | float | None = None, **inputs: Any,
     ) -> Tensor:
-        prepared = self.prepare_call(input, target, weight, avg_factor)
+        prepared = self.prepare_call(input, target, weight, avg_factor, inputs)
         prepared.updates = StateUpdates()
         value = self.compute(prepared)
         prepared.updates.commit()
@@ -100,11 +110,19 @@ class TermModule(RunningStatistics):
 
     def prepare_call(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
-        avg_factor: Tensor | float | None = None, *, reduction: str | None = None,
+        avg_factor: Tensor | float | None = None, inputs: dict[str, Any] | None = None, *,
+        reduction: str | None = None,
     ) -> TermInputs:
         """``prepare`` plus the call-time options (mmdetection's ``weight`` and ``avg_factor``, and
-        a ``reduction`` that replaces the term's own for this call)."""
-        prepared = self.prepare(input, target)
+        a ``reduction`` that replaces the term's own for this call) and the named inputs the term
+        reads (``inputs``: every name of the call; the loss that owns the call has already refused
+        names no term reads)."""
+        inputs = inputs or {}
+        for name, meaning in self.reads.items():
+            if inputs.get(name) is None:
+                raise self.fail(f"needs the call-time input {name}= ({meaning})",
+                                hint=f"call the loss as loss(input, target, {name}=...)")
+        prepared = self.prepare(input, target, **{name: inputs[name] for name in self.reads})
         prepared.reduction = reduction
         if weight is not None:
             prepared.weight = self._call_weight(weight, self.unreduced_shape(prepared), input)
@@ -330,20 +348,55 @@ class TermModule(RunningStatistics):
 
     def lower_block(self, block: Any) -> Any:
         """The kernel step for a focusing, polynomial or balancing block (shared by both heads);
-        None for a block the head handles itself. Balance weights become constant buffers."""
+        None for a block the head handles itself. Balance weights become constant buffers, and
+        scheduled parameters slots (``parameter``)."""
         from ..catalogue.modifiers import Balance, Modulate, Poly
         from ..functional.plan import BalanceStep, ModulateStep, PolyStep
 
         if isinstance(block, Modulate):
-            return ModulateStep(*block.exponents, block.detach)
+            gamma_pos, gamma_neg = block.exponents
+            return ModulateStep(self.parameter(gamma_pos), self.parameter(gamma_neg), block.detach)
         if isinstance(block, Poly):
-            return PolyStep(block.coefficients)
+            return PolyStep(tuple(self.parameter(eps) for eps in block.coefficients))
         if isinstance(block, Balance):
+            if is_schedule(block.alpha):
+                return BalanceStep(self._slot(block.alpha))
             name = f"alpha{len(self.alpha_names)}"
             self.class_values(name, block.alpha)
             self.alpha_names.append(name)
-            return BalanceStep(len(self.alpha_names) - 1)
+            return BalanceStep(self._slot(name))
         return None
+
+    def parameter(self, value: Any) -> Any:
+        """A block parameter as a plan step holds it: the number itself, or, for a schedule, the
+        ``Slot`` of the constant that holds its current value (a 0-d tensor per call: see
+        ``slot_values``). The one way a term reads a scheduled parameter."""
+        from ..functional.plan import Slot
+
+        return Slot(self._slot(value)) if is_schedule(value) else value
+
+    def _slot(self, source: Any) -> int:
+        """The slot of a constant buffer's name or a schedule (an equal schedule shares its slot,
+        so focal(gamma=ramp(...)) stays a symmetric focusing)."""
+        for index, existing in enumerate(self.slots):
+            if type(existing) is type(source) and existing == source:
+                return index
+        self.slots.append(source)
+        return len(self.slots) - 1
+
+    def slot_values(self, inputs: TermInputs, like: Tensor, shaped: Any = None) -> tuple[Tensor, ...]:
+        """The constants of this call, slot by slot, in ``like``'s dtype and device: each constant
+        buffer (passed through ``shaped``, when given), and each schedule's value at the call's
+        clock."""
+        values = []
+        for source in self.slots:
+            if isinstance(source, str):
+                value = self.constant(source, like)
+                values.append(value if shaped is None else shaped(value))
+            else:
+                reading = None if inputs.clock is None else inputs.clock.reading(source.over)
+                values.append(schedule_value(source, reading, like))
+        return tuple(values)
 
     def constant(self, name: str, like: Tensor) -> Tensor | None:
         """A constant buffer on the computation's device and dtype."""

@@ -40,11 +40,11 @@ class BoxTerm(TermModule):
                             f"boxes' shape {shape_text(input)}")
         return PairInputs(x=input, y=target)
 
-    def prepare_call(self, input, target, weight=None, avg_factor=None, **options):  # type: ignore[override]
+    def prepare_call(self, input, target, weight=None, avg_factor=None, *args, **options):  # type: ignore[override]
         # mmdetection's IoU losses take a weight per coordinate ([..., 4]) and use its mean per box.
         if isinstance(weight, Tensor) and weight.dim() and weight.shape == input.shape:
             weight = weight.mean(dim=-1)
-        return super().prepare_call(input, target, weight, avg_factor, **options)
+        return super().prepare_call(input, target, weight, avg_factor, *args, **options)
 
     def unreduced_shape(self, inputs: PairInputs) -> torch.Size:
         return inputs.x.shape[:-1]

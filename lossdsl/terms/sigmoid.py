@@ -53,7 +53,7 @@ class SigmoidTerm(TermModule):
         quality = any(isinstance(block, Modulate) and block.focus == "quality" for block in blocks)
         for block in blocks:
             if isinstance(block, Clip):
-                margin = block.margin
+                margin = self.parameter(block.margin)
             elif isinstance(block, Varifocal):
                 steps.append(VarifocalStep(block.alpha, block.gamma, block.iou_weighted))
             elif isinstance(block, Density):
@@ -122,9 +122,7 @@ class SigmoidTerm(TermModule):
         weight, pos_weight = self.constants(inputs.x)
         if inputs.weight is not None:  # the call's weight multiplies the per-element loss, as bce's
             weight = inputs.weight if weight is None else weight * inputs.weight
-        alphas = tuple(
-            per_class(self.constant(name, inputs.x), inputs.x.dim()) for name in self.alpha_names
-        )
+        alphas = self.slot_values(inputs, inputs.x, lambda value: per_class(value, inputs.x.dim()))
         accumulator = getattr(self, "ghm_accumulator", None)
         plan = self.plan if self.synchronises() else self.local_plan
         loss, new_accumulator = sigmoid_term_elementwise(

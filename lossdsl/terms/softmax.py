@@ -138,7 +138,7 @@ class SoftmaxTerm(TermModule):
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
         if not self.plan.steps:
             return self.plain_ce(inputs, "none")
-        alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
+        alphas = self.slot_values(inputs, inputs.x)
         log_p = self.shared_log_p(inputs, self.sanitised(inputs)) if self.shared_log_softmax else None
         return softmax_term_elementwise(
             inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, self.class_weight(inputs.x),
