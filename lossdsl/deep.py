@@ -137,25 +137,36 @@ class DeepSupervisionLoss(LossModule):
 
     def combine(self, call: DeepCall) -> Tensor:
         if call.weights is None:
-            total = self.inner.combine(call.scales[0])
+            logged: dict[str, Tensor] = {}
+            total = self.inner.combine(call.scales[0], logged)
             if not is_compiling():
-                self.last_terms = dict(self.inner.last_terms)
+                self._log(call, logged)
             return total
         total = None
         logged: dict[str, Tensor] = {}
         for level, (weight, prepared) in enumerate(zip(call.weights, call.scales)):
-            value = in_scale(level, self.inner.combine, prepared)
+            terms: dict[str, Tensor] = {}
+            value = in_scale(level, self.inner.combine, prepared, terms)
             weighted = value if weight == 1 else weight * value
             total = weighted if total is None else total + weighted
             if not is_compiling():
                 logged[f"scale{level}"] = value.detach()
                 if len(self.inner.terms) > 1:
-                    logged.update((f"scale{level}/{key}", term) for key, term in self.inner.last_terms.items()
+                    logged.update((f"scale{level}/{key}", term) for key, term in terms.items()
                                   if key != "total")
         if not is_compiling():
             logged["total"] = total.detach()
-            self.last_terms = logged
+            self._log(call, logged)
         return total
+
+    def _log(self, call: DeepCall, logged: dict[str, Tensor]) -> None:
+        """``last_terms`` replaced when the whole call commits (the call of the full-resolution
+        scale carries the call's updates), as CompiledLoss does."""
+        updates = next((item.updates for item in call.scales[0] if item is not None), None)
+        if updates is None:
+            self.last_terms = logged
+        else:
+            updates.defer(lambda: setattr(self, "last_terms", logged))
 
     def _weights(self, levels: int) -> tuple[float, ...]:
         weights = self.node.weights

@@ -306,8 +306,10 @@ class CompiledLoss(LossModule):
             self._check_same_shapes(prepared)
         return prepared
 
-    def combine(self, prepared: list[Any]) -> Tensor:
-        """Compute every term from its prepared inputs and add them with their weights.
+    def combine(self, prepared: list[Any], record: dict[str, Tensor] | None = None) -> Tensor:
+        """Compute every term from its prepared inputs and add them with their weights. ``record``,
+        when given, receives this call's term values at once (``last_terms`` itself changes only
+        when the whole call commits).
 
         Autocast is switched off around the arithmetic: the inputs are already in the computation
         dtype (float32 for half precision), and an op that autocast lists (a matmul, a dot product)
@@ -329,6 +331,8 @@ class CompiledLoss(LossModule):
         if not is_compiling():
             logged = {key: value.detach() for (key, _, _, _), value in zip(active, values)}
             logged["total"] = total.detach()
+            if record is not None:
+                record.update(logged)
             # Replaced with the running state, when the whole call (every task) has succeeded.
             updates = active[0][3].updates
             if updates is None:
