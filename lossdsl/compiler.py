@@ -44,6 +44,8 @@ def compile_spec(
         compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values, distributed)
         for term, label in zip(spec.terms, labels)
     ]
+    for module, term in zip(terms, spec.terms):
+        module.written = term.loss  # its hints name the options of the loss as written
     return CompiledLoss(spec, terms)
 
 

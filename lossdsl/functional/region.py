@@ -36,6 +36,7 @@ Conventions, shared by every function here:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -50,6 +51,12 @@ LOVASZ_CLASSES = ("present", "all")
 
 
 # -- sums over the mask ---------------------------------------------------------------------------
+
+
+def positions_of(t: Tensor) -> int:
+    """The number of positions ``d1 * d2 * ...`` of ``[N, C, d1, ...]``, given explicitly to
+    ``reshape``: with an empty batch (N = 0) a ``-1`` would be ambiguous."""
+    return math.prod(t.shape[2:])
 
 
 class RegionStats(NamedTuple):
@@ -133,17 +140,18 @@ def region_stats(
         raise ValueError(f"powers must be 1 and/or 2, got {powers}")
     dtype = compute_dtype(p)
     shape, (n, c) = tuple(p.shape), p.shape[:2]
-    p = p.to(dtype).reshape(n, c, -1)
+    length = positions_of(p)
+    p = p.to(dtype).reshape(n, c, length)
     first, second = 1 in powers, 2 in powers
     if not y.is_floating_point():
-        index = y.reshape(n, -1).long()
-        if index.shape[1] != p.shape[2] or (valid is not None and valid.numel() != index.numel()):
+        if y.numel() != n * length or (valid is not None and valid.numel() != y.numel()):
             mask = None if valid is None else tuple(valid.shape)
             raise ValueError(
                 f"class indices {tuple(y.shape)} (mask {mask}) for probabilities {shape}: expected "
                 "indices [N, d1, ...] and a mask of positions [N, 1, d1, ...]"
             )
-        positions = None if valid is None else valid.reshape(n, -1)
+        index = y.reshape(n, length).long()
+        positions = None if valid is None else valid.reshape(n, length)
         if positions is not None:  # ignored positions may hold any index (ignore_index=255)
             index = torch.where(positions, index, torch.zeros((), dtype=index.dtype, device=index.device))
         tp, *p_sums = _IndexStats.apply(p, index, positions, first, second)
@@ -154,8 +162,8 @@ def region_stats(
         p_sq = p_sums.pop(0) if second else None
         sums = _requested(tp, p_sum, y_sum, p_sq, y_sum, first, second)
     else:
-        y = y.to(dtype).reshape(n, c, -1)
-        mask = None if valid is None else valid.reshape(n, valid.shape[1], -1)
+        y = y.to(dtype).reshape(n, c, length)
+        mask = None if valid is None else valid.reshape(n, valid.shape[1], length)
         sums = _DenseStats.apply(p, y, mask, first, second)
     if batch:
         sums = tuple(s.sum(0) for s in sums)
@@ -517,8 +525,9 @@ def _lovasz(
         raise ValueError(f"classes must be one of {LOVASZ_CLASSES}, got {classes!r}")
     dtype = compute_dtype(z)
     n, c = z.shape[:2]
-    z, y = z.to(dtype).reshape(n, c, -1), y.to(dtype).reshape(n, c, -1)
-    mask = None if valid is None else valid.reshape(n, valid.shape[1], -1)
+    length = positions_of(z)
+    z, y = z.to(dtype).reshape(n, c, length), y.to(dtype).reshape(n, c, length)
+    mask = None if valid is None else valid.reshape(n, valid.shape[1], length)
     if y.requires_grad and torch.is_grad_enabled():
         # Soft targets that require grad: the Jaccard weights depend on y, so autograd goes through
         # everything (ignored positions selected away before any arithmetic).
@@ -613,7 +622,7 @@ def _lovasz_weights(errors: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
     length = fg.shape[-1]
     acc = torch.float64 if length >= 2**24 else fg.dtype
     seen = fg_sorted.cumsum(-1, dtype=acc)
-    total = seen[:, -1:]
+    total = seen[:, -1:] if length else seen.new_zeros((seen.shape[0], 1))  # no positions: no mass
     rank = torch.arange(1, length + 1, dtype=acc, device=fg.device)
     jaccard = (rank / (rank - (seen - total))).to(fg.dtype)
     increments = jaccard.clone()

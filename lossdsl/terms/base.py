@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..catalogue.base import LossNode, node_taking
 from ..errors import LossInputError
 from ..functional.distributed import mean_over_processes
 from ..functional.reduce import reduce_loss, reduce_total
@@ -51,8 +52,30 @@ def host_range(tensor: Tensor) -> tuple[float, float]:
     return tuple(torch.stack(torch.aminmax(tensor.detach())).tolist())
 
 
+# The labels 8- and 16-bit masks conventionally use for void (VOC, Cityscapes): never a class count.
+VOID_LABELS = (255, 65535)
+
+
+def range_text(low: float, high: float) -> str:
+    """What a value check found, in words: ``NaN`` when there is one (aminmax propagates it), else the
+    range."""
+    if math.isnan(low) or math.isnan(high):
+        return "found NaN"
+    return f"found values from {low:g} to {high:g}"
+
+
 def shape_text(tensor: Tensor) -> str:
     return "[" + ", ".join(str(d) for d in tensor.shape) + "]"
+
+
+def range_hint(low: float, high: float, limit: float) -> str | None:
+    """What to do about values outside a check's range: NaN has a cause to find; 8-bit masks (0..255
+    where [0, 1] is expected) a scale; anything else may be meant (soft targets beyond 1)."""
+    if math.isnan(low) or math.isnan(high):
+        return "a NaN target makes the loss NaN: find where it comes from (torch.isnan(target).nonzero())"
+    if limit == 1 and low >= 0 and 1 < high <= 255:
+        return "masks stored as 0..255 images need target / 255"
+    return "pass check_values=False to lossdsl.compile to skip this check"
 
 
 def shape_of(dims: Any) -> str:
@@ -64,6 +87,11 @@ class TermModule(nn.Module):
 
     # Whether the term takes a call-time weight (region losses compare whole masks: they do not).
     accepts_weight = True
+    # Whether class index C may mean background (the sigmoid head's opt-in, SPEC 4).
+    reads_background = False
+    # The loss as the user wrote it, before expansion (set by the compiler): hints name the options
+    # it takes (focal(background=true), not bce's), and none that it does not.
+    written: LossNode | None = None
 
     def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
         super().__init__()
@@ -158,9 +186,11 @@ class TermModule(nn.Module):
         self, loss: Tensor, inputs: TermInputs, *, count: Tensor | float | None = None,
         positives: Tensor | int | None = None,
     ) -> Tensor:
-        """The term's reduction of its per-element loss (already multiplied by the call weight)."""
+        """The term's reduction of its per-element loss (already multiplied by the call weight). A
+        0-d loss (one box ``[4]``, one distribution) is a batch of one."""
         return reduce_loss(
-            loss, self.reduction, count=count, positives=positives, batch_size=loss.shape[0],
+            loss, self.reduction, count=count, positives=positives,
+            batch_size=loss.shape[0] if loss.dim() else 1,
             avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.distributed else None,
         )
 
@@ -196,13 +226,13 @@ class TermModule(nn.Module):
         is finite (one pass, one host sync; skippable)."""
         if not self.values_checked(tensor) or tensor.numel() == 0:
             return
-        finite = torch.isfinite(tensor)
         if valid is not None:
-            finite = finite | ~valid
-        if not bool(finite.all()):
+            tensor = torch.where(valid, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
+        low, high = host_range(tensor)  # inf and NaN show in the extremes: one cheap pass
+        if not (math.isfinite(low) and math.isfinite(high)):
             raise self.fail(
-                f"{what} must be finite; found inf or NaN",
-                hint="pass check_values=False to lossdsl.compile to skip this check",
+                f"{what} must be finite; found {'NaN' if math.isnan(low) or math.isnan(high) else 'inf'}",
+                hint="find the non-finite entries with (~torch.isfinite(tensor)).nonzero()",
             )
 
     def check_tensors(self, input: Any, target: Any) -> None:
@@ -224,21 +254,39 @@ class TermModule(nn.Module):
             raise self.fail("input is a scalar; expected a batch of shape [N, ...]")
 
     def check_probabilities(self, target: Tensor, what: str = "targets") -> None:
-        """Value check: soft or multi-hot targets lie in [0, 1] (one pass, one host sync; skippable)."""
-        if not self.values_checked(target) or not target.is_floating_point() or target.numel() == 0:
+        """Value check: soft or multi-hot targets lie in [0, 1] (skippable)."""
+        if target.is_floating_point():
+            self.check_range(target, 0, 1, what)
+
+    def check_range(self, tensor: Tensor, low: float, high: float, what: str, why: str = "") -> None:
+        """Value check: every element lies in [low, high] (one pass, one host sync; skippable). NaN
+        fails (every comparison with it is False) and is named as such."""
+        if not self.values_checked(tensor) or tensor.numel() == 0:
             return
-        low, high = host_range(target)
-        if not (low >= 0 and high <= 1):  # also catches NaN, for which every comparison is False
+        found_low, found_high = host_range(tensor)
+        if not (found_low >= low and found_high <= high):
             raise self.fail(
-                f"{what} must lie in [0, 1]; found values from {low:g} to {high:g}",
-                hint="pass check_values=False to lossdsl.compile to skip this check",
+                f"{what} must lie in [{low:g}, {high:g}]{why}; {range_text(found_low, found_high)}",
+                hint=range_hint(found_low, found_high, high),
             )
+
+    def class_indices(
+        self, target: Tensor, num_classes: int, ignore_index: int, background: bool = False
+    ) -> tuple[Tensor, bool]:
+        """Class-index targets of any integer dtype as int64, value-checked (``check_indices``).
+
+        The conversion comes first: ``ignore_index`` and the class range are compared as integers,
+        never in the target's dtype (a uint8 mask compared with ``ignore_index=-1`` would wrap it to
+        255). Returns the indices and whether the check proved that no position is ignored.
+        """
+        index = target.long()
+        return index, self.check_indices(index, num_classes, ignore_index, background)
 
     def check_indices(
         self, index: Tensor, num_classes: int, ignore_index: int, background: bool = False
     ) -> bool:
-        """Value check: class indices lie in [0, C) (or [0, C] with the background opt-in, C being
-        the all-negative background label) or equal ignore_index (skippable).
+        """Value check: int64 class indices lie in [0, C) (or [0, C] with the background opt-in, C
+        being the all-negative background label) or equal ignore_index (skippable).
 
         One pass and one host sync when every index is in range; a second look only when some
         index is outside the range (ignored positions, or an actual error). Returns True when the
@@ -252,19 +300,67 @@ class TermModule(nn.Module):
             return not 0 <= ignore_index < limit
         bad = ((index < 0) | (index >= limit)) & (index != ignore_index)
         if bool(bad.any()):
-            value = int(index[bad][0])
-            valid = f"0..{limit - 1}" + (f" ({num_classes} is the background)" if background else "")
-            hint = "pass check_values=False to lossdsl.compile to skip this check"
-            if value == num_classes and not background:
-                hint = (
-                    f"index {num_classes} is mmdetection's background label (num_classes); to read "
-                    "it as an all-negative row give background=true to the loss"
-                )
-            raise self.fail(
-                f"class index {value} is out of range for {num_classes} classes "
-                f"(valid: {valid}, or ignore_index={ignore_index})", hint=hint,
-            )
+            raise self.index_error(int(index[bad][0]), num_classes, ignore_index, background)
         return False
+
+    def index_error(
+        self, value: int, num_classes: int, ignore_index: int, background: bool
+    ) -> LossInputError:
+        """The error for a class index out of range, with hints that name only what this loss takes
+        (never check_values=False: that only moves the failure into torch)."""
+        limit = num_classes + 1 if background else num_classes
+        valid = f"0..{limit - 1}" + (f" ({num_classes} is the background)" if background else "")
+        hints = []
+        background_owner = self.option_owner("background") if self.reads_background else None
+        if value == num_classes and not background and background_owner:
+            hints.append(
+                f"index {num_classes} is mmdetection's background label (num_classes); to read it as an "
+                f"all-negative row give background=true to {background_owner}"
+            )
+        elif value == num_classes and not background:
+            hints.append(
+                f"indices run from 0 to {num_classes - 1} for {num_classes} classes: if yours start at 1, "
+                f"subtract 1; if {num_classes} is a class of its own, the logits need {num_classes + 1} "
+                "classes (dimension 1)"
+            )
+        elif value > num_classes and value not in VOID_LABELS:
+            hints.append(f"if {value} is a class, the logits need at least {value + 1} classes (dimension 1)")
+        ignore_owner = self.option_owner("ignore_index")
+        if value != num_classes and ignore_owner:
+            hints.insert(0, f"if {value} marks positions to leave out (void), give ignore_index={value} "
+                            f"to {ignore_owner}")
+        return self.fail(
+            f"class index {value} is out of range for {num_classes} classes "
+            f"(valid: {valid}, or ignore_index={ignore_index})", hint="; ".join(hints) or None,
+        )
+
+    def option_owner(self, option: str) -> str | None:
+        """``name()`` of the node of the loss as written that takes ``option``, or None (a term built
+        without the compiler names its base)."""
+        node = node_taking(self.written_loss, option)
+        return None if node is None else f"{node.kind_name()}()"
+
+    @property
+    def written_loss(self) -> LossNode:
+        return self.written if self.written is not None else self.term.loss
+
+    def check_softmax_classes(self, input: Tensor) -> None:
+        """A softmax head needs at least 2 classes: over one, p = 1 everywhere and nothing trains."""
+        if input.dim() >= 2 and input.shape[1] >= 2:
+            return
+        head_owner = node_taking(self.written_loss, "head")
+        sigmoid = f"{head_owner.kind_name()}(head=sigmoid)" if head_owner is not None else "bce()"
+        if input.dim() < 2:
+            raise self.fail(f"softmax needs logits of shape [N, C, ...]; got {shape_text(input)}",
+                            hint=f"for one logit per sample use the sigmoid head: {sigmoid}")
+        if input.shape[1] == 0:
+            raise self.fail(f"softmax needs at least one class (two to train anything); got logits of "
+                            f"shape {shape_text(input)}")
+        raise self.fail(
+            f"softmax over 1 class (dimension 1 of {shape_text(input)}) gives p = 1 everywhere: the "
+            "loss is constant and trains nothing",
+            hint=f"for a binary mask use the sigmoid head with one logit per position: {sigmoid}",
+        )
 
     def class_values(self, name: str, values: tuple[float, ...] | float | None) -> None:
         """Register a per-class (or scalar) constant as a buffer that follows .to(device). Kept in

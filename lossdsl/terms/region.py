@@ -84,14 +84,16 @@ class RegionTerm(TermModule):
             raise self.fail(
                 f"include_background=false leaves no class of the {classes} in {shape_text(input)}"
             )
+        if self.head == "softmax":
+            self.check_softmax_classes(input)
         self._check_weight(classes)
         dtype = compute_dtype(input)
         index_shape = (input.shape[0], *input.shape[2:])
         integer = not target.is_floating_point() and target.dtype != torch.bool
         valid = None
         if tuple(target.shape) == index_shape and integer:
-            target = target.long()
-            if not self.check_indices(target, classes, self.ignore_index):
+            target, nothing_ignored = self.class_indices(target, classes, self.ignore_index)
+            if not nothing_ignored:
                 valid = (target != self.ignore_index).unsqueeze(1)
         elif target.shape == input.shape:
             target = target.to(dtype)
