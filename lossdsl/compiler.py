@@ -25,20 +25,25 @@ from .terms.regression import RegressionTerm
 from .terms.sigmoid import SigmoidTerm
 from .terms.softmax import SoftmaxTerm
 from .terms.zlpr import ZLPRTerm
+from .value_checks import DEFAULT_MODE, CheckMode, check_mode
 
 
 def compile_spec(
-    spec: LossSpec, *, check_values: bool = True, distributed: bool = True
+    spec: LossSpec, *, check_values: CheckMode = DEFAULT_MODE, distributed: bool = True
 ) -> CompiledLoss | MultiTaskLoss:
-    """The module for a spec. ``distributed``: sum GHM-C's bin counts and dtp's indicators over the
-    process group when torch.distributed is initialised."""
+    """The module for a spec. ``check_values``: when target values are checked (True, False or
+    "deferred", see lossdsl.value_checks). ``distributed``: sum GHM-C's bin counts and dtp's
+    indicators over the process group when torch.distributed is initialised."""
+    check_values = check_mode(check_values)
     first = spec.terms[0].loss
     if isinstance(first, MultiTask):
         tasks = {
             name: compile_spec(task, check_values=check_values, distributed=distributed)
             for name, task in first.tasks.items()
         }
-        return MultiTaskLoss(spec, first, tasks, distributed=distributed)
+        loss = MultiTaskLoss(spec, first, tasks, distributed=distributed)
+        loss.check_values = check_values
+        return loss
     labels = _labels(spec)
     terms = [
         compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values, distributed)
@@ -46,10 +51,12 @@ def compile_spec(
     ]
     for module, term in zip(terms, spec.terms):
         module.written = term.loss  # its hints name the options of the loss as written
-    return CompiledLoss(spec, terms)
+    loss = CompiledLoss(spec, terms)
+    loss.check_values = check_values
+    return loss
 
 
-def compile_term(term: Term, label: str, check_values: bool, distributed: bool = True) -> TermModule:
+def compile_term(term: Term, label: str, check_values: CheckMode, distributed: bool = True) -> TermModule:
     """One term's module; ``term.loss`` is already expanded into primitive blocks."""
     base, blocks = _unwrap(term.loss)
     if isinstance(base, Varifocal):  # bce with VarifocalNet's weight: the sigmoid kernel computes it

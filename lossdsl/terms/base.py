@@ -22,6 +22,7 @@ from ..functional.tracing import is_compiling
 from ..running import apply_keeping_dtype
 from ..spec import Term
 from ..state_updates import StateUpdates
+from ..value_checks import CallChecks, CheckMode, ValueCheckLog, current_checks
 from .shared import SharedComputations
 
 
@@ -46,10 +47,15 @@ def holds_no_data(tensor: Tensor) -> bool:
     return fake is not None and isinstance(tensor, fake.FakeTensor)
 
 
+def extremes(tensor: Tensor) -> Tensor:
+    """``[min, max]`` of ``tensor`` on its device, in one pass (aminmax is also the cheapest way to
+    see inf and NaN: on a CPU about 20x faster than ``isfinite(x).all()``)."""
+    return torch.stack(torch.aminmax(tensor.detach()))
+
+
 def host_range(tensor: Tensor) -> tuple[float, float]:
-    """The smallest and largest value of ``tensor``, read in one host synchronisation (one
-    ``tolist`` of both, not one read each)."""
-    return tuple(torch.stack(torch.aminmax(tensor.detach())).tolist())
+    """The smallest and largest value of ``tensor``, read in one host synchronisation."""
+    return tuple(extremes(tensor).tolist())
 
 
 # The labels 8- and 16-bit masks conventionally use for void (VOC, Cityscapes): never a class count.
@@ -93,12 +99,13 @@ class TermModule(nn.Module):
     # it takes (focal(background=true), not bce's), and none that it does not.
     written: LossNode | None = None
 
-    def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
+    def __init__(self, term: Term, label: str, check_values: CheckMode, distributed: bool = True) -> None:
         super().__init__()
         self.term = term
         self.label = label
         self.reduction = term.reduction
-        self.check_values = check_values
+        self.check_values = check_values  # True, False or "deferred" (lossdsl.value_checks)
+        self.value_checks = ValueCheckLog()  # of calls to this term on its own
         # pos_mean divides by the positive count averaged over the process group (SPEC 4b).
         self.distributed = distributed
         self.alpha_names: list[str] = []  # buffers of the balance blocks, in step order
@@ -120,11 +127,17 @@ class TermModule(nn.Module):
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
         avg_factor: Tensor | float | None = None,
     ) -> Tensor:
-        prepared = self.prepare_call(input, target, weight, avg_factor)
+        with self.value_checks.call(self.check_values):
+            prepared = self.prepare_call(input, target, weight, avg_factor)
         prepared.updates = StateUpdates()
         value = self.compute(prepared)
         prepared.updates.commit()
         return value
+
+    def read_checks(self) -> None:
+        """Read the value checks of earlier calls still on their way from the device and raise the
+        first error they found (lossdsl.value_checks)."""
+        self.value_checks.raise_found()
 
     def prepare_call(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -214,6 +227,9 @@ class TermModule(nn.Module):
     def fail(self, reason: str, hint: str | None = None) -> LossInputError:
         return LossInputError(f"{self.label}: {reason}", hint=hint)
 
+    # -- value checks (SPEC 6): one helper per kind of check. Each states what it needs from the
+    # data (a few statistics) and hands it to the call's CallChecks, which reads it now or, with
+    # check_values="deferred", at a later call (lossdsl.value_checks).
     def values_checked(self, tensor: Tensor | None = None) -> bool:
         """Whether to look at the data: on unless switched off, skipped while torch.compile traces
         and on tensors that hold no data (meta or fake tensors, as shape inference passes)."""
@@ -221,19 +237,30 @@ class TermModule(nn.Module):
             return False
         return tensor is None or not holds_no_data(tensor)
 
+    @staticmethod
+    def call_checks() -> CallChecks:
+        """The checks of the call being prepared; outside a loss call (``prepare`` called directly)
+        they are read at once."""
+        return current_checks() or CallChecks(0, deferred=False)
+
     def check_finite(self, tensor: Tensor, what: str, valid: Tensor | None = None) -> None:
         """Value check: every element that counts (``valid``, broadcastable, when some are ignored)
-        is finite (one pass, one host sync; skippable)."""
+        is finite. inf and NaN show in the extremes: one pass (aminmax; skippable)."""
         if not self.values_checked(tensor) or tensor.numel() == 0:
             return
         if valid is not None:
             tensor = torch.where(valid, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
-        low, high = host_range(tensor)  # inf and NaN show in the extremes: one cheap pass
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise self.fail(
+
+        def verdict(found: list) -> LossInputError | None:
+            low, high = found
+            if math.isfinite(low) and math.isfinite(high):
+                return None
+            return self.fail(
                 f"{what} must be finite; found {'NaN' if math.isnan(low) or math.isnan(high) else 'inf'}",
                 hint="find the non-finite entries with (~torch.isfinite(tensor)).nonzero()",
             )
+
+        self.call_checks().expect(extremes(tensor), verdict)
 
     def check_tensors(self, input: Any, target: Any) -> None:
         for name, value in (("input", input), ("target", target)):
@@ -259,49 +286,63 @@ class TermModule(nn.Module):
             self.check_range(target, 0, 1, what)
 
     def check_range(self, tensor: Tensor, low: float, high: float, what: str, why: str = "") -> None:
-        """Value check: every element lies in [low, high] (one pass, one host sync; skippable). NaN
-        fails (every comparison with it is False) and is named as such."""
+        """Value check: every element lies in [low, high] (one pass, aminmax; skippable). NaN fails
+        (every comparison with it is False) and is named as such."""
         if not self.values_checked(tensor) or tensor.numel() == 0:
             return
-        found_low, found_high = host_range(tensor)
-        if not (found_low >= low and found_high <= high):
-            raise self.fail(
+
+        def verdict(found: list) -> LossInputError | None:
+            found_low, found_high = found
+            if found_low >= low and found_high <= high:
+                return None
+            return self.fail(
                 f"{what} must lie in [{low:g}, {high:g}]{why}; {range_text(found_low, found_high)}",
                 hint=range_hint(found_low, found_high, high),
             )
 
+        self.call_checks().expect(extremes(tensor), verdict)
+
     def class_indices(
         self, target: Tensor, num_classes: int, ignore_index: int, background: bool = False
     ) -> tuple[Tensor, bool]:
-        """Class-index targets of any integer dtype as int64, value-checked (``check_indices``).
+        """Class-index targets of any integer dtype as int64, value-checked: they lie in [0, C) (or
+        [0, C] with the background opt-in, C being the all-negative background label) or equal
+        ``ignore_index``.
 
         The conversion comes first: ``ignore_index`` and the class range are compared as integers,
         never in the target's dtype (a uint8 mask compared with ``ignore_index=-1`` would wrap it to
-        255). Returns the indices and whether the check proved that no position is ignored.
+        255). Returns the indices and whether no position is ignored, known when the values were
+        looked at (then the caller skips its mask): during a synchronous check, and for data on the
+        host, where looking costs no wait, even with checks off. A check deferred to a later call
+        replaces the bad indices by ``ignore_index``, so that the call computes without them rather
+        than failing on the device.
         """
         index = target.long()
-        return index, self.check_indices(index, num_classes, ignore_index, background)
-
-    def check_indices(
-        self, index: Tensor, num_classes: int, ignore_index: int, background: bool = False
-    ) -> bool:
-        """Value check: int64 class indices lie in [0, C) (or [0, C] with the background opt-in, C
-        being the all-negative background label) or equal ignore_index (skippable).
-
-        One pass and one host sync when every index is in range; a second look only when some
-        index is outside the range (ignored positions, or an actual error). Returns True when the
-        check proved that no position is ignored (then the caller can skip its mask).
-        """
-        if not self.values_checked(index) or index.numel() == 0:
-            return False
         limit = num_classes + 1 if background else num_classes
+        if index.numel() == 0 or is_compiling() or holds_no_data(index):
+            return index, False
+        checks = self.call_checks() if self.check_values else None
+        if checks is not None and not checks.reads_now(index):
+            bad = ((index < 0) | (index >= limit)) & (index != ignore_index)
+            first = index.reshape(-1)[bad.reshape(-1).to(torch.uint8).argmax()]
+            checks.expect(
+                torch.stack((bad.sum(), first)),
+                lambda found: self.index_error(found[1], num_classes, ignore_index, background)
+                if found[0] else None,
+            )
+            return torch.where(bad, ignore_index, index), False
+        if checks is None and index.device.type != "cpu":
+            return index, False  # unchecked device data: no look at it
         low, high = (int(v) for v in host_range(index))
         if low >= 0 and high < limit:
-            return not 0 <= ignore_index < limit
+            return index, not 0 <= ignore_index < limit
+        if checks is None:
+            return index, False  # unchecked: the kernels see the indices as they are
         bad = ((index < 0) | (index >= limit)) & (index != ignore_index)
         if bool(bad.any()):
-            raise self.index_error(int(index[bad][0]), num_classes, ignore_index, background)
-        return False
+            checks.report(self.index_error(int(index[bad][0]), num_classes, ignore_index, background))
+            index = torch.where(bad, ignore_index, index)  # deferred: this call goes on without them
+        return index, False
 
     def index_error(
         self, value: int, num_classes: int, ignore_index: int, background: bool

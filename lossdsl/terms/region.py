@@ -32,7 +32,7 @@ from .base import TermInputs, TermModule, shape_of, shape_text
 
 @dataclass
 class RegionInputs(TermInputs):
-    x: Tensor  # logits in the computation dtype, ignored positions zeroed
+    x: Tensor  # logits in the computation dtype (RegionTerm.logits zeroes the ignored positions)
     target: Tensor  # long class indices [N, d1, ...], or probabilities / masks shaped like x
     valid: Tensor | None  # bool [N, 1, d1, ...]: the positions that count (None: all of them)
 
@@ -104,8 +104,7 @@ class RegionTerm(TermModule):
                 f"expected {shape_of(index_shape)} (integer class indices) or {shape_text(input)} "
                 f"({'masks' if self.head == 'sigmoid' else 'probabilities'})"
             )
-        x = input.to(dtype)
-        return RegionInputs(x=x if valid is None else zero_ignored(x, valid), target=target, valid=valid)
+        return RegionInputs(x=input.to(dtype), target=target, valid=valid)
 
     def _check_weight(self, classes: int) -> None:
         weight = self.class_weight
@@ -128,12 +127,22 @@ class RegionTerm(TermModule):
         return torch.Size((counted,) if self.batch else (n, counted))
 
     # -- computation
-    def probabilities(self, inputs: RegionInputs) -> Tensor:
-        if self.head == "sigmoid":
-            return torch.sigmoid(inputs.x)
+    def logits(self, inputs: RegionInputs) -> Tensor:
+        """The logits with ignored positions zeroed, so that nothing of an ignored logit (inf, NaN)
+        reaches the value or the gradient; shared with the other terms of the call that need them."""
+        if inputs.valid is None:
+            return inputs.x
         if self.shared_log_softmax and inputs.shared is not None:
-            return inputs.shared.softmax(inputs.x, self.ignore_index, inputs.valid is not None)
-        return torch.softmax(inputs.x, dim=1)
+            return inputs.shared.sanitised(inputs.x, inputs.valid, self.ignore_index)
+        return zero_ignored(inputs.x, inputs.valid)
+
+    def probabilities(self, inputs: RegionInputs) -> Tensor:
+        x = self.logits(inputs)
+        if self.head == "sigmoid":
+            return torch.sigmoid(x)
+        if self.shared_log_softmax and inputs.shared is not None:
+            return inputs.shared.softmax(x, self.ignore_index, inputs.valid is not None)
+        return torch.softmax(x, dim=1)
 
     def dense_target(self, inputs: RegionInputs) -> Tensor:
         if inputs.target.is_floating_point():
@@ -146,7 +155,7 @@ class RegionTerm(TermModule):
         if self.formula == "lovasz":
             y = self.dense_target(inputs)
             if self.head == "sigmoid":
-                loss, counted = lovasz_hinge(inputs.x, y, inputs.valid, **self.options)
+                loss, counted = lovasz_hinge(self.logits(inputs), y, inputs.valid, **self.options)
             else:
                 loss, counted = lovasz_softmax(self.probabilities(inputs), y, inputs.valid, **self.options)
             return self._without_background(loss), self._without_background(counted)

@@ -101,8 +101,13 @@ class SoftmaxTerm(TermModule):
         return self.constant("weight", x)
 
     def sanitised(self, inputs: SoftmaxInputs) -> Tensor:
-        """The logits with ignored positions zeroed (see functional.targets.zero_ignored)."""
-        return inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
+        """The logits with ignored positions zeroed (see functional.targets.zero_ignored), once per
+        call when other terms of the call need them too."""
+        if inputs.valid is None:
+            return inputs.x
+        if self.shared_log_softmax and inputs.shared is not None:
+            return inputs.shared.sanitised(inputs.x, inputs.valid.unsqueeze(1), self.ignore_index)
+        return zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
 
     def shared_log_p(self, inputs: SoftmaxInputs, x: Tensor) -> Tensor | None:
         """``log_softmax`` shared with the other terms of the call (a region term on the same logits),
