@@ -136,6 +136,12 @@ class RegionTerm(TermModule):
             return inputs.shared.sanitised(inputs.x, inputs.valid, self.ignore_index)
         return zero_ignored(inputs.x, inputs.valid)
 
+    def shared_log_probabilities(self, inputs: RegionInputs) -> Tensor | None:
+        """The ``log_softmax`` a cross-entropy term of the call computes too, or None."""
+        if self.head == "sigmoid" or not self.shared_log_softmax or inputs.shared is None:
+            return None
+        return inputs.shared.log_softmax(self.logits(inputs), self.ignore_index, inputs.valid is not None)
+
     def probabilities(self, inputs: RegionInputs) -> Tensor:
         x = self.logits(inputs)
         if self.head == "sigmoid":
@@ -162,8 +168,10 @@ class RegionTerm(TermModule):
         if self.formula == "plugin":
             return self._plugin(inputs), None
         squared = self.options.get("squared", False)
-        stats = region_stats(self.probabilities(inputs), inputs.target, inputs.valid, batch=self.batch,
-                             powers=(2,) if squared else (1,))
+        log_p = self.shared_log_probabilities(inputs)
+        stats = region_stats(self.probabilities(inputs) if log_p is None else log_p, inputs.target,
+                             inputs.valid, batch=self.batch, powers=(2,) if squared else (1,),
+                             log=log_p is not None)
         if not self.include_background:
             stats = stats.select(slice(1, None))
         function = {"tversky": tversky, "gdice": generalized_dice, "dice": dice}[self.formula]
