@@ -39,7 +39,6 @@ from .errors import LossInputError
 from .functional.tracing import is_compiling
 
 CheckMode = bool | Literal["deferred"]
-CHECK_MODES = (True, False, "deferred")
 DEFAULT_MODE: CheckMode = "deferred"
 
 Verdict = Callable[[list[Any]], "LossInputError | None"]
@@ -176,19 +175,19 @@ class ValueCheckLog:
             self._pending.append(checks)
 
     def raise_found(self, wait: bool = True) -> None:
-        """Raise the first error found by an earlier call's checks. ``wait=False`` reads only the
-        checks whose copies have arrived, and those of calls more than ``_PATIENCE`` calls back
-        (which wait for that copy only, not for work queued since)."""
+        """Raise the first error found by an earlier call's checks (those of later calls stay
+        pending). ``wait=False`` reads only the checks whose copies have arrived, and those of calls
+        at least ``_PATIENCE`` calls back (waiting for that copy only, not for work queued since)."""
         still: list[CallChecks] = []
         error = None
         for checks in self._pending:
-            old = self.calls - checks.call >= _PATIENCE
-            if error is None and (wait or old or checks.arrived()):
-                found = checks.first_error()
-                if found is not None:
-                    error = _from_call(found, checks.call)
-            elif error is None:
+            ready = wait or self.calls - checks.call >= _PATIENCE or checks.arrived()
+            if error is not None or not ready:
                 still.append(checks)
+                continue
+            found = checks.first_error()
+            if found is not None:
+                error = _from_call(found, checks.call)
         self._pending = still
         if error is not None:
             raise error

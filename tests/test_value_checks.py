@@ -116,8 +116,8 @@ def test_a_bad_target_is_reported_at_the_next_call_naming_its_call(expr, data_on
 
 @pytest.mark.parametrize("expr, good, bad, found", [
     ("bce()", torch.rand(4, 3), torch.full((4, 3), float("nan")), "targets must lie in [0, 1]; found NaN"),
-    ("giou()", torch.tensor([[0.0, 0, 2, 2]]).repeat(4, 1), torch.tensor([[0.0, 0, float("inf"), 2]]).repeat(4, 1),
-     "target boxes must be finite; found inf"),
+    ("giou()", torch.tensor([[0.0, 0, 2, 2]]).repeat(4, 1),
+     torch.tensor([[0.0, 0, float("inf"), 2]]).repeat(4, 1), "target boxes must be finite; found inf"),
     ("dfl()", torch.rand(4) * 2, torch.tensor([0.0, 1, 5, 2]), "dfl targets must lie in [0, 2]"),
 ])
 def test_other_value_checks_are_deferred_too(expr, good, bad, found, data_on):
@@ -165,6 +165,23 @@ def test_read_checks_reports_what_is_pending_once(data_on):
         loss.read_checks()  # e.g. at the end of an epoch
     loss.read_checks()  # nothing left
     loss(x, t)
+
+
+def test_each_bad_call_is_reported(monkeypatch):
+    """Two bad calls whose checks are both still on their way: the call that reads the first
+    reports it, and the second stays pending until it is read."""
+    monkeypatch.setattr(CallChecks, "reads_now", lambda self, tensor: not self.deferred)
+    monkeypatch.setattr(CallChecks, "arrived", lambda self: False)
+    loss = lossdsl.compile("ce()")
+    x, t = batch()
+    loss(x, t)
+    loss(x, with_bad_index(t, 5))  # call 2
+    loss(x, with_bad_index(t, 6))  # call 3: call 2's copy has not arrived
+    with pytest.raises(LossInputError, match=r"class index 5 .*\(in call 2 of this loss\)"):
+        loss(x, t)
+    with pytest.raises(LossInputError, match=r"class index 6 .*\(in call 3 of this loss\)"):
+        loss.read_checks()
+    loss.read_checks()
 
 
 def test_logged_terms_reads_the_pending_checks(data_on):

@@ -23,6 +23,7 @@ from ..running import apply_keeping_dtype
 from ..spec import Term
 from ..state_updates import StateUpdates
 from ..value_checks import CallChecks, CheckMode, ValueCheckLog, current_checks
+from .check_messages import index_hint, range_hint, range_text
 from .shared import SharedComputations
 
 
@@ -58,30 +59,8 @@ def host_range(tensor: Tensor) -> tuple[float, float]:
     return tuple(extremes(tensor).tolist())
 
 
-# The labels 8- and 16-bit masks conventionally use for void (VOC, Cityscapes): never a class count.
-VOID_LABELS = (255, 65535)
-
-
-def range_text(low: float, high: float) -> str:
-    """What a value check found, in words: ``NaN`` when there is one (aminmax propagates it), else the
-    range."""
-    if math.isnan(low) or math.isnan(high):
-        return "found NaN"
-    return f"found values from {low:g} to {high:g}"
-
-
 def shape_text(tensor: Tensor) -> str:
     return "[" + ", ".join(str(d) for d in tensor.shape) + "]"
-
-
-def range_hint(low: float, high: float, limit: float) -> str | None:
-    """What to do about values outside a check's range: NaN has a cause to find; 8-bit masks (0..255
-    where [0, 1] is expected) a scale; anything else may be meant (soft targets beyond 1)."""
-    if math.isnan(low) or math.isnan(high):
-        return "a NaN target makes the loss NaN: find where it comes from (torch.isnan(target).nonzero())"
-    if limit == 1 and low >= 0 and 1 < high <= 255:
-        return "masks stored as 0..255 images need target / 255"
-    return "pass check_values=False to lossdsl.compile to skip this check"
 
 
 def shape_of(dims: Any) -> str:
@@ -347,32 +326,16 @@ class TermModule(nn.Module):
     def index_error(
         self, value: int, num_classes: int, ignore_index: int, background: bool
     ) -> LossInputError:
-        """The error for a class index out of range, with hints that name only what this loss takes
-        (never check_values=False: that only moves the failure into torch)."""
+        """The error for a class index out of range, with hints that name only what this loss takes."""
         limit = num_classes + 1 if background else num_classes
         valid = f"0..{limit - 1}" + (f" ({num_classes} is the background)" if background else "")
-        hints = []
-        background_owner = self.option_owner("background") if self.reads_background else None
-        if value == num_classes and not background and background_owner:
-            hints.append(
-                f"index {num_classes} is mmdetection's background label (num_classes); to read it as an "
-                f"all-negative row give background=true to {background_owner}"
-            )
-        elif value == num_classes and not background:
-            hints.append(
-                f"indices run from 0 to {num_classes - 1} for {num_classes} classes: if yours start at 1, "
-                f"subtract 1; if {num_classes} is a class of its own, the logits need {num_classes + 1} "
-                "classes (dimension 1)"
-            )
-        elif value > num_classes and value not in VOID_LABELS:
-            hints.append(f"if {value} is a class, the logits need at least {value + 1} classes (dimension 1)")
-        ignore_owner = self.option_owner("ignore_index")
-        if value != num_classes and ignore_owner:
-            hints.insert(0, f"if {value} marks positions to leave out (void), give ignore_index={value} "
-                            f"to {ignore_owner}")
+        takes_background = self.reads_background and not background
+        hint = index_hint(value, num_classes, background,
+                          self.option_owner("background") if takes_background else None,
+                          self.option_owner("ignore_index"))
         return self.fail(
             f"class index {value} is out of range for {num_classes} classes "
-            f"(valid: {valid}, or ignore_index={ignore_index})", hint="; ".join(hints) or None,
+            f"(valid: {valid}, or ignore_index={ignore_index})", hint=hint,
         )
 
     def option_owner(self, option: str) -> str | None:
