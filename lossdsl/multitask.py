@@ -408,7 +408,8 @@ class MultiTaskLoss(LossModule):
                 target = target.argmax(dim=1)
             return softmax_hits(logits, target.long(), ignore)
         if target.shape != logits.shape:  # class indices on a sigmoid head
-            one_hot, valid = index_to_one_hot(target, logits.shape[1], ignore)
+            # (a bad index is the task's value check to report, maybe a call later: not counted here)
+            one_hot, valid = index_to_one_hot(target, logits.shape[1], ignore, out_of_range_ignored=True)
             agree = ((logits > 0) == (one_hot > 0.5)) & valid
             counted = valid.sum().to(torch.float64) * logits.shape[1]
             return agree.sum().to(torch.float64), counted

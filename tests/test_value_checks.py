@@ -144,6 +144,20 @@ def test_a_multi_task_loss_names_the_task_and_the_call(data_on):
     assert_same_state(loss, before)
 
 
+@pytest.mark.parametrize("task", ["focal()", "ce()"])
+def test_a_deferred_bad_index_is_left_out_of_the_indicators_too(task, data_on):
+    loss, twin = (lossdsl.compile(f"dtp({{cls: {task}}})") for _ in range(2))
+    x, t = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0, 2])
+    loss({"cls": x}, {"cls": t}), twin({"cls": x}, {"cls": t})
+    bad = torch.tensor([0, 7, 2, 1, -3, 2])
+    value = loss({"cls": x}, {"cls": bad})
+    expected = twin({"cls": x}, {"cls": bad.masked_fill((bad < 0) | (bad > 2), -100)})
+    torch.testing.assert_close(value, expected, rtol=0, atol=0)
+    torch.testing.assert_close(loss.kpi_average["cls"], twin.kpi_average["cls"], rtol=0, atol=0)
+    with pytest.raises(LossInputError, match=r"task 'cls': .*class index 7 .*\(in call 2 of this loss\)"):
+        loss({"cls": x}, {"cls": t})
+
+
 def test_a_term_called_on_its_own_defers_as_well(data_on):
     term = lossdsl.compile("ce()").terms[0]
     x, t = batch()
