@@ -15,7 +15,8 @@ check read at every call synchronises every training step. ``check_values`` choo
   ``check_values=False``; the call that raises changes nothing. Data already on the host (CPU
   tensors) is looked at for free, so on a CPU the bad call is known at once and reported just the
   same, one call later: what a test shows on a CPU is what happens on a GPU.
-- ``False``: no value checks.
+- ``False``: no value checks (class indices on the host are still looked at, for free, to skip the
+  mask of ignored positions when there is none: ``TermModule.class_indices``).
 
 Each check states what it needs from the data as a small tensor of statistics (a min and max, a
 count) and a ``verdict`` that turns their host values into an error or None; ``CallChecks`` reads
