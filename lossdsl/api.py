@@ -117,7 +117,8 @@ def _looks_like_file(text: str) -> bool:
 
 
 def compile(  # noqa: A001
-    source: Source, *, key: str | None = None, check_values: bool = True, distributed: bool = True
+    source: Source, *, key: str | None = None, check_values: bool | str = "deferred",
+    distributed: bool = True,
 ) -> CompiledLoss | MultiTaskLoss:
     """Build the nn.Module for a loss.
 
@@ -126,8 +127,11 @@ def compile(  # noqa: A001
             .yaml, .yml or .json, or naming an existing file with a folder in it: ``configs/loss``);
             or a mapping (any form ``load`` accepts).
         key: a dotted key of the loss inside a file or mapping, e.g. ``"model.loss"``.
-        check_values: check target values (class index range, probabilities in [0, 1]) on each call.
-            Costs one host synchronisation per call; skipped automatically under torch.compile.
+        check_values: check target values (class index range, probabilities in [0, 1], finite
+            boxes). ``"deferred"`` (default): the first call is checked before it computes, later
+            calls on the device, read by a later call without stalling it (the error names the
+            call); ``True``: every call before it computes (one host synchronisation per call);
+            ``False``: never. Skipped automatically under torch.compile (lossdsl.value_checks).
         distributed: when torch.distributed is initialised, sum GHM-C's bin counts and dtp's
             indicators over the process group (one all_reduce per use); False keeps them local.
     """

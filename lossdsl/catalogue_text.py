@@ -243,7 +243,7 @@ def example_of(cls: type[LossNode]) -> LossNode | None:
 def default_text(cls: type[LossNode], example: LossNode | None, field_name: str) -> str:
     if field_name in cls.loss_fields or field_name in cls.task_fields or field_name in cls.spec_fields:
         return None
-    if "head" in cls.model_fields and field_name in ("alpha", "clip") and example is not None:
+    if "head" in cls.model_fields and field_name in cls.head_defaults and example is not None:
         sigmoid = example.model_copy(update={"head": "sigmoid"}).default_for(field_name)
         softmax = example.model_copy(update={"head": "softmax"}).default_for(field_name)
         if sigmoid != softmax:  # the default follows the head

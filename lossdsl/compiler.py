@@ -30,38 +30,48 @@ from .terms.regression import RegressionTerm
 from .terms.sigmoid import SigmoidTerm
 from .terms.softmax import SoftmaxTerm
 from .terms.zlpr import ZLPRTerm
+from .value_checks import DEFAULT_MODE, CheckMode, check_mode
 
 
 def compile_spec(
-    spec: LossSpec, *, check_values: bool = True, distributed: bool = True
+    spec: LossSpec, *, check_values: CheckMode = DEFAULT_MODE, distributed: bool = True
 ) -> CompiledLoss | MultiTaskLoss | DeepSupervisionLoss:
-    """The module for a spec. ``distributed``: sum GHM-C's bin counts and dtp's indicators over the
-    process group when torch.distributed is initialised. A loss with schedules gets the clock they
-    follow (its tasks and inner loss read it at call time)."""
-    module = _compile(spec, check_values, distributed)
+    """The module for a spec. ``check_values``: when target values are checked (True, False or
+    "deferred", see lossdsl.value_checks). ``distributed``: sum GHM-C's bin counts and dtp's
+    indicators over the process group when torch.distributed is initialised. A loss with schedules
+    gets the clock they follow (its tasks and inner loss read it at call time)."""
+    module = _compile(spec, check_mode(check_values), distributed)
     if spec_schedules(spec):
         module.attach_clock()
     return module
 
 
 def _compile(
-    spec: LossSpec, check_values: bool, distributed: bool
+    spec: LossSpec, check_values: CheckMode, distributed: bool
 ) -> CompiledLoss | MultiTaskLoss | DeepSupervisionLoss:
     first = spec.terms[0].loss
     if isinstance(first, MultiTask):
         tasks = {name: _compile(task, check_values, distributed) for name, task in first.tasks.items()}
-        return MultiTaskLoss(spec, first, tasks, distributed=distributed)
+        loss = MultiTaskLoss(spec, first, tasks, distributed=distributed)
+        loss.check_values = check_values
+        return loss
     if isinstance(first, Deep):
-        return DeepSupervisionLoss(spec, first, _compile(first.loss, check_values, distributed))
+        loss = DeepSupervisionLoss(spec, first, _compile(first.loss, check_values, distributed))
+        loss.check_values = check_values
+        return loss
     labels = _labels(spec)
     terms = [
         compile_term(term.model_copy(update={"loss": term.loss.expand()}), label, check_values, distributed)
         for term, label in zip(spec.terms, labels)
     ]
-    return CompiledLoss(spec, terms)
+    for module, term in zip(terms, spec.terms):
+        module.written = term.loss  # its hints name the options of the loss as written
+    loss = CompiledLoss(spec, terms)
+    loss.check_values = check_values
+    return loss
 
 
-def compile_term(term: Term, label: str, check_values: bool, distributed: bool = True) -> TermModule:
+def compile_term(term: Term, label: str, check_values: CheckMode, distributed: bool = True) -> TermModule:
     """One term's module; ``term.loss`` is already expanded into primitive blocks."""
     base, blocks = _unwrap(term.loss)
     if isinstance(base, Varifocal):  # bce with VarifocalNet's weight: the sigmoid kernel computes it

@@ -101,7 +101,9 @@ class DeepSupervisionLoss(LossModule):
         full resolution; ``weight``, ``avg_factor`` and named inputs go to every scale (a named input
         given as a list has one entry per scale)."""
         updates = StateUpdates()
-        total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs))
+        with self.value_checks.call(self.check_values):
+            prepared = self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs)
+        total = self.combine(prepared)
         updates.commit()
         self._advance_step()
         return total

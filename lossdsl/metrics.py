@@ -70,8 +70,9 @@ def accuracy(y_true: Any, y_pred: Any, sample_weight: Any = None) -> Tensor:
 
 def softmax_hits(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     """(correct, counted) positions of a softmax head: argmax over dim 1 against class indices,
-    ignored positions not counted. Two tensors, so they can be summed over processes."""
-    valid = target != ignore_index
+    ignored positions not counted, nor indices out of range (the loss's value check reports them,
+    maybe a call later). Two tensors, so they can be summed over processes."""
+    valid = (target != ignore_index) & (target >= 0) & (target < logits.shape[1])
     correct = (logits.argmax(dim=1) == target) & valid
     return correct.sum().to(torch.float64), valid.sum().to(torch.float64)
 

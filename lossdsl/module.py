@@ -26,6 +26,7 @@ from .spec import LossSpec
 from .state_updates import StateUpdates
 from .terms.base import TermModule, is_compiling, shape_of
 from .terms.shared import SharedComputations
+from .value_checks import DEFAULT_MODE, CheckMode, ValueCheckLog
 
 # torch's key for get_extra_state() in a state_dict (torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX).
 EXTRA_STATE_KEY = "_extra_state"
@@ -95,6 +96,19 @@ class LossModule(nn.Module):
     last_terms: dict[str, Tensor]
     # False for the tasks of a multi-task loss: the multi-task loss records the whole expression.
     records_expression = True
+    # When value checks are read (lossdsl.value_checks); the compiler sets it from check_values.
+    check_values: CheckMode = DEFAULT_MODE
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value_checks = ValueCheckLog()  # the calls this module owns, and their pending checks
+
+    def read_checks(self) -> None:
+        """Read the value checks of earlier calls still on their way from the device (with
+        ``check_values="deferred"``) and raise the first error they found, naming its call. Call it
+        where a bad target must not go unnoticed: at the end of training or validation."""
+        self.value_checks.raise_found()
+
     # -- schedules
     @property
     def clock(self) -> Clock | None:
@@ -141,7 +155,8 @@ class LossModule(nn.Module):
         """
         keys = list(self.last_terms)
         values = list(self.last_terms.values())
-        if floats:
+        if floats:  # reading values synchronises anyway: the pending checks are read too
+            self.read_checks()
             values = [value.item() if value.dim() == 0 else value for value in values]
         return dict(zip(logging_names(keys, prefix), values))
 
@@ -263,7 +278,9 @@ class CompiledLoss(LossModule):
         named tensors terms read (``teacher=`` for kd). ``target`` may be left out when no term
         reads it (a loss of kd terms only)."""
         updates = StateUpdates()
-        total = self.combine(self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs))
+        with self.value_checks.call(self.check_values):
+            prepared = self.prepare(input, target, weight, avg_factor, updates=updates, inputs=inputs)
+        total = self.combine(prepared)
         updates.commit()  # only now that every term has computed (lossdsl.state_updates)
         self._advance_step()
         return total

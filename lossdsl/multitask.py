@@ -27,6 +27,7 @@ from .module import CompiledLoss, LossModule
 from .running import Bounds, RunningStatistics
 from .spec import LossSpec
 from .state_updates import StateUpdates
+from .value_checks import scope as checks_scope
 
 # dtp's k is kept inside [eps, 1 - eps] so that -(1-k)^gamma log k stays finite.
 DTP_EPS = 1e-6
@@ -152,7 +153,8 @@ def in_task(name: str, step: Callable[..., Any], *args: Any, **kwargs: Any) -> A
     """``step(*args, **kwargs)`` for task ``name``: an input error it raises says which task it comes
     from."""
     try:
-        return step(*args, **kwargs)
+        with checks_scope(f"task '{name}'"):  # what a deferred check finds names the task too
+            return step(*args, **kwargs)
     except LossDSLError as error:
         error.reason = f"task '{name}': {error.reason}"
         error.args = (error.reason,)
@@ -267,11 +269,12 @@ class MultiTaskLoss(LossModule):
         # and dtp's indicators) is staged in one StateUpdates and committed once everything has
         # computed, so a failure in any task leaves every buffer as it was.
         updates = StateUpdates()
-        prepared = {
-            name: in_task(name, self.tasks[name].prepare, preds[name], targets[name], weights.get(name),
-                          avg_factors.get(name), updates=updates, inputs=named[name], clock=self.clock)
-            for name in self.names
-        }
+        with self.value_checks.call(self.check_values):
+            prepared = {
+                name: in_task(name, self.tasks[name].prepare, preds[name], targets[name], weights.get(name),
+                              avg_factors.get(name), updates=updates, inputs=named[name], clock=self.clock)
+                for name in self.names
+            }
         if isinstance(self.node, DTP):
             # A missing indicator is an input error: raise it before any task updates a buffer.
             self._require_indicators()
@@ -488,7 +491,9 @@ class MultiTaskLoss(LossModule):
             return softmax_hits(logits, target.long(), ignore)
         if target.shape != logits.shape:  # class indices on a sigmoid head
             classes = logits.shape[1]
-            one_hot, valid = index_to_one_hot(target, classes, ignore, background=self.background[name])
+            # (a bad index is the task's value check to report, maybe a call later: not counted here)
+            one_hot, valid = index_to_one_hot(target, classes, ignore, background=self.background[name],
+                                              out_of_range_ignored=True)
             agree = ((logits > 0) == (one_hot > 0.5)) & valid
             counted = valid.sum().to(torch.float64) * classes
             return agree.sum().to(torch.float64), counted

@@ -157,7 +157,7 @@ def test_the_background_label_without_the_opt_in_is_an_error_that_names_it():
     message = str(error.value)
     assert "class index 4 is out of range for 4 classes (valid: 0..3, or ignore_index=-100)" in message
     assert "index 4 is mmdetection's background label (num_classes)" in message
-    assert "give background=true to the loss" in message
+    assert "give background=true to focal()" in message
 
 
 def test_background_beyond_c_is_still_an_error():

@@ -442,7 +442,7 @@ def good_half_update_batch():
     ids=["first-task-shape", "middle-task-index", "last-task-range", "last-task-shape"],
 )
 def test_a_rejected_call_changes_no_buffer_of_any_task(task, bad):
-    loss = lossdsl.compile(HALF_UPDATE)
+    loss = lossdsl.compile(HALF_UPDATE, check_values=True)  # rejected at the call itself
     loss(*good_half_update_batch())  # every buffer holds something
     before = snapshot(loss)
     assert any(value.float().abs().sum() > 0 for name, value in before.items() if "ghm" in name)

@@ -72,7 +72,7 @@ def test_unequal_unreduced_shapes_name_both_terms():
 def test_a_nan_logit_in_ghm_is_a_clear_error_with_value_checks():
     x = torch.randn(4, 3)
     x[1, 2] = float("nan")
-    with pytest.raises(LossInputError, match=r"GHM-C .* logits must be finite; found inf or NaN"):
+    with pytest.raises(LossInputError, match=r"GHM-C .* logits must be finite; found NaN"):
         lossdsl.compile("ghm()")(x, torch.rand(4, 3))
 
 

@@ -14,7 +14,16 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from ..errors import LossDSLError, LossSpecError, unknown_name_hint
 from .spellings import unknown_loss_hint
@@ -82,6 +91,8 @@ class LossNode(BaseModel):
     targets: ClassVar[str | None] = None
     # The reduction of a term of this loss that names none (kd: batchmean, as the KD literature).
     default_reduction: ClassVar[str] = "mean"
+    # Parameters whose default follows the head: name -> (sigmoid default, softmax default).
+    head_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {}
 
     @classmethod
     def kind_name(cls) -> str:
@@ -121,8 +132,26 @@ class LossNode(BaseModel):
         if "expand" in cls.__dict__:
             cls.expand = _until_primitive(cls.__dict__["expand"])  # type: ignore[method-assign]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_for_head(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.head_defaults:
+            on_sigmoid = data.get("head", cls._default_head()) == "sigmoid"
+            missing = {k: v[0] if on_sigmoid else v[1] for k, v in cls.head_defaults.items() if k not in data}
+            data = {**data, **missing}
+        return data
+
+    @classmethod
+    def _default_head(cls) -> Any:
+        field = cls.model_fields.get("head")
+        return field.default if field is not None else "sigmoid"
+
     def default_for(self, name: str) -> Any:
-        """The value a parameter takes when it is not given (some depend on other parameters)."""
+        """The value a parameter takes when it is not given (some depend on other parameters, such
+        as the head: ``head_defaults``)."""
+        if name in self.head_defaults:
+            sigmoid, softmax = self.head_defaults[name]
+            return sigmoid if getattr(self, "head", self._default_head()) == "sigmoid" else softmax
         return type(self).model_fields[name].get_default(call_default_factory=True)
 
     def parameters(self) -> dict[str, Any]:
@@ -210,6 +239,19 @@ Child = Annotated[
     BeforeValidator(_coerce_child),
     WithJsonSchema({NODE_SCHEMA_MARKER: True}),
 ]
+
+
+def node_taking(node: LossNode, parameter: str) -> LossNode | None:
+    """The node of a loss as written, ``node`` itself or one it wraps (outermost first), that takes
+    ``parameter``; None when none does. Hints name it, so that they suggest only what the loss
+    accepts (``focal(background=true)``, ``ce(ignore_index=255)`` inside ``poly(ce())``)."""
+    if parameter in type(node).model_fields:
+        return node
+    for child in node.children():
+        found = node_taking(child, parameter)
+        if found is not None:
+            return found
+    return None
 
 
 def head_of(node: LossNode) -> str | None:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, Strict, model_validator
 
@@ -30,23 +30,6 @@ Alpha = scheduled(Probability) | tuple[Probability, ...] | None
 
 class Named(LossNode):
     category = "named"
-    # Parameters whose default follows the head: name -> (sigmoid default, softmax default).
-    head_defaults: ClassVar[dict[str, tuple[Any, Any]]] = {}
-
-    @model_validator(mode="before")
-    @classmethod
-    def _defaults_for_head(cls, data: Any) -> Any:
-        if isinstance(data, dict) and cls.head_defaults:
-            on_sigmoid = data.get("head", "sigmoid") == "sigmoid"
-            missing = {k: v[0] if on_sigmoid else v[1] for k, v in cls.head_defaults.items() if k not in data}
-            data = {**data, **missing}
-        return data
-
-    def default_for(self, name: str) -> Any:
-        if name in self.head_defaults:
-            sigmoid, softmax = self.head_defaults[name]
-            return sigmoid if getattr(self, "head", "sigmoid") == "sigmoid" else softmax
-        return super().default_for(name)
 
     @model_validator(mode="after")
     def _background_on_the_sigmoid_head(self):

@@ -175,8 +175,11 @@ class Lovasz(RegionLoss):
     Lovász-Softmax on the softmax head; on the sigmoid head the Lovász hinge per class, averaged over
     classes (smp's multilabel mode flattens all classes into one problem instead). ``per_image``
     computes it per image (else over the whole batch); ``classes=present`` averages over the classes
-    present in the target, ``all`` over every class. ``reduction=none`` gives ``[N, C]`` with
-    ``per_image``, else ``[C]`` (0 where a class does not count).
+    present in the target, ``all`` over every class. The default follows the head: ``present`` on the
+    softmax head (Berman's ``lovasz_softmax``), ``all`` on the sigmoid head, so that predicting
+    foreground on an empty mask costs something (Berman's binary ``lovasz_hinge``, smp's binary mode).
+    ``reduction=none`` gives ``[N, C]`` with ``per_image``, else ``[C]`` (0 where a class does not
+    count).
 
     smp ``LovaszLoss(mode, per_image)``; Berman's ``lovasz_softmax`` and ``lovasz_hinge``.
     """
@@ -186,6 +189,7 @@ class Lovasz(RegionLoss):
                                "batch)") = False
     classes: described(Literal["present", "all"], "average over the classes present in the target, "
                                                   "or over all") = "present"
+    head_defaults = {"classes": ("all", "present")}  # the sigmoid head's binary hinge counts every class
 
     equivalents = (
         "smp LovaszLoss('multiclass', per_image=False)",

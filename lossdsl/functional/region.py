@@ -36,6 +36,7 @@ Conventions, shared by every function here:
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -50,6 +51,12 @@ LOVASZ_CLASSES = ("present", "all")
 
 
 # -- sums over the mask ---------------------------------------------------------------------------
+
+
+def positions_of(t: Tensor) -> int:
+    """The number of positions ``d1 * d2 * ...`` of ``[N, C, d1, ...]``, given explicitly to
+    ``reshape``: with an empty batch (N = 0) a ``-1`` would be ambiguous."""
+    return math.prod(t.shape[2:])
 
 
 class RegionStats(NamedTuple):
@@ -94,6 +101,7 @@ def region_stats(
     *,
     batch: bool = False,
     powers: tuple[int, ...] = (1,),
+    log: bool = False,
 ) -> RegionStats:
     """The sums region losses are made of: ``TP = sum p y`` and ``sum p^k``, ``sum y^k`` per power.
 
@@ -124,6 +132,9 @@ def region_stats(
         batch: sum over the batch too (MONAI's ``batch=True``; smp always does).
         powers: which of ``k = 1`` (``p_sum``, ``y_sum``) and ``k = 2`` (``p_sq``, ``y_sq``) to
             compute.
+        log: ``p`` holds log-probabilities (a ``log_softmax`` a cross-entropy term computed too): the
+            exponential is taken here, and with class indices the backward pass writes the gradient
+            w.r.t. them in one pass.
 
     Shape:
         every returned sum is ``[N, C]``, or ``[C]`` with ``batch=True``; float32 for half-precision
@@ -133,20 +144,21 @@ def region_stats(
         raise ValueError(f"powers must be 1 and/or 2, got {powers}")
     dtype = compute_dtype(p)
     shape, (n, c) = tuple(p.shape), p.shape[:2]
-    p = p.to(dtype).reshape(n, c, -1)
+    length = positions_of(p)
+    p = p.to(dtype).reshape(n, c, length)
     first, second = 1 in powers, 2 in powers
     if not y.is_floating_point():
-        index = y.reshape(n, -1).long()
-        if index.shape[1] != p.shape[2] or (valid is not None and valid.numel() != index.numel()):
+        if y.numel() != n * length or (valid is not None and valid.numel() != y.numel()):
             mask = None if valid is None else tuple(valid.shape)
             raise ValueError(
                 f"class indices {tuple(y.shape)} (mask {mask}) for probabilities {shape}: expected "
                 "indices [N, d1, ...] and a mask of positions [N, 1, d1, ...]"
             )
-        positions = None if valid is None else valid.reshape(n, -1)
+        index = y.reshape(n, length).long()
+        positions = None if valid is None else valid.reshape(n, length)
         if positions is not None:  # ignored positions may hold any index (ignore_index=255)
             index = torch.where(positions, index, torch.zeros((), dtype=index.dtype, device=index.device))
-        tp, *p_sums = _IndexStats.apply(p, index, positions, first, second)
+        tp, *p_sums = _IndexStats.apply(p, index, positions, first, second, log)
         # sum y counts the valid positions of each class (and sum y^2 = sum y): no gradient.
         count = torch.ones_like(index, dtype=dtype) if positions is None else positions.to(dtype)
         y_sum = torch.zeros((n, c), dtype=dtype, device=p.device).scatter_add_(1, index, count)
@@ -154,9 +166,9 @@ def region_stats(
         p_sq = p_sums.pop(0) if second else None
         sums = _requested(tp, p_sum, y_sum, p_sq, y_sum, first, second)
     else:
-        y = y.to(dtype).reshape(n, c, -1)
-        mask = None if valid is None else valid.reshape(n, valid.shape[1], -1)
-        sums = _DenseStats.apply(p, y, mask, first, second)
+        y = y.to(dtype).reshape(n, c, length)
+        mask = None if valid is None else valid.reshape(n, valid.shape[1], length)
+        sums = _DenseStats.apply(p.exp() if log else p, y, mask, first, second)
     if batch:
         sums = tuple(s.sum(0) for s in sums)
     return RegionStats(*_spread(sums, first, second))
@@ -235,29 +247,34 @@ def _linear_gradient(g_tp: Tensor, other: Tensor, g_sum, g_sq, own: Tensor) -> T
 class _IndexStats(torch.autograd.Function):
     """The sums of ``p`` for class-index targets ``[N, P]`` (ignored positions already set to class 0
     and marked False in ``positions`` ``[N, P]``), without a one-hot: ``TP`` scatters the target
-    class's probability into its class; then ``sum p`` and/or ``sum p^2`` as asked."""
+    class's probability into its class; then ``sum p`` and/or ``sum p^2`` as asked.
+
+    With ``from_log`` the input is ``log p`` (a ``log_softmax`` shared with a cross-entropy term):
+    the exponential is taken here, and the backward pass writes the gradient w.r.t. ``log p``,
+    ``p * dL/dp``, in one pass instead of a gradient w.r.t. ``p`` and then the exponential's."""
 
     @staticmethod
-    def forward(ctx, p, index, positions, first, second):  # type: ignore[override]
+    def forward(ctx, p, index, positions, first, second, from_log):  # type: ignore[override]
         n, c, _ = p.shape
+        if from_log:
+            p = p.exp()
         if positions is not None:
-            p = torch.where(positions.unsqueeze(1), p, torch.zeros((), dtype=p.dtype, device=p.device))
+            zero = torch.zeros((), dtype=p.dtype, device=p.device)
+            p = torch.where(positions.unsqueeze(1), p, zero)
         on_target = p.gather(1, index.unsqueeze(1)).squeeze(1)
         sums = [torch.zeros((n, c), dtype=p.dtype, device=p.device).scatter_add_(1, index, on_target)]
         if first:
             sums.append(p.sum(-1))
         if second:
             sums.append(torch.linalg.vecdot(p, p))
-        if positions is None:
-            positions = torch.ones_like(index, dtype=torch.bool)
-        ctx.save_for_backward(index, positions, p)
-        ctx.powers = (first, second)
+        ctx.save_for_backward(index, positions, p, on_target if from_log else None)
+        ctx.options = (first, second, from_log)
         return tuple(sums)
 
     @staticmethod
     def backward(ctx, *grads):  # type: ignore[override]
-        index, positions, p = ctx.saved_tensors
-        first, second = ctx.powers
+        index, positions, p, p_target = ctx.saved_tensors
+        first, second, from_log = ctx.options
         g_tp, *rest = (g.unsqueeze(-1) for g in grads)
         g_p = rest.pop(0) if first else None
         g_p2 = rest.pop(0) if second else None
@@ -266,10 +283,21 @@ class _IndexStats(torch.autograd.Function):
             grad = g_p if g_p is not None else torch.zeros_like(g_tp)
         else:
             grad = torch.mul(p, 2 * g_p2) if g_p is None else torch.addcmul(g_p, p, 2 * g_p2)
-        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-        grad = torch.where(positions.unsqueeze(1), grad, zero)  # also expands [N, C, 1] to p's shape
-        on_target = torch.where(positions, g_tp.squeeze(-1).gather(1, index), zero)
-        return grad.scatter_add_(1, index.unsqueeze(1), on_target.unsqueeze(1)), None, None, None, None
+        on_target = g_tp.squeeze(-1).gather(1, index)
+        if from_log:
+            # d/d log p = p d/dp; p is 0 at ignored positions, so this selects them away too.
+            grad = torch.mul(p, grad)
+            on_target = on_target * p_target
+        elif positions is None:
+            grad = grad.expand(p.shape).contiguous()  # a fresh tensor to scatter into
+        else:
+            # The incoming gradients are per (sample, class), finite where the counted positions are: a
+            # product with the mask of positions zeroes the ignored ones (half the time of a where).
+            grad = grad * positions.unsqueeze(1)
+        if positions is not None:
+            on_target = torch.where(positions, on_target, torch.zeros((), dtype=grad.dtype, device=p.device))
+        grad = grad.scatter_add_(1, index.unsqueeze(1), on_target.unsqueeze(1))
+        return grad, None, None, None, None, None
 
 
 # -- losses from the sums -------------------------------------------------------------------------
@@ -517,8 +545,9 @@ def _lovasz(
         raise ValueError(f"classes must be one of {LOVASZ_CLASSES}, got {classes!r}")
     dtype = compute_dtype(z)
     n, c = z.shape[:2]
-    z, y = z.to(dtype).reshape(n, c, -1), y.to(dtype).reshape(n, c, -1)
-    mask = None if valid is None else valid.reshape(n, valid.shape[1], -1)
+    length = positions_of(z)
+    z, y = z.to(dtype).reshape(n, c, length), y.to(dtype).reshape(n, c, length)
+    mask = None if valid is None else valid.reshape(n, valid.shape[1], length)
     if y.requires_grad and torch.is_grad_enabled():
         # Soft targets that require grad: the Jaccard weights depend on y, so autograd goes through
         # everything (ignored positions selected away before any arithmetic).
@@ -613,7 +642,7 @@ def _lovasz_weights(errors: Tensor, fg: Tensor) -> tuple[Tensor, Tensor]:
     length = fg.shape[-1]
     acc = torch.float64 if length >= 2**24 else fg.dtype
     seen = fg_sorted.cumsum(-1, dtype=acc)
-    total = seen[:, -1:]
+    total = seen[:, -1:] if length else seen.new_zeros((seen.shape[0], 1))  # no positions: no mass
     rank = torch.arange(1, length + 1, dtype=acc, device=fg.device)
     jaccard = (rank / (rank - (seen - total))).to(fg.dtype)
     increments = jaccard.clone()

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..catalogue.schedules import is_schedule
+from ..catalogue.base import LossNode, node_taking
 from ..errors import LossInputError
 from ..functional.distributed import collectives_allowed, mean_over_processes
 from ..functional.plan import compute_dtype
@@ -24,6 +25,8 @@ from ..functional.tracing import holds_no_data, is_compiling
 from ..running import RunningStatistics
 from ..spec import Term
 from ..state_updates import StateUpdates
+from ..value_checks import CallChecks, CheckMode, ValueCheckLog, current_checks
+from .check_messages import index_hint, range_hint, range_text
 from .shared import SharedComputations
 
 
@@ -45,10 +48,15 @@ class TermInputs:
     clock: Any = None
 
 
+def extremes(tensor: Tensor) -> Tensor:
+    """``[min, max]`` of ``tensor`` on its device, in one pass (aminmax is also the cheapest way to
+    see inf and NaN: on a CPU about 20x faster than ``isfinite(x).all()``)."""
+    return torch.stack(torch.aminmax(tensor.detach()))
+
+
 def host_range(tensor: Tensor) -> tuple[float, float]:
-    """The smallest and largest value of ``tensor``, read in one host synchronisation (one
-    ``tolist`` of both, not one read each)."""
-    return tuple(torch.stack(torch.aminmax(tensor.detach())).tolist())
+    """The smallest and largest value of ``tensor``, read in one host synchronisation."""
+    return tuple(extremes(tensor).tolist())
 
 
 def shape_text(tensor: Tensor) -> str:
@@ -71,13 +79,19 @@ class TermModule(RunningStatistics):
     # The named tensors the term reads at call time besides weight and avg_factor (kd's teacher=),
     # each with what it must be (for the message when it is missing); ``prepare`` takes them by name.
     reads: dict[str, str] = {}
+    # Whether class index C may mean background (the sigmoid head's opt-in, SPEC 4).
+    reads_background = False
+    # The loss as the user wrote it, before expansion (set by the compiler): hints name the options
+    # it takes (focal(background=true), not bce's), and none that it does not.
+    written: LossNode | None = None
 
-    def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
+    def __init__(self, term: Term, label: str, check_values: CheckMode, distributed: bool = True) -> None:
         super().__init__()
         self.term = term
         self.label = label
         self.reduction = term.reduction
-        self.check_values = check_values
+        self.check_values = check_values  # True, False or "deferred" (lossdsl.value_checks)
+        self.value_checks = ValueCheckLog()  # of calls to this term on its own
         # pos_mean divides by the positive count averaged over the process group (SPEC 4b).
         self.distributed = distributed
         self.alpha_names: list[str] = []  # buffers of the balance blocks, in step order
@@ -102,11 +116,17 @@ class TermModule(RunningStatistics):
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
         avg_factor: Tensor | float | None = None, **inputs: Any,
     ) -> Tensor:
-        prepared = self.prepare_call(input, target, weight, avg_factor, inputs)
+        with self.value_checks.call(self.check_values):
+            prepared = self.prepare_call(input, target, weight, avg_factor, inputs)
         prepared.updates = StateUpdates()
         value = self.compute(prepared)
         prepared.updates.commit()
         return value
+
+    def read_checks(self) -> None:
+        """Read the value checks of earlier calls still on their way from the device and raise the
+        first error they found (lossdsl.value_checks)."""
+        self.value_checks.raise_found()
 
     def prepare_call(
         self, input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -198,9 +218,11 @@ class TermModule(RunningStatistics):
         self, loss: Tensor, inputs: TermInputs, *, count: Tensor | float | None = None,
         positives: Tensor | int | None = None,
     ) -> Tensor:
-        """The term's reduction of its per-element loss (already multiplied by the call weight)."""
+        """The term's reduction of its per-element loss (already multiplied by the call weight). A
+        0-d loss (one box ``[4]``, one distribution) is a batch of one."""
         return reduce_loss(
-            loss, self.reduction_of(inputs), count=count, positives=positives, batch_size=loss.shape[0],
+            loss, self.reduction_of(inputs), count=count, positives=positives,
+            batch_size=loss.shape[0] if loss.dim() else 1,
             avg_factor=inputs.avg_factor, average_count=mean_over_processes if self.synchronises() else None,
         )
 
@@ -250,6 +272,9 @@ class TermModule(RunningStatistics):
     def fail(self, reason: str, hint: str | None = None) -> LossInputError:
         return LossInputError(f"{self.label}: {reason}", hint=hint)
 
+    # -- value checks (SPEC 6): one helper per kind of check. Each states what it needs from the
+    # data (a few statistics) and hands it to the call's CallChecks, which reads it now or, with
+    # check_values="deferred", at a later call (lossdsl.value_checks).
     def values_checked(self, tensor: Tensor | None = None) -> bool:
         """Whether to look at the data: on unless switched off, skipped while torch.compile traces
         and on tensors that hold no data (meta or fake tensors, as shape inference passes)."""
@@ -257,19 +282,30 @@ class TermModule(RunningStatistics):
             return False
         return tensor is None or not holds_no_data(tensor)
 
+    @staticmethod
+    def call_checks() -> CallChecks:
+        """The checks of the call being prepared; outside a loss call (``prepare`` called directly)
+        they are read at once."""
+        return current_checks() or CallChecks(0, deferred=False)
+
     def check_finite(self, tensor: Tensor, what: str, valid: Tensor | None = None) -> None:
         """Value check: every element that counts (``valid``, broadcastable, when some are ignored)
-        is finite (one pass, one host sync; skippable)."""
+        is finite. inf and NaN show in the extremes: one pass (aminmax; skippable)."""
         if not self.values_checked(tensor) or tensor.numel() == 0:
             return
-        finite = torch.isfinite(tensor)
         if valid is not None:
-            finite = finite | ~valid
-        if not bool(finite.all()):
-            raise self.fail(
-                f"{what} must be finite; found inf or NaN",
-                hint="pass check_values=False to lossdsl.compile to skip this check",
+            tensor = torch.where(valid, tensor, torch.zeros((), dtype=tensor.dtype, device=tensor.device))
+
+        def verdict(found: list) -> LossInputError | None:
+            low, high = found
+            if math.isfinite(low) and math.isfinite(high):
+                return None
+            return self.fail(
+                f"{what} must be finite; found {'NaN' if math.isnan(low) or math.isnan(high) else 'inf'}",
+                hint="find the non-finite entries with (~torch.isfinite(tensor)).nonzero()",
             )
+
+        self.call_checks().expect(extremes(tensor), verdict)
 
     def check_tensors(self, input: Any, target: Any) -> None:
         for name, value in (("input", input), ("target", target)):
@@ -290,47 +326,111 @@ class TermModule(RunningStatistics):
             raise self.fail("input is a scalar; expected a batch of shape [N, ...]")
 
     def check_probabilities(self, target: Tensor, what: str = "targets") -> None:
-        """Value check: soft or multi-hot targets lie in [0, 1] (one pass, one host sync; skippable)."""
-        if not self.values_checked(target) or not target.is_floating_point() or target.numel() == 0:
+        """Value check: soft or multi-hot targets lie in [0, 1] (skippable)."""
+        if target.is_floating_point():
+            self.check_range(target, 0, 1, what)
+
+    def check_range(self, tensor: Tensor, low: float, high: float, what: str, why: str = "") -> None:
+        """Value check: every element lies in [low, high] (one pass, aminmax; skippable). NaN fails
+        (every comparison with it is False) and is named as such."""
+        if not self.values_checked(tensor) or tensor.numel() == 0:
             return
-        low, high = host_range(target)
-        if not (low >= 0 and high <= 1):  # also catches NaN, for which every comparison is False
-            raise self.fail(
-                f"{what} must lie in [0, 1]; found values from {low:g} to {high:g}",
-                hint="pass check_values=False to lossdsl.compile to skip this check",
+
+        def verdict(found: list) -> LossInputError | None:
+            found_low, found_high = found
+            if found_low >= low and found_high <= high:
+                return None
+            return self.fail(
+                f"{what} must lie in [{low:g}, {high:g}]{why}; {range_text(found_low, found_high)}",
+                hint=range_hint(found_low, found_high, high),
             )
 
-    def check_indices(
-        self, index: Tensor, num_classes: int, ignore_index: int, background: bool = False
-    ) -> bool:
-        """Value check: class indices lie in [0, C) (or [0, C] with the background opt-in, C being
-        the all-negative background label) or equal ignore_index (skippable).
+        self.call_checks().expect(extremes(tensor), verdict)
 
-        One pass and one host sync when every index is in range; a second look only when some
-        index is outside the range (ignored positions, or an actual error). Returns True when the
-        check proved that no position is ignored (then the caller can skip its mask).
+    def class_indices(
+        self, target: Tensor, num_classes: int, ignore_index: int, background: bool = False
+    ) -> tuple[Tensor, bool]:
+        """Class-index targets of any integer dtype as int64, value-checked: they lie in [0, C) (or
+        [0, C] with the background opt-in, C being the all-negative background label) or equal
+        ``ignore_index``.
+
+        The conversion comes first: ``ignore_index`` and the class range are compared as integers,
+        never in the target's dtype (a uint8 mask compared with ``ignore_index=-1`` would wrap it to
+        255). Returns the indices and whether no position is ignored, known when the values were
+        looked at (then the caller skips its mask): during a synchronous check, and for data on the
+        host, where looking costs no wait, even with checks off. A check deferred to a later call
+        replaces the bad indices by ``ignore_index``, so that the call computes without them rather
+        than failing on the device.
         """
-        if not self.values_checked(index) or index.numel() == 0:
-            return False
+        index = target.long()
         limit = num_classes + 1 if background else num_classes
+        if index.numel() == 0 or is_compiling() or holds_no_data(index):
+            return index, False
+        checks = self.call_checks() if self.check_values else None
+        if checks is not None and not checks.reads_now(index):
+            bad = ((index < 0) | (index >= limit)) & (index != ignore_index)
+            first = index.reshape(-1)[bad.reshape(-1).to(torch.uint8).argmax()]
+            checks.expect(
+                torch.stack((bad.sum(), first)),
+                lambda found: self.index_error(found[1], num_classes, ignore_index, background)
+                if found[0] else None,
+            )
+            return torch.where(bad, ignore_index, index), False
+        if checks is None and index.device.type != "cpu":
+            return index, False  # unchecked device data: no look at it
         low, high = (int(v) for v in host_range(index))
         if low >= 0 and high < limit:
-            return not 0 <= ignore_index < limit
+            return index, not 0 <= ignore_index < limit
+        if checks is None:
+            return index, False  # unchecked: the kernels see the indices as they are
         bad = ((index < 0) | (index >= limit)) & (index != ignore_index)
         if bool(bad.any()):
-            value = int(index[bad][0])
-            valid = f"0..{limit - 1}" + (f" ({num_classes} is the background)" if background else "")
-            hint = "pass check_values=False to lossdsl.compile to skip this check"
-            if value == num_classes and not background:
-                hint = (
-                    f"index {num_classes} is mmdetection's background label (num_classes); to read "
-                    "it as an all-negative row give background=true to the loss"
-                )
-            raise self.fail(
-                f"class index {value} is out of range for {num_classes} classes "
-                f"(valid: {valid}, or ignore_index={ignore_index})", hint=hint,
-            )
-        return False
+            checks.report(self.index_error(int(index[bad][0]), num_classes, ignore_index, background))
+            index = torch.where(bad, ignore_index, index)  # deferred: this call goes on without them
+        return index, False
+
+    def index_error(
+        self, value: int, num_classes: int, ignore_index: int, background: bool
+    ) -> LossInputError:
+        """The error for a class index out of range, with hints that name only what this loss takes."""
+        limit = num_classes + 1 if background else num_classes
+        valid = f"0..{limit - 1}" + (f" ({num_classes} is the background)" if background else "")
+        takes_background = self.reads_background and not background
+        hint = index_hint(value, num_classes, background,
+                          self.option_owner("background") if takes_background else None,
+                          self.option_owner("ignore_index"))
+        return self.fail(
+            f"class index {value} is out of range for {num_classes} classes "
+            f"(valid: {valid}, or ignore_index={ignore_index})", hint=hint,
+        )
+
+    def option_owner(self, option: str) -> str | None:
+        """``name()`` of the node of the loss as written that takes ``option``, or None (a term built
+        without the compiler names its base)."""
+        node = node_taking(self.written_loss, option)
+        return None if node is None else f"{node.kind_name()}()"
+
+    @property
+    def written_loss(self) -> LossNode:
+        return self.written if self.written is not None else self.term.loss
+
+    def check_softmax_classes(self, input: Tensor) -> None:
+        """A softmax head needs at least 2 classes: over one, p = 1 everywhere and nothing trains."""
+        if input.dim() >= 2 and input.shape[1] >= 2:
+            return
+        head_owner = node_taking(self.written_loss, "head")
+        sigmoid = f"{head_owner.kind_name()}(head=sigmoid)" if head_owner is not None else "bce()"
+        if input.dim() < 2:
+            raise self.fail(f"softmax needs logits of shape [N, C, ...]; got {shape_text(input)}",
+                            hint=f"for one logit per sample use the sigmoid head: {sigmoid}")
+        if input.shape[1] == 0:
+            raise self.fail(f"softmax needs at least one class (two to train anything); got logits of "
+                            f"shape {shape_text(input)}")
+        raise self.fail(
+            f"softmax over 1 class (dimension 1 of {shape_text(input)}) gives p = 1 everywhere: the "
+            "loss is constant and trains nothing",
+            hint=f"for a binary mask use the sigmoid head with one logit per position: {sigmoid}",
+        )
 
     def class_values(self, name: str, values: tuple[float, ...] | float | None) -> None:
         """Register a per-class (or scalar) constant as a buffer that follows .to(device). Kept in

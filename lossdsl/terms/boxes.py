@@ -11,7 +11,7 @@ from ..functional.boxes import box_loss
 from ..functional.dfl import distribution_focal
 from ..functional.plan import compute_dtype
 from ..spec import Term
-from .base import TermInputs, TermModule, host_range, shape_text
+from .base import TermInputs, TermModule, shape_text
 
 
 @dataclass
@@ -38,6 +38,9 @@ class BoxTerm(TermModule):
         if target.shape != input.shape:
             raise self.fail(f"target boxes of shape {shape_text(target)} do not match the predicted "
                             f"boxes' shape {shape_text(input)}")
+        # A NaN or inf coordinate gives a NaN loss or a non-finite gradient; refused like bad targets.
+        self.check_finite(input, "predicted boxes")
+        self.check_finite(target, "target boxes")
         return PairInputs(x=input, y=target)
 
     def prepare_call(self, input, target, weight=None, avg_factor=None, *args, **options):  # type: ignore[override]
@@ -74,14 +77,8 @@ class DFLTerm(TermModule):
         if not target.is_floating_point() and target.dtype == torch.bool:
             raise self.fail(f"dfl targets are distances, got {target.dtype}")
         n = input.shape[-1] - 1
-        if self.values_checked(target) and target.numel():
-            low, high = host_range(target.to(compute_dtype(input)))
-            if not (low >= 0 and high <= n):
-                raise self.fail(
-                    f"dfl targets must lie in [0, {n}] (the distances the {n + 1} logits cover); found "
-                    f"values from {low:g} to {high:g}",
-                    hint="pass check_values=False to lossdsl.compile to skip this check",
-                )
+        self.check_range(target.to(compute_dtype(input)), 0, n, "dfl targets",
+                         f" (the distances the {n + 1} logits cover)")
         return PairInputs(x=input, y=target)
 
     def unreduced_shape(self, inputs: PairInputs) -> torch.Size:

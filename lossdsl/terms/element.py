@@ -34,13 +34,15 @@ class ElementTerm(TermModule):
         self.check_tensors(input, target)
         if input.dim() < 2 or input.shape[1] == 0:
             raise self.fail(f"{self.node.kind_name()}() needs logits [N, C, ...]; got {shape_text(input)}")
+        if self.head == "softmax":
+            self.check_softmax_classes(input)
         dtype = compute_dtype(input)
         index_shape = (input.shape[0], *input.shape[2:])
         integer = not target.is_floating_point() and target.dtype != torch.bool
         valid = None
         if tuple(target.shape) == index_shape and integer:
-            self.check_indices(target, input.shape[1], self.ignore_index)
-            y, valid = index_to_one_hot(target, input.shape[1], self.ignore_index, dtype)
+            index, _ = self.class_indices(target, input.shape[1], self.ignore_index)
+            y, valid = index_to_one_hot(index, input.shape[1], self.ignore_index, dtype)
         elif target.shape == input.shape:
             y = target.to(dtype)
             self.check_probabilities(y)

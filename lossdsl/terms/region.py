@@ -32,7 +32,7 @@ from .base import TermInputs, TermModule, shape_of, shape_text
 
 @dataclass
 class RegionInputs(TermInputs):
-    x: Tensor  # logits in the computation dtype, ignored positions zeroed
+    x: Tensor  # logits in the computation dtype (RegionTerm.logits zeroes the ignored positions)
     target: Tensor  # long class indices [N, d1, ...], or probabilities / masks shaped like x
     valid: Tensor | None  # bool [N, 1, d1, ...]: the positions that count (None: all of them)
 
@@ -84,14 +84,16 @@ class RegionTerm(TermModule):
             raise self.fail(
                 f"include_background=false leaves no class of the {classes} in {shape_text(input)}"
             )
+        if self.head == "softmax":
+            self.check_softmax_classes(input)
         self._check_weight(classes)
         dtype = compute_dtype(input)
         index_shape = (input.shape[0], *input.shape[2:])
         integer = not target.is_floating_point() and target.dtype != torch.bool
         valid = None
         if tuple(target.shape) == index_shape and integer:
-            target = target.long()
-            if not self.check_indices(target, classes, self.ignore_index):
+            target, nothing_ignored = self.class_indices(target, classes, self.ignore_index)
+            if not nothing_ignored:
                 valid = (target != self.ignore_index).unsqueeze(1)
         elif target.shape == input.shape:
             target = target.to(dtype)
@@ -102,8 +104,7 @@ class RegionTerm(TermModule):
                 f"expected {shape_of(index_shape)} (integer class indices) or {shape_text(input)} "
                 f"({'masks' if self.head == 'sigmoid' else 'probabilities'})"
             )
-        x = input.to(dtype)
-        return RegionInputs(x=x if valid is None else zero_ignored(x, valid), target=target, valid=valid)
+        return RegionInputs(x=input.to(dtype), target=target, valid=valid)
 
     def _check_weight(self, classes: int) -> None:
         weight = self.class_weight
@@ -126,12 +127,28 @@ class RegionTerm(TermModule):
         return torch.Size((counted,) if self.batch else (n, counted))
 
     # -- computation
-    def probabilities(self, inputs: RegionInputs) -> Tensor:
-        if self.head == "sigmoid":
-            return torch.sigmoid(inputs.x)
+    def logits(self, inputs: RegionInputs) -> Tensor:
+        """The logits with ignored positions zeroed, so that nothing of an ignored logit (inf, NaN)
+        reaches the value or the gradient; shared with the other terms of the call that need them."""
+        if inputs.valid is None:
+            return inputs.x
         if self.shared_log_softmax and inputs.shared is not None:
-            return inputs.shared.softmax(inputs.x, self.ignore_index, inputs.valid is not None)
-        return torch.softmax(inputs.x, dim=1)
+            return inputs.shared.sanitised(inputs.x, inputs.valid, self.ignore_index)
+        return zero_ignored(inputs.x, inputs.valid)
+
+    def shared_log_probabilities(self, inputs: RegionInputs) -> Tensor | None:
+        """The ``log_softmax`` a cross-entropy term of the call computes too, or None."""
+        if self.head == "sigmoid" or not self.shared_log_softmax or inputs.shared is None:
+            return None
+        return inputs.shared.log_softmax(self.logits(inputs), self.ignore_index, inputs.valid is not None)
+
+    def probabilities(self, inputs: RegionInputs) -> Tensor:
+        x = self.logits(inputs)
+        if self.head == "sigmoid":
+            return torch.sigmoid(x)
+        if self.shared_log_softmax and inputs.shared is not None:
+            return inputs.shared.softmax(x, self.ignore_index, inputs.valid is not None)
+        return torch.softmax(x, dim=1)
 
     def dense_target(self, inputs: RegionInputs) -> Tensor:
         if inputs.target.is_floating_point():
@@ -144,15 +161,17 @@ class RegionTerm(TermModule):
         if self.formula == "lovasz":
             y = self.dense_target(inputs)
             if self.head == "sigmoid":
-                loss, counted = lovasz_hinge(inputs.x, y, inputs.valid, **self.options)
+                loss, counted = lovasz_hinge(self.logits(inputs), y, inputs.valid, **self.options)
             else:
                 loss, counted = lovasz_softmax(self.probabilities(inputs), y, inputs.valid, **self.options)
             return self._without_background(loss), self._without_background(counted)
         if self.formula == "plugin":
             return self._plugin(inputs), None
         squared = self.options.get("squared", False)
-        stats = region_stats(self.probabilities(inputs), inputs.target, inputs.valid, batch=self.batch,
-                             powers=(2,) if squared else (1,))
+        log_p = self.shared_log_probabilities(inputs)
+        stats = region_stats(self.probabilities(inputs) if log_p is None else log_p, inputs.target,
+                             inputs.valid, batch=self.batch, powers=(2,) if squared else (1,),
+                             log=log_p is not None)
         if not self.include_background:
             stats = stats.select(slice(1, None))
         function = {"tversky": tversky, "gdice": generalized_dice, "dice": dice}[self.formula]

@@ -37,6 +37,8 @@ class SigmoidTerm(TermModule):
         synchronise: sum GHM-C's bin counts over the process group when distributed.
     """
 
+    reads_background = True  # bce's background=true reads index C as an all-negative row
+
     def __init__(
         self, term: Term, label: str, check_values: bool, base: BCE,
         blocks: tuple[LossNode, ...] = (), synchronise: bool = True,
@@ -91,8 +93,8 @@ class SigmoidTerm(TermModule):
                     f"targets of shape {shape_text(target)} are read as class indices and must be "
                     f"integers, got {target.dtype}"
                 )
-            self.check_indices(target, input.shape[1], self.ignore_index, self.background)
-            y, valid = index_to_one_hot(target, input.shape[1], self.ignore_index, dtype, self.background)
+            index, _ = self.class_indices(target, input.shape[1], self.ignore_index, self.background)
+            y, valid = index_to_one_hot(index, input.shape[1], self.ignore_index, dtype, self.background)
             count = valid.sum() * input.shape[1]
         else:
             expected = f"{shape_text(input)} (multi-hot or soft targets)"

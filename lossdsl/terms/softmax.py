@@ -56,13 +56,7 @@ class SoftmaxTerm(TermModule):
 
     def prepare(self, input: Tensor, target: Tensor) -> SoftmaxInputs:
         self.check_tensors(input, target)
-        if input.dim() < 2:
-            raise self.fail(
-                f"softmax needs logits of shape [N, C, ...]; got {shape_text(input)}",
-                hint="for one logit per sample use a sigmoid loss such as bce()",
-            )
-        if input.shape[1] == 0:
-            raise self.fail(f"softmax needs at least one class; got logits of shape {shape_text(input)}")
+        self.check_softmax_classes(input)
         self.check_class_count("weight", self.weight, input)
         for name in self.alpha_names:
             self.check_class_count("alpha", getattr(self, name), input)
@@ -71,8 +65,7 @@ class SoftmaxTerm(TermModule):
         index_shape = (input.shape[0], *input.shape[2:])
         integer = not target.is_floating_point() and target.dtype != torch.bool
         if tuple(target.shape) == index_shape and integer:
-            nothing_ignored = self.check_indices(target, num_classes, self.ignore_index)
-            target = target.long()
+            target, nothing_ignored = self.class_indices(target, num_classes, self.ignore_index)
             valid = None if nothing_ignored else target != self.ignore_index
             positives = None
             if self.reduction == "pos_mean":
@@ -108,8 +101,13 @@ class SoftmaxTerm(TermModule):
         return self.constant("weight", x)
 
     def sanitised(self, inputs: SoftmaxInputs) -> Tensor:
-        """The logits with ignored positions zeroed (see functional.targets.zero_ignored)."""
-        return inputs.x if inputs.valid is None else zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
+        """The logits with ignored positions zeroed (see functional.targets.zero_ignored), once per
+        call when other terms of the call need them too."""
+        if inputs.valid is None:
+            return inputs.x
+        if self.shared_log_softmax and inputs.shared is not None:
+            return inputs.shared.sanitised(inputs.x, inputs.valid.unsqueeze(1), self.ignore_index)
+        return zero_ignored(inputs.x, inputs.valid.unsqueeze(1))
 
     def shared_log_p(self, inputs: SoftmaxInputs, x: Tensor) -> Tensor | None:
         """``log_softmax`` shared with the other terms of the call (a region term on the same logits),
