@@ -275,7 +275,8 @@ def test_a_loss_whose_every_weight_is_0_is_still_computed():
 
 def test_training_calls_count_steps_and_eval_or_failed_calls_do_not():
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
-    loss = lossdsl.compile("ce() + ramp(0, 1, end=4, over=step) * focal(head=softmax)")
+    # check_values=True: the bad call below fails at once (deferred checks would report it a call later)
+    loss = lossdsl.compile("ce() + ramp(0, 1, end=4, over=step) * focal(head=softmax)", check_values=True)
     focal = lossdsl.compile("focal(head=softmax)")(x, y)
     for step in range(3):
         torch.testing.assert_close(loss(x, y), F.cross_entropy(x, y) + step / 4 * focal)
