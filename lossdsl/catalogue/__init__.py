@@ -1,6 +1,6 @@
 """The catalogue: every name the language knows, one pydantic model each (see base.register)."""
 
-from . import boxes, detection, likelihoods, modifiers, multitask, named, plugins, region, regression  # noqa: F401  (importing registers the names)
+from . import boxes, detection, likelihoods, longtail, modifiers, multitask, named, plugins, region, regression  # noqa: F401  (importing registers the names)
 from .base import CATALOGUE, REDUCTIONS, LossNode, Reduction, head_of, lookup, register
 
 __all__ = ["CATALOGUE", "REDUCTIONS", "LossNode", "Reduction", "head_of", "lookup", "register"]

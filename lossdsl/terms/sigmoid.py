@@ -110,13 +110,18 @@ class SigmoidTerm(TermModule):
         pos_weight = None if pos_weight is None else per_class(pos_weight, x.dim())
         return weight, pos_weight
 
+    def call_constants(self, inputs: SigmoidInputs) -> tuple[Tensor, ...]:
+        """Constants of blocks computed from each call's inputs, after those of the plan's slots
+        (class_balanced's sample weights: terms.longtail.ClassBalancedSigmoidTerm)."""
+        return ()
+
     def compute(self, inputs: SigmoidInputs) -> Tensor:
         weight, pos_weight = self.constants(inputs.x)
         if inputs.weight is not None:  # the call's weight multiplies the per-element loss, as bce's
             weight = inputs.weight if weight is None else weight * inputs.weight
         alphas = tuple(
             per_class(self.constant(name, inputs.x), inputs.x.dim()) for name in self.alpha_names
-        )
+        ) + self.call_constants(inputs)
         accumulator = getattr(self, "ghm_accumulator", None)
         loss, new_accumulator = sigmoid_term_elementwise(
             inputs.x, inputs.y, self.plan, weight, pos_weight, inputs.valid, accumulator, alphas

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -10,12 +11,14 @@ from torch import Tensor
 
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
+from ..catalogue.longtail import LDAM, ClassBalanced, LogitAdjust, Seesaw
 from ..functional.likelihoods import ce
-from ..functional.plan import ModulateStep, compute_dtype
+from ..functional.plan import ModulateStep, SampleWeightStep, compute_dtype
 from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
 from ..functional.targets import zero_ignored
 from ..spec import Term
 from .base import TermInputs, TermModule, shape_of, shape_text
+from .longtail import ClassFrequency, long_tail_nodes
 
 
 @dataclass
@@ -25,28 +28,39 @@ class SoftmaxInputs(TermInputs):
     is_index: bool
     valid: Tensor | None  # bool [N, d1, ...] for index targets; None when none is ignored
     positives: Tensor | int | None  # valid positions (pos_mean only)
+    sample_weight: Tensor | None = None  # class_balanced's weight per position, set in compute
 
 
 class SoftmaxTerm(TermModule):
     """``ce`` and the blocks around it (see functional.softmax_kernel).
 
     Args:
-        base: the ce node at the bottom of the term.
+        base: the node at the bottom of the term: ``ce``, or ``ldam`` or ``seesaw`` (``ce`` on logits
+            they shift).
         blocks: the modifier nodes above it, innermost first.
     """
 
     def __init__(
-        self, term: Term, label: str, check_values: bool, base: CE, blocks: tuple[LossNode, ...] = (),
-        distributed: bool = True,
+        self, term: Term, label: str, check_values: bool, base: LossNode,
+        blocks: tuple[LossNode, ...] = (), distributed: bool = True,
     ) -> None:
         super().__init__(term, label, check_values, distributed)
         # Set by the compiled loss when another term of the sum needs the same log_softmax.
         self.shared_log_softmax = False
         self.head = "softmax"
+        # logit_adjust, class_balanced, ldam, seesaw: counts, shifted logits, sample weights.
+        long_tail = long_tail_nodes(base, blocks)
+        self.frequency = ClassFrequency(long_tail, label, distributed) if long_tail else None
+        self.needs_index_targets = isinstance(base, (LDAM, Seesaw))
+        # A term with post-hoc logit adjustment predicts with the adjusted logits (loss.predict).
+        self.predicts_itself = any(isinstance(node, LogitAdjust) and node.posthoc for node in long_tail)
+        if not isinstance(base, CE):
+            base = CE(ignore_index=base.ignore_index)
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
-        steps = [self.lower_block(block) for block in blocks]
+        steps = [SampleWeightStep() if isinstance(block, ClassBalanced) else self.lower_block(block)
+                 for block in blocks if not isinstance(block, LogitAdjust)]
         self.plan = SoftmaxPlan(tuple(steps))
         # Focusing that weighs the non-target classes on their own (0 != gamma_neg != gamma_pos) needs
         # class indices to tell target from others; otherwise probability targets get (1-p_t)^gamma_pos.
@@ -66,6 +80,8 @@ class SoftmaxTerm(TermModule):
         self.check_class_count("weight", self.weight, input)
         for name in self.alpha_names:
             self.check_class_count("alpha", getattr(self, name), input)
+        if self.frequency is not None:
+            self.frequency.check(input)
         num_classes = input.shape[1]
         x = input.to(compute_dtype(input))
         index_shape = (input.shape[0], *input.shape[2:])
@@ -79,6 +95,12 @@ class SoftmaxTerm(TermModule):
                 positives = target.numel() if valid is None else valid.sum()
             return SoftmaxInputs(x, target, True, valid, positives)
         if target.shape == input.shape:
+            if self.needs_index_targets:
+                raise self.fail(
+                    f"{self.term.loss.expand().kind_name()} shifts the target class's logit and needs "
+                    f"class-index targets of shape {shape_of(index_shape)}; got probabilities "
+                    f"{shape_text(target)}"
+                )
             if self.needs_indices:
                 raise self.fail(
                     "asymmetric focusing (gamma_neg other than 0 or gamma_pos) on the softmax head "
@@ -114,8 +136,8 @@ class SoftmaxTerm(TermModule):
     def shared_log_p(self, inputs: SoftmaxInputs, x: Tensor) -> Tensor | None:
         """``log_softmax`` shared with the other terms of the call (a region term on the same logits),
         or None when this term computes its own."""
-        if not self.shared_log_softmax or inputs.shared is None:
-            return None
+        if not self.shared_log_softmax or inputs.shared is None or self.frequency is not None:
+            return None  # (logits a long-tail node shifts are this term's own)
         return inputs.shared.log_softmax(x, self.ignore_index, inputs.valid is not None)
 
     def plain_ce(self, inputs: SoftmaxInputs, reduction: str) -> Tensor:
@@ -139,6 +161,8 @@ class SoftmaxTerm(TermModule):
         if not self.plan.steps:
             return self.plain_ce(inputs, "none")
         alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
+        if inputs.sample_weight is not None:  # the last constant (functional.plan.SampleWeightStep)
+            alphas = alphas + (inputs.sample_weight,)
         log_p = self.shared_log_p(inputs, self.sanitised(inputs)) if self.shared_log_softmax else None
         return softmax_term_elementwise(
             inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, self.class_weight(inputs.x),
@@ -157,7 +181,25 @@ class SoftmaxTerm(TermModule):
         safe = torch.where(inputs.valid, inputs.target, torch.zeros_like(inputs.target))
         return (weight[safe] * inputs.valid).sum()
 
+    def with_class_frequency(self, inputs: SoftmaxInputs) -> SoftmaxInputs:
+        """The inputs as the term's loss sees them: this call's counts (the running ones updated and
+        staged), the logits shifted by logit_adjust, ldam or seesaw, class_balanced's weights."""
+        frequency = self.frequency
+        counts = frequency.counts(inputs.target, inputs.valid, inputs.is_index, inputs.x.shape[1], inputs)
+        x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts)
+        weight = frequency.sample_weight(inputs.target, inputs.valid, inputs.is_index, counts, x.dtype)
+        return dataclasses.replace(inputs, x=x, sample_weight=weight)
+
+    def predict(self, logits: Tensor) -> Tensor:
+        """Class probabilities: ``softmax(z)``, or with post-hoc logit adjustment
+        ``softmax(z - log(pi^tau + 1e-12))``."""
+        x = logits.to(compute_dtype(logits))
+        adjusted = self.frequency.posthoc_logits(x) if self.frequency is not None else None
+        return torch.softmax(x if adjusted is None else adjusted, dim=1)
+
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
+        if self.frequency is not None:
+            inputs = self.with_class_frequency(inputs)
         plain = len(self.plan.steps) == 0 and inputs.weight is None  # (dynamo cannot trace `not tuple`)
         if plain and self.reduction != "none":  # torch's kernel sums for us
             total = self.plain_ce(inputs, "sum")
