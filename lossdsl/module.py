@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import LossConfigError, LossInputError
+from .prediction import class_scores
 from .spec import LossSpec
 from .state_updates import StateUpdates
 from .terms.base import TermModule, is_compiling, shape_of
@@ -245,6 +246,11 @@ class CompiledLoss(LossModule):
             self.last_terms = {key: value.detach() for key, value in zip(self.keys, values)}
             self.last_terms["total"] = total.detach()
         return total
+
+    def predict(self, logits: Tensor) -> Tensor:
+        """Class scores at test time, as the loss's references define them (lossdsl.prediction):
+        the head's softmax or sigmoid, or a term's own (post-hoc logit adjustment, EQLv2's)."""
+        return class_scores(self.terms, logits)
 
     def _check_same_shapes(self, prepared: list[Any]) -> None:
         shapes = [term.unreduced_shape(inputs) for term, inputs in zip(self.terms, prepared)]

@@ -180,5 +180,14 @@ COUNTS_DESCRIPTION = (
 )
 
 
-def reads_a_file(value: Any) -> bool:
-    return isinstance(value, CountsFile)
+def names_a_file(spec: Any) -> bool:
+    """Whether a spec holds a counts file anywhere (in any term or task): its counts were read from
+    disk when it was built."""
+    stack = [term.loss for term in spec.terms]
+    while stack:
+        node = stack.pop()
+        if any(isinstance(getattr(node, name), CountsFile) for name in type(node).model_fields):
+            return True
+        stack += list(node.children())
+        stack += [term.loss for task in getattr(node, "tasks", {}).values() for term in task.terms]
+    return False

@@ -7,6 +7,8 @@ logits' dtype by the caller. Nothing here carries a gradient through the counts 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -106,7 +108,7 @@ def seesaw_shift(
             shift = (log_n - own).clamp_(max=0).mul_(p)
         if q > 0:
             log_s = torch.log_softmax(x, dim=1)
-            own = log_s.gather(1, target.unsqueeze(1)).clamp_(min=float(torch.log(torch.tensor(eps))))
+            own = log_s.gather(1, target.unsqueeze(1)).clamp_(min=math.log(eps))
             shift = shift + (log_s - own).clamp_(min=0).mul_(q)
         return shift
 
