@@ -193,3 +193,41 @@ def long_tailed_counts(num_classes: int, largest: int, imbalance: float) -> list
 
 def log(value: float) -> float:
     return math.log(value)
+
+
+class MMDetSeesawLoss:
+    """mmdetection 3.3.0 seesaw_loss.py SeesawLoss.forward, return_dict=True: scores [N, C + 2],
+    labels 0..C; cum_samples (C + 1 columns) count every label first; the classes' loss is
+    seesaw_ce_loss over the foreground RoIs with their label weights, the objectness' a
+    cross-entropy against label == C, both reduced by weight_reduce_loss."""
+
+    def __init__(self, num_classes: int, p=0.8, q=2.0, eps=1e-2, loss_weight=1.0):
+        self.num_classes, self.p, self.q, self.eps, self.loss_weight = num_classes, p, q, eps, loss_weight
+        self.cum_samples = torch.zeros(num_classes + 1, dtype=torch.float64)
+
+    def __call__(self, cls_score, labels, label_weights=None, avg_factor=None, reduction="mean"):
+        from reference import mmdet_weight_reduce_loss
+
+        pos_inds = labels < self.num_classes
+        obj_labels = (labels == self.num_classes).long()
+        for u_l in labels.unique():
+            self.cum_samples[u_l] += (labels == u_l.item()).sum()
+        if label_weights is None:
+            label_weights = labels.new_ones(labels.size(), dtype=cls_score.dtype)
+        cls_score_classes, cls_score_objectness = cls_score[..., :-2], cls_score[..., -2:]
+        if pos_inds.sum() > 0:
+            loss = seesaw_ce_loss(cls_score_classes[pos_inds], labels[pos_inds],
+                                  self.cum_samples[: self.num_classes], self.p, self.q, self.eps)
+            loss_cls_classes = self.loss_weight * mmdet_weight_reduce_loss(
+                loss, label_weights[pos_inds], reduction, avg_factor)
+        else:
+            loss_cls_classes = cls_score_classes[pos_inds].sum()
+        objectness = F.cross_entropy(cls_score_objectness, obj_labels, reduction="none")
+        loss_cls_objectness = self.loss_weight * mmdet_weight_reduce_loss(
+            objectness, label_weights, reduction, avg_factor)
+        return {"loss_cls_objectness": loss_cls_objectness, "loss_cls_classes": loss_cls_classes}
+
+    def get_activation(self, cls_score):
+        score_classes = F.softmax(cls_score[..., :-2], dim=-1)
+        score_objectness = F.softmax(cls_score[..., -2:], dim=-1)
+        return torch.cat([score_classes * score_objectness[..., [0]], score_objectness[..., [1]]], dim=-1)

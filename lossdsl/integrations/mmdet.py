@@ -24,6 +24,7 @@ from ..catalogue.modifiers import Density, walk
 from ..catalogue.multitask import MultiTask
 from ..errors import LossConfigError, LossInputError
 from ..spec import LossSpec
+from .mmdet_longtail import long_tail_convention
 
 REDUCTIONS = (None, "none", "mean", "sum")
 
@@ -51,11 +52,14 @@ class MMDetLoss(nn.Module):
             (``num_classes`` outputs on a sigmoid head, ``num_classes + 1`` on a softmax head); it is
             checked against the expression's head when given, and set from it otherwise.
         check_values, distributed: as for ``lossdsl.compile``.
+        return_dict: ``seesaw()`` with mmdetection's objectness channels returns its two losses as a
+            dict, as mmdetection's ``SeesawLoss`` (False: their sum).
     """
 
     def __init__(
         self, expr: Any, loss_weight: float = 1.0, use_sigmoid: bool | None = None,
         check_values: bool = True, distributed: bool = True,
+        return_dict: bool = True,
     ) -> None:
         super().__init__()
         spec = parse(expr) if isinstance(expr, str) else load(expr)  # a string is an expression
@@ -81,6 +85,8 @@ class MMDetLoss(nn.Module):
         self.use_sigmoid = sigmoid if use_sigmoid is None else bool(use_sigmoid)
         self.loss_weight = float(loss_weight)
         self.loss = compile_loss(self.spec, check_values=check_values, distributed=distributed)
+        # seesaw() and eqlv2() speak mmdetection's SeesawLoss and EQLV2Loss conventions (mmdet_longtail).
+        self.long_tail = long_tail_convention(self.spec, return_dict, check_values, distributed)
 
     def forward(
         self, pred: Tensor, target: Tensor | tuple[Tensor, Tensor], weight: Tensor | None = None,
@@ -90,6 +96,9 @@ class MMDetLoss(nn.Module):
             raise LossInputError(
                 f"reduction_override must be one of none, mean, sum (or None), got {reduction_override!r}"
             )
+        if self.long_tail is not None:
+            with reductions_overridden(self.loss, reduction_override):
+                return self.long_tail.forward(self, pred, target, weight, avg_factor)
         if isinstance(target, (tuple, list)):
             target = quality_targets(pred, target)
         if self.density is not None and weight is not None and not target.is_floating_point():
@@ -102,6 +111,23 @@ class MMDetLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"expr={self.spec.to_expr()!r}, loss_weight={self.loss_weight:g}"
+
+    # mmdetection's RoI head asks these of its loss_cls (bbox_head.py): a long-tail term sizes the
+    # classifier, scores the RoIs at test time and names its logged accuracies (mmdet_longtail).
+    @property
+    def custom_cls_channels(self) -> bool:
+        return self.long_tail is not None
+
+    custom_activation = custom_accuracy = custom_cls_channels
+
+    def get_cls_channels(self, num_classes: int) -> int:
+        return self.long_tail.cls_channels(num_classes)
+
+    def get_activation(self, cls_score: Tensor) -> Tensor:
+        return self.long_tail.activation(self.loss, cls_score)
+
+    def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        return self.long_tail.accuracy(cls_score, labels)
 
 
 @contextmanager
