@@ -140,19 +140,25 @@ class SeesawLoss:
 
 class EQLV2Loss:
     """mmdetection 3.3.0 eqlv2_loss.py EQLV2Loss, use_distributed=False: the C + 1 channels' weights
-    from pos_neg (initially 100), sum of weighted sigmoid cross-entropy over N, then collect_grad."""
+    from pos_neg (initially 100), sum of weighted sigmoid cross-entropy over N, then collect_grad.
 
-    def __init__(self, num_classes: int, gamma=12.0, mu=0.8, alpha=4.0, dtype=torch.float64):
+    ``original=True`` is tztztztztz/eqlv2 mmdet/models/losses/eqlv2.py EQLv2 instead: no pos_neg
+    until the first statistics, weights of 1 until then (its unconditional all_reduce left out)."""
+
+    def __init__(self, num_classes: int, gamma=12.0, mu=0.8, alpha=4.0, dtype=torch.float64, original=False):
         self.num_classes, self.gamma, self.mu, self.alpha = num_classes, gamma, mu, alpha
         self.pos_grad = torch.zeros(num_classes, dtype=dtype)
         self.neg_grad = torch.zeros(num_classes, dtype=dtype)
-        self.pos_neg = torch.ones(num_classes, dtype=dtype) * 100
+        self.pos_neg = None if original else torch.ones(num_classes, dtype=dtype) * 100
 
     def map_func(self, x: Tensor) -> Tensor:
         return 1 / (1 + torch.exp(-self.gamma * (x - self.mu)))
 
     def get_weight(self, cls_score: Tensor) -> tuple[Tensor, Tensor]:
         n_i, n_c = cls_score.shape
+        if self.pos_neg is None:  # the original's first call: "no information about the gradients"
+            ones = cls_score.new_ones((n_i, n_c))
+            return ones, ones
         neg_w = torch.cat([self.map_func(self.pos_neg).to(cls_score.dtype), cls_score.new_ones(1)])
         pos_w = 1 + self.alpha * (1 - neg_w)
         return pos_w.view(1, -1).expand(n_i, n_c), neg_w.view(1, -1).expand(n_i, n_c)

@@ -140,6 +140,15 @@ def test_the_loss_form_of_logit_adjustment_predicts_with_the_raw_logits():
     torch.testing.assert_close(loss.predict(x), torch.softmax(x, 1))
 
 
+def test_posthoc_prediction_reads_given_probabilities_as_they_are():
+    """Given counts may be probabilities (google-research's base_probs): only ratios matter, and
+    nothing is floored at 1 (that is the reading of running counts only)."""
+    base_probs = [0.7, 0.25, 0.05]
+    loss = lossdsl.compile("logit_adjust(ce(), posthoc=true, counts=[0.7, 0.25, 0.05])")
+    x = logits(4, 3)
+    torch.testing.assert_close(loss.predict(x), torch.softmax(lt.posthoc_logits(x, base_probs), 1))
+
+
 def test_posthoc_prediction_reads_the_online_counts_as_they_stand():
     loss = lossdsl.compile("logit_adjust(ce(), posthoc=true)")
     t = torch.tensor([0, 0, 0, 1, 2, 2])

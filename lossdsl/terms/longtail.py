@@ -151,7 +151,10 @@ class ClassFrequency(nn.Module):
 
     def prior_counts(self, slot: int, classes: int, device: torch.device) -> Tensor:
         """The counts a node reads outside a call (prediction): the running ones as they stand."""
-        counts = self._buffers[self.sources[slot]]
+        name = self.sources[slot]
+        counts = self._buffers[name]
+        if name != ONLINE_BUFFER:
+            return counts.to(device)
         if counts.numel() == 0:
             counts = torch.zeros(classes, dtype=torch.float64, device=device)
         return counted(counts).to(device)
