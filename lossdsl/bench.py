@@ -65,11 +65,13 @@ def sync(device: str | torch.device) -> None:
 def time_pair(
     first: Loss, second: Loss, x: torch.Tensor, y: Any, repeat: int, device: str | torch.device, *,
     second_target: Any = None, warmup: int = 2, min_seconds: float = 0.0, max_repeat: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, float]:
     """Median milliseconds of forward+backward of both losses, interleaved so that machine noise hits
     both alike. ``repeat`` timed runs each, or more until both have run ``min_seconds`` (at most
-    ``max_repeat``). ``second_target``: the second loss's target, when it takes another one."""
+    ``max_repeat``). ``second_target``: the second loss's target, when it takes another one.
+    ``clock``: wall time by default; ``time.thread_time`` counts only this thread's CPU time, steadier
+    on a shared machine when torch runs on one thread (the CPU work then stays on this thread)."""
     other = y if second_target is None else second_target
     for index in range(warmup):
         if progress:
@@ -93,10 +95,10 @@ def time_pair(
             progress("timing", index, repeat)
         for loss, target, times in ((first, y, first_times), (second, other, second_times)):
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             step(loss, x, target)
             sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((clock() - start) * 1e3)
     return statistics.median(first_times), statistics.median(second_times)
 
 

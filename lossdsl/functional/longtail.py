@@ -72,20 +72,19 @@ def batch_counts(
     target: Tensor, num_classes: int, valid: Tensor | None, is_index: bool
 ) -> Tensor:
     """How many positions of each class this batch's targets hold (float64 ``[C]``): one per class
-    index (ignored positions and index ``C``, the background, count none), or the sum of dense
-    targets over every position (a probability target adds its probabilities, a multi-hot row one
-    per positive class). No host synchronisation (a scatter, not a bincount)."""
+    index, or the sum of dense targets over every position (a probability target adds its
+    probabilities, a multi-hot row one per positive class). ``valid``: the index positions that
+    count (not ignored, not the background index ``C``); None when every index is a class. No host
+    synchronisation (a scatter-add, not a bincount, whose size would depend on the data)."""
     if not is_index:
         dims = [0] + list(range(2, target.dim()))
         return target.detach().to(torch.float64).sum(dim=dims)
     index = target.reshape(-1)
-    ones = torch.ones(index.shape, dtype=torch.float64, device=index.device)
-    keep = (index >= 0) & (index < num_classes)
-    if valid is not None:
-        keep = keep & valid.reshape(-1)
-    ones = ones * keep
-    safe = torch.where(keep, index, torch.zeros_like(index))
-    return torch.zeros(num_classes, dtype=torch.float64, device=index.device).index_add_(0, safe, ones)
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=index.device)
+    if valid is None:
+        return counts.index_add_(0, index, counts.new_ones(()).expand(index.shape))
+    keep = valid.reshape(-1) & (index >= 0) & (index < num_classes)
+    return counts.index_add_(0, torch.where(keep, index, torch.zeros_like(index)), keep.to(torch.float64))
 
 
 def seesaw_shift(

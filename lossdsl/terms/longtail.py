@@ -172,8 +172,8 @@ class ClassFrequency(nn.Module):
         safe = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
         if isinstance(node, LDAM):
             margin = (ldam_margins(n, node.max_m) * node.s).to(x.dtype)
-            scaled = x * node.s
-            return scaled.scatter_add(1, safe.unsqueeze(1), -margin[safe].unsqueeze(1))
+            scaled = x * node.s  # a new tensor: the margins go into it in place
+            return scaled.scatter_add_(1, safe.unsqueeze(1), -margin[safe].unsqueeze(1))
         return x + seesaw_shift(x, safe, torch.log(n), node.p, node.q, node.eps)
 
     def sample_weight(self, target: Tensor, valid: Tensor | None, is_index: bool,

@@ -62,6 +62,7 @@ class SoftmaxTerm(TermModule):
         steps = [SampleWeightStep() if isinstance(block, ClassBalanced) else self.lower_block(block)
                  for block in blocks if not isinstance(block, LogitAdjust)]
         self.plan = SoftmaxPlan(tuple(steps))
+        self.only_weighs_samples = bool(steps) and all(isinstance(step, SampleWeightStep) for step in steps)
         # Focusing that weighs the non-target classes on their own (0 != gamma_neg != gamma_pos) needs
         # class indices to tell target from others; otherwise probability targets get (1-p_t)^gamma_pos.
         self.needs_indices = any(
@@ -160,6 +161,8 @@ class SoftmaxTerm(TermModule):
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
         if not self.plan.steps:
             return self.plain_ce(inputs, "none")
+        if self.only_weighs_samples:  # class_balanced(ce()): torch's fused ce, then the weights
+            return self.plain_ce(inputs, "none") * inputs.sample_weight
         alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
         if inputs.sample_weight is not None:  # the last constant (functional.plan.SampleWeightStep)
             alphas = alphas + (inputs.sample_weight,)
