@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .catalogue.boxes import DFL, BoxLoss
 from .catalogue.detection import Varifocal
+from .catalogue.longtail import EQLv2
 from .catalogue.multitask import MultiTask
 from .catalogue.region import RegionLoss
 from .errors import LossConfigError
@@ -258,6 +259,13 @@ def workload(spec: LossSpec, shape: tuple[int, ...], device: str, seed: int = 0)
         target = put(torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator))
         return Workload(x, target, f"class indices {[shape[0], *shape[2:]]}", "logits", "F.cross_entropy",
                         F.cross_entropy, target, "softmax head: the fused cross-entropy on the same input")
+    if any(isinstance(term.loss, EQLv2) for term in spec.expand().terms):
+        # eqlv2 reads class indices 0..C-1, the last channel the background (a detector's RoIs)
+        index = put(torch.randint(0, shape[1], (shape[0],), generator=generator))
+        return Workload(x, index, f"class indices [{shape[0]}] (label {shape[1] - 1}: the background)",
+                        "logits", "F.binary_cross_entropy_with_logits",
+                        F.binary_cross_entropy_with_logits, F.one_hot(index, shape[1]).to(x.dtype),
+                        "eqlv2: the fused binary cross-entropy on the same labels, one-hot")
     if region:
         target = put((torch.rand(*shape, generator=generator) < 0.3).float())
         text = f"masks {list(shape)} (30% foreground)"

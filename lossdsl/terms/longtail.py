@@ -168,7 +168,7 @@ class ClassFrequency(nn.Module):
             return x
         n = counts[self.sources[self.shift_slot]]
         if isinstance(node, LogitAdjust):
-            return x + per_class(log_prior(n, node.tau).to(x.dtype), x.dim())
+            return x + self.prior_shift(n, x)
         safe = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
         if isinstance(node, LDAM):
             margin = (ldam_margins(n, node.max_m) * node.s).to(x.dtype)
@@ -190,7 +190,12 @@ class ClassFrequency(nn.Module):
         if not (isinstance(node, LogitAdjust) and node.posthoc):
             return None
         n = self.prior_counts(self.shift_slot, x.shape[1], x.device)
-        return x - per_class(log_prior(n, node.tau).to(x.dtype), x.dim())
+        return x - self.prior_shift(n, x)
+
+    def prior_shift(self, n: Tensor, x: Tensor) -> Tensor:
+        """``logit_adjust``'s ``log(pi^tau + 1e-12)`` per class, shaped to add to ``x`` (``tau`` is
+        read here only, for training and prediction alike)."""
+        return per_class(log_prior(n, self.shift.tau).to(x.dtype), x.dim())
 
     # -- state
     def _apply(self, fn, recurse=True):  # type: ignore[override]
