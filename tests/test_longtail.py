@@ -219,7 +219,9 @@ def test_ldam_needs_class_indices():
     loss = lossdsl.compile(f"ldam(counts={counts_text()})")
     with pytest.raises(LossInputError) as info:
         loss(logits(), torch.softmax(logits(), 1))
-    assert "ldam shifts the target class's logit and needs class-index targets of shape [12]" in info.value.reason
+    assert "ldam() sets each position's logits by its target class and needs class-index targets of shape [12]" in info.value.reason
+    with pytest.raises(LossInputError, match=r"ldam\(\) sets each position's logits by its target class"):
+        lossdsl.compile(f"class_balanced(ldam(counts={counts_text()}))")(logits(), torch.softmax(logits(), 1))
 
 
 def test_ldam_ignores_positions_labelled_ignore_index():
@@ -400,7 +402,7 @@ def test_seesaw_counts_only_in_training_mode():
 
 
 def test_seesaw_needs_class_indices():
-    with pytest.raises(LossInputError, match="seesaw shifts the target class's logit"):
+    with pytest.raises(LossInputError, match=r"seesaw\(\) sets each position's logits by its target class"):
         lossdsl.compile("seesaw()")(logits(), torch.softmax(logits(), 1))
 
 

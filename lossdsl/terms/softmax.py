@@ -51,7 +51,8 @@ class SoftmaxTerm(TermModule):
         # logit_adjust, class_balanced, ldam, seesaw: counts, shifted logits, sample weights.
         long_tail = long_tail_nodes(base, blocks)
         self.frequency = ClassFrequency(long_tail, label, distributed) if long_tail else None
-        self.needs_index_targets = isinstance(base, (LDAM, Seesaw))
+        # ldam's margin and seesaw's factors are the target class's: class indices only.
+        self.index_targets_for = base.kind_name() if isinstance(base, (LDAM, Seesaw)) else None
         # A term with post-hoc logit adjustment predicts with the adjusted logits (loss.predict).
         self.predicts_itself = any(isinstance(node, LogitAdjust) and node.posthoc for node in long_tail)
         if not isinstance(base, CE):
@@ -96,10 +97,10 @@ class SoftmaxTerm(TermModule):
                 positives = target.numel() if valid is None else valid.sum()
             return SoftmaxInputs(x, target, True, valid, positives)
         if target.shape == input.shape:
-            if self.needs_index_targets:
+            if self.index_targets_for:
                 raise self.fail(
-                    f"{self.term.loss.expand().kind_name()} shifts the target class's logit and needs "
-                    f"class-index targets of shape {shape_of(index_shape)}; got probabilities "
+                    f"{self.index_targets_for}() sets each position's logits by its target class and "
+                    f"needs class-index targets of shape {shape_of(index_shape)}; got probabilities "
                     f"{shape_text(target)}"
                 )
             if self.needs_indices:
