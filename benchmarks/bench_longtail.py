@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time "
                         "(time.thread_time): steady on a shared machine, where wall time is mostly noise")
+    parser.add_argument("--only", action="append", help="rows whose expression holds this text (repeatable)")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
     args = parser.parse_args(argv)
     if args.cpu_time:
@@ -201,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     for classes in args.classes:
         generator = torch.Generator().manual_seed(0)
         for expr, ref_name, reference, counts, background in rows(classes):
+            if args.only and not any(text in expr for text in args.only):
+                continue
             channels = classes + 1 if background else classes
             x = (torch.randn(args.n, channels, generator=generator) * 2).to(device)
             frequency = long_tailed_counts(channels)

@@ -55,7 +55,10 @@ def sample_weights(weights: Tensor, target: Tensor, valid: Tensor | None, is_ind
     """Each position's weight from its class's: ``w[target]`` for class indices ``[N, d1, ...]``;
     for dense targets ``[N, C, d1, ...]`` the target-weighted mean ``sum_j y_j w_j / sum_j y_j``.
     A position with no class gets 1, the mean weight: a row with no positive, mmdetection's
-    background index ``C``, and ignored positions (which count for nothing anyway)."""
+    background index ``C``, and ignored positions (which count for nothing anyway). ``valid`` None
+    says that every index is a class (the value check proved it)."""
+    if is_index and valid is None:
+        return weights[target]
     if is_index:
         is_class = (target >= 0) & (target < weights.numel())
         if valid is not None:

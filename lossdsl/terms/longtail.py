@@ -176,13 +176,18 @@ class ClassFrequency(nn.Module):
             return scaled.scatter_add_(1, safe.unsqueeze(1), -margin[safe].unsqueeze(1))
         return x + seesaw_shift(x, safe, torch.log(n), node.p, node.q, node.eps)
 
+    def class_weights(self, counts: dict[str, Tensor], dtype: torch.dtype) -> Tensor | None:
+        """``class_balanced``'s weight of each class ``[C]`` (``beta`` is read here only), or None."""
+        if self.balance is None:
+            return None
+        n = counts[self.sources[self.balance_slot]]
+        return effective_number_weights(n, self.balance.beta).to(dtype)
+
     def sample_weight(self, target: Tensor, valid: Tensor | None, is_index: bool,
                       counts: dict[str, Tensor], dtype: torch.dtype) -> Tensor | None:
         """``class_balanced``'s weight of every position (``[N, d1, ...]``), or None."""
-        if self.balance is None:
-            return None
-        weights = effective_number_weights(counts[self.sources[self.balance_slot]], self.balance.beta)
-        return sample_weights(weights, target, valid, is_index).to(dtype)
+        weights = self.class_weights(counts, dtype)
+        return None if weights is None else sample_weights(weights, target, valid, is_index)
 
     def posthoc_logits(self, x: Tensor) -> Tensor | None:
         """Post-hoc logit adjustment ``z - log(pi^tau + 1e-12)``, when the term is set for it."""

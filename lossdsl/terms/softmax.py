@@ -13,6 +13,7 @@ from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
 from ..catalogue.longtail import LDAM, ClassBalanced, LogitAdjust, Seesaw
 from ..functional.likelihoods import ce
+from ..functional.longtail import sample_weights
 from ..functional.plan import ModulateStep, SampleWeightStep, compute_dtype
 from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
 from ..functional.targets import zero_ignored
@@ -28,7 +29,7 @@ class SoftmaxInputs(TermInputs):
     is_index: bool
     valid: Tensor | None  # bool [N, d1, ...] for index targets; None when none is ignored
     positives: Tensor | int | None  # valid positions (pos_mean only)
-    sample_weight: Tensor | None = None  # class_balanced's weight per position, set in compute
+    class_balance: Tensor | None = None  # class_balanced's weight per class [C], set in compute
 
 
 class SoftmaxTerm(TermModule):
@@ -142,12 +143,13 @@ class SoftmaxTerm(TermModule):
             return None  # (logits a long-tail node shifts are this term's own)
         return inputs.shared.log_softmax(x, self.ignore_index, inputs.valid is not None)
 
-    def plain_ce(self, inputs: SoftmaxInputs, reduction: str) -> Tensor:
+    def plain_ce(self, inputs: SoftmaxInputs, reduction: str, weight: Tensor | None = None) -> Tensor:
         """ce without blocks: torch's fused kernel (ignored positions give 0); from the shared
         log-probabilities when there are some (log_softmax of log-probabilities is themselves, so
-        cross_entropy of them is the same loss; without smoothing nll_loss skips that pass)."""
+        cross_entropy of them is the same loss; without smoothing nll_loss skips that pass).
+        ``weight``: class weights instead of ce's own (class_balanced's, ``compute``)."""
         x = self.sanitised(inputs)
-        weight = self.class_weight(inputs.x)
+        weight = self.class_weight(inputs.x) if weight is None else weight
         log_p = self.shared_log_p(inputs, x)
         # ignore_index selects among class indices; torch refuses it (any but its default) with
         # probability targets, which have nothing to ignore.
@@ -162,11 +164,14 @@ class SoftmaxTerm(TermModule):
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
         if not self.plan.steps:
             return self.plain_ce(inputs, "none")
+        weights = None
+        if inputs.class_balance is not None:  # class_balanced's weight of each position
+            weights = sample_weights(inputs.class_balance, inputs.target, inputs.valid, inputs.is_index)
         if self.only_weighs_samples:  # class_balanced(ce()): torch's fused ce, then the weights
-            return self.plain_ce(inputs, "none") * inputs.sample_weight
+            return self.plain_ce(inputs, "none") * weights
         alphas = tuple(self.constant(name, inputs.x) for name in self.alpha_names)
-        if inputs.sample_weight is not None:  # the last constant (functional.plan.SampleWeightStep)
-            alphas = alphas + (inputs.sample_weight,)
+        if weights is not None:  # the last constant (functional.plan.SampleWeightStep)
+            alphas = alphas + (weights,)
         log_p = self.shared_log_p(inputs, self.sanitised(inputs)) if self.shared_log_softmax else None
         return softmax_term_elementwise(
             inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, self.class_weight(inputs.x),
@@ -191,8 +196,7 @@ class SoftmaxTerm(TermModule):
         frequency = self.frequency
         counts = frequency.counts(inputs.target, inputs.valid, inputs.is_index, inputs.x.shape[1], inputs)
         x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts)
-        weight = frequency.sample_weight(inputs.target, inputs.valid, inputs.is_index, counts, x.dtype)
-        return dataclasses.replace(inputs, x=x, sample_weight=weight)
+        return dataclasses.replace(inputs, x=x, class_balance=frequency.class_weights(counts, x.dtype))
 
     def predict(self, logits: Tensor) -> Tensor:
         """Class probabilities: ``softmax(z)``, or with post-hoc logit adjustment
@@ -205,8 +209,12 @@ class SoftmaxTerm(TermModule):
         if self.frequency is not None:
             inputs = self.with_class_frequency(inputs)
         plain = len(self.plan.steps) == 0 and inputs.weight is None  # (dynamo cannot trace `not tuple`)
-        if plain and self.reduction != "none":  # torch's kernel sums for us
-            total = self.plain_ce(inputs, "sum")
+        # class_balanced(ce()) on class indices: sum_i w_(y_i) ce_i is torch's class-weighted
+        # cross-entropy summed, one fused kernel (the mean still divides by the positions' count).
+        balanced = (self.only_weighs_samples and inputs.is_index and inputs.weight is None
+                    and self.smoothing == 0 and self.weight is None)
+        if (plain or balanced) and self.reduction != "none":  # torch's kernel sums for us
+            total = self.plain_ce(inputs, "sum", inputs.class_balance if balanced else None)
             return self.reduce_sum(total, inputs, batch_size=inputs.x.shape[0],
                                    count=self.mean_count(inputs), positives=inputs.positives)
         loss = self.elementwise(inputs)
