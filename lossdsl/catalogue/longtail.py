@@ -21,13 +21,12 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, Strict, model_validator
 
-from .base import Child, Flag, IgnoreIndex, LossNode, NonNegative, described, register
+from .base import Child, Flag, IgnoreIndex, LossNode, NonNegative, Number, described, register
 from .counts import COUNTS_DESCRIPTION, ONLINE, Counts
 from .likelihoods import CE
 from .modifiers import Modifier, walk
 
 PositiveNumber = Annotated[float, Strict(), Field(gt=0)]
-Number = Annotated[float, Strict()]
 CountsParameter = described(Counts, COUNTS_DESCRIPTION)
 
 _INDEX_TARGETS = "integer class indices [N, d1, ...] (ignore_index masked)"
@@ -37,7 +36,7 @@ _INDEX_TARGETS = "integer class indices [N, d1, ...] (ignore_index masked)"
 CATEGORY = "longtail"
 
 
-def _logit_transforms(node: LossNode) -> list[str]:
+def _logit_shifts(node: LossNode) -> list[str]:
     """The names in ``node`` (expanded) that change the softmax's logits."""
     return [inner.kind_name() for inner in walk(node.expand()) if getattr(inner, "shifts_logits", False)]
 
@@ -84,7 +83,7 @@ class LogitAdjust(Modifier):
                 "compete in the softmax on balanced terms; on a sigmoid head no class competes with "
                 "another (for a sigmoid loss use class_balanced, or the softmax head)"
             )
-        inner = _logit_transforms(self.loss)
+        inner = _logit_shifts(self.loss)
         if inner:
             raise ValueError(
                 f"a term holds one logit shift, and {inner[0]}() inside already shifts the logits; "
@@ -275,5 +274,3 @@ class EQLv2(LossNode):
     def head(self) -> str:
         return "sigmoid"
 
-
-LOGIT_SHIFTS = (LogitAdjust, LDAM, Seesaw)
