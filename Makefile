@@ -28,6 +28,7 @@ demo: venv
 	$(PY) examples/train.py examples/tagging.yaml
 	$(PY) examples/train_segmentation.py
 	$(PY) examples/train_distillation.py
+	$(PY) examples/train_longtail.py
 
 test: venv
 	$(PY) -m pytest -q

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from .catalogue.counts import names_a_file
 from .document import find_loss_key, loss_in_document
 from .errors import LossConfigError, LossDSLError
 from .interpolation import select_config
@@ -39,7 +40,10 @@ def parse(expression: str) -> LossSpec:
     # is wrong, not raise "unhashable type: 'list'".
     if not isinstance(expression, str):
         raise LossConfigError(f"parse() expects an expression string, got {type(expression).__name__}")
-    return _parse_cached(expression)
+    spec = _parse_cached(expression)
+    if names_a_file(spec):  # a counts file read from disk: read it again, it may have changed
+        return build_spec(parse_text(expression))
+    return spec
 
 
 @functools.lru_cache(maxsize=512)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .catalogue.boxes import DFL, BoxLoss
 from .catalogue.detection import Varifocal
+from .catalogue.longtail import EQLv2
 from .catalogue.multitask import MultiTask
 from .catalogue.region import RegionLoss
 from .errors import LossConfigError
@@ -100,11 +101,13 @@ def sync(device: str | torch.device) -> None:
 def time_pair(
     first: Loss, second: Loss, x: torch.Tensor, y: Any, repeat: int, device: str | torch.device, *,
     second_target: Any = None, warmup: int = 2, min_seconds: float = 0.0, max_repeat: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, float]:
     """Median milliseconds of forward+backward of both losses, interleaved so that machine noise hits
     both alike. ``repeat`` timed runs each, or more until both have run ``min_seconds`` (at most
-    ``max_repeat``). ``second_target``: the second loss's target, when it takes another one."""
+    ``max_repeat``). ``second_target``: the second loss's target, when it takes another one.
+    ``clock``: wall time by default; ``time.thread_time`` counts only this thread's CPU time, steadier
+    on a shared machine when torch runs on one thread (the CPU work then stays on this thread)."""
     other = y if second_target is None else second_target
     for index in range(warmup):
         if progress:
@@ -128,10 +131,10 @@ def time_pair(
             progress("timing", index, repeat)
         for loss, target, times in ((first, y, first_times), (second, other, second_times)):
             sync(device)
-            start = time.perf_counter()
+            start = clock()
             step(loss, x, target)
             sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
+            times.append((clock() - start) * 1e3)
     return statistics.median(first_times), statistics.median(second_times)
 
 
@@ -291,6 +294,13 @@ def workload(spec: LossSpec, shape: tuple[int, ...], device: str, seed: int = 0)
         target = put(torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator))
         return Workload(x, target, f"class indices {[shape[0], *shape[2:]]}", "logits", "F.cross_entropy",
                         F.cross_entropy, target, "softmax head: the fused cross-entropy on the same input")
+    if any(isinstance(term.loss, EQLv2) for term in spec.expand().terms):
+        # eqlv2 reads class indices 0..C-1, the last channel the background (a detector's RoIs)
+        index = put(torch.randint(0, shape[1], (shape[0],), generator=generator))
+        return Workload(x, index, f"class indices [{shape[0]}] (label {shape[1] - 1}: the background)",
+                        "logits", "F.binary_cross_entropy_with_logits",
+                        F.binary_cross_entropy_with_logits, F.one_hot(index, shape[1]).to(x.dtype),
+                        "eqlv2: the fused binary cross-entropy on the same labels, one-hot")
     if region:
         target = put((torch.rand(*shape, generator=generator) < 0.3).float())
         text = f"masks {list(shape)} (30% foreground)"

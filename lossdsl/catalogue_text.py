@@ -23,6 +23,7 @@ CATEGORIES = [
     ("regression", "regression losses"),
     ("modifier", "blocks (wrap a loss with a probability p_t)"),
     ("named", "named losses (each exactly its expansion)"),
+    ("longtail", "long-tail losses (class frequency: per-class counts n_j, prior pi_j = n_j / sum n)"),
     ("region", "region losses (segmentation: whole masks per sample and class; no block wraps them)"),
     ("distillation", "distillation (reads the teacher's logits at call time: teacher=)"),
     ("deep", "deep supervision (a list of predictions at decreasing resolution)"),
@@ -114,9 +115,9 @@ def explanation(name: str) -> dict[str, Any]:
     cls = lookup(name)
     example = example_of(cls)
     expands = None
-    if example is not None and cls.category in ("named", "region"):
+    if example is not None and cls.category in ("named", "region", "longtail"):
         expanded = example.expand()
-        if expanded is not example:
+        if expanded != example:  # (a block's expansion is itself)
             expands = node_to_expr(expanded, full=True)
     return {
         "name": name, "category": cls.category, "summary": summary_of(cls), "paper": cls.paper,

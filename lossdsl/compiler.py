@@ -9,6 +9,7 @@ from .catalogue.deep import Deep
 from .catalogue.detection import Varifocal
 from .catalogue.distillation import KD
 from .catalogue.likelihoods import BCE, CE
+from .catalogue.longtail import LDAM, ClassBalanced, EQLv2, Seesaw
 from .catalogue.modifiers import Modifier
 from .catalogue.multitask import MultiTask
 from .catalogue.named import ZLPR
@@ -25,6 +26,7 @@ from .terms.base import TermModule
 from .terms.boxes import BoxTerm, DFLTerm
 from .terms.distillation import KDTerm
 from .terms.element import ElementTerm
+from .terms.longtail import ClassBalancedSigmoidTerm, EQLv2Term
 from .terms.region import RegionTerm
 from .terms.regression import RegressionTerm
 from .terms.sigmoid import SigmoidTerm
@@ -76,10 +78,14 @@ def compile_term(term: Term, label: str, check_values: CheckMode, distributed: b
     base, blocks = _unwrap(term.loss)
     if isinstance(base, Varifocal):  # bce with VarifocalNet's weight: the sigmoid kernel computes it
         return SigmoidTerm(term, label, check_values, BCE(), (base,), synchronise=distributed)
+    if isinstance(base, BCE) and any(isinstance(block, ClassBalanced) for block in blocks):
+        return ClassBalancedSigmoidTerm(term, label, check_values, base, blocks, synchronise=distributed)
     if isinstance(base, BCE):
         return SigmoidTerm(term, label, check_values, base, blocks, synchronise=distributed)
-    if isinstance(base, CE):
+    if isinstance(base, (CE, LDAM, Seesaw)):  # ldam and seesaw: ce on logits they shift
         return SoftmaxTerm(term, label, check_values, base, blocks, distributed)
+    if isinstance(base, EQLv2):
+        return EQLv2Term(term, label, check_values, distributed)
     if blocks:  # the validator already refuses this; kept as a guard for plug-ins
         raise LossSpecError(f"{blocks[-1].kind_name()}() needs a loss with a probability")
     if isinstance(base, RegionLoss):

@@ -18,6 +18,9 @@ _STATE_NOTES = {
     "log_variance": "uncertainty: log-variance s of the task, starts at 0",
     "scale": "uncertainty (positive form): c of the task, starts at 1",
     "clock": "the schedules' clock: the epoch (set_epoch) and the training steps so far",
+    "class_counts": "class counts (online, seesaw), sized by the first training call",
+    "pos_grad": "eqlv2: positive gradient statistics per class (training mode)",
+    "neg_grad": "eqlv2: negative gradient statistics per class (training mode)",
 }
 
 

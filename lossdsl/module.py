@@ -22,6 +22,7 @@ from .clock import Clock
 from .errors import LossConfigError, LossInputError
 from .functional.schedules import schedule_value
 from .running import check_loaded_statistics
+from .prediction import class_scores
 from .spec import LossSpec
 from .state_updates import StateUpdates
 from .terms.base import TermModule, is_compiling, shape_of
@@ -357,6 +358,11 @@ class CompiledLoss(LossModule):
             else:
                 updates.defer(lambda: setattr(self, "last_terms", logged))
         return total
+
+    def predict(self, logits: Tensor) -> Tensor:
+        """Class scores at test time, as the loss's references define them (lossdsl.prediction):
+        the head's softmax or sigmoid, or a term's own (post-hoc logit adjustment, EQLv2's)."""
+        return class_scores(self.terms, logits)
 
     def _check_same_shapes(self, prepared: list[Any]) -> None:
         pairs = [(term, term.unreduced_shape(inputs)) for term, inputs in zip(self.terms, prepared)

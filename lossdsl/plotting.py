@@ -29,6 +29,7 @@ from .catalogue.boxes import DFL, BoxLoss
 from .catalogue.modifiers import Density
 from .catalogue.region import RegionLoss
 from .catalogue.schedules import spec_schedules
+from .class_curves import class_curves, per_class_nodes
 from .errors import LossConfigError, LossSpecError, MissingDependencyError
 from .plotting_schedules import NOTE as SCHEDULE_NOTE
 from .plotting_schedules import add_schedule_panels
@@ -128,8 +129,16 @@ def build_figure(loss: Any, sweep: Any = None, **options: Any) -> tuple[Any, int
             "(against p_t) in one figure; plot them separately"
         )
     batch = options.pop("batch", None)
+    long_title = False
     if kinds == {"region"}:
         curves = [region_curves(spec, label) for label, spec in variants]
+    elif kinds == {"classes"}:
+        long_title = True
+        curves = [Curves(curve.label, "classes", torch.arange(len(curve.counts)).float(),
+                         (curve.values.float(), curve.counts.float()), None,
+                         ("per class j, as the counts n_j are given (under the axis)",))
+                  for label, spec in variants
+                  for curve in class_curves(spec, label if len(variants) > 1 else "")]
     else:
         curves = [loss_curves(spec, label, classes=options.get("classes"), batch=batch)
                   for label, spec in variants]
@@ -138,6 +147,8 @@ def build_figure(loss: Any, sweep: Any = None, **options: Any) -> tuple[Any, int
         first = sources[0] if isinstance(sources[0], str) else specs[0].to_expr()
         sweep_text = sweep if isinstance(sweep, str) else (f"{sweep[0]}" if sweep else "")
         title = first + (f"  (sweep {sweep_text})" if sweep else "")
+    if long_title and title:  # the counts make long expressions
+        title = textwrap.fill(title, 90)
     scheduled = ax is None and any(spec_schedules(spec) for _, spec in variants)
     if scheduled:  # the loss is drawn at epoch 0; the schedules' course goes in a panel below
         curves[0].notes = (*curves[0].notes, SCHEDULE_NOTE)
@@ -187,6 +198,8 @@ def _kind(spec: LossSpec, label: str) -> str:
         raise LossSpecError(f"{label} applies {inner} at every scale of a list of predictions; plot {inner}")
     if any(isinstance(t.loss, RegionLoss) for t in terms):
         return "region"
+    if per_class_nodes(spec):  # logit_adjust, ldam, class_balanced: their values per class
+        return "classes"
     for term in terms:
         node = term.loss
         if isinstance(node, BoxLoss):
@@ -464,7 +477,18 @@ def _draw(figure_class: Any, curves: Sequence[Curves], title: str | None, ax: An
         if title or notes:
             ax.set_title("\n".join(([title] if title else []) + notes), fontsize=8)
         return figure
-    if region:
+    if curves[0].kind == "classes":  # long-tail names: a value per class, the counts under the axis
+        figure = figure_class(figsize=(7, 5.5))
+        ax = figure.add_subplot(1, 1, 1)
+        for curve in curves:
+            ax.plot(curve.x, curve.positive[0], marker="o", label=curve.label)
+        counts = curves[0].positive[1]
+        ax.set_xticks(curves[0].x.tolist(), [f"{j}\n{n:g}" for j, n in enumerate(counts.tolist())], fontsize=7)
+        ax.set_xlabel("class j, and its count n_j")
+        ax.set_ylabel("per-class value")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    elif region:
         figure = figure_class(figsize=(7, 5.5))
         ax = figure.add_subplot(1, 1, 1)
         _draw_single(ax, curves, region, log_y)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class StateUpdates:
@@ -23,11 +23,18 @@ class StateUpdates:
     def __init__(self) -> None:
         self._staged: list[tuple[Tensor, Tensor]] = []
         self._deferred: list[Callable[[], None]] = []
+        self._sized: list[tuple[nn.Module, str, Tensor]] = []
 
     def stage(self, buffer: Tensor, value: Tensor) -> None:
         """Remember that ``buffer`` takes ``value`` (detached) when the call succeeds. A buffer
         staged twice in one call takes the later value."""
         self._staged.append((buffer, value.detach()))
+
+    def stage_sized(self, module: nn.Module, name: str, value: Tensor) -> None:
+        """Remember that ``module``'s buffer ``name`` takes ``value``, and its shape when the two
+        differ: class statistics are empty until the first call tells how many classes there are.
+        A buffer is only ever replaced while it is empty; after that it is copied into as any."""
+        self._sized.append((module, name, value.detach()))
 
     def defer(self, action: Callable[[], None]) -> None:
         """Run ``action`` at the commit, after the buffers are copied (for state kept in Python
@@ -40,13 +47,20 @@ class StateUpdates:
         with torch.no_grad():
             for buffer, value in self._staged:
                 buffer.copy_(value)
+            for module, name, value in self._sized:
+                buffer = module._buffers[name]
+                if buffer.shape == value.shape:
+                    buffer.copy_(value)
+                else:
+                    module._buffers[name] = value.to(buffer.dtype).clone()
         for action in self._deferred:
             action()
         self.discard()
 
     def discard(self) -> None:
         self._staged.clear()
+        self._sized.clear()
         self._deferred.clear()
 
     def __len__(self) -> int:
-        return len(self._staged)
+        return len(self._staged) + len(self._sized)

@@ -17,12 +17,14 @@ loss, the parameter, the allowed range or type, and the closest valid spelling.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from pydantic import ValidationError
 
 from .catalogue import base as catalogue_base
 from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, NodeArgumentsError, lookup
+from .catalogue.counts import files_read_from
 from .catalogue.spellings import unknown_loss_hint
 from .catalogue.multitask import nesting_problem
 from .catalogue.schedules import (
@@ -437,7 +439,8 @@ class _Walker:
             # 'loss'" would only repeat the child's problem).
             raise _Skipped()
         try:
-            node = cls.model_validate(params)
+            with files_read_from(_folder_of(item)):
+                node = cls.model_validate(params)
         except ValidationError as exc:
             if self.problems is None:
                 raise self._translate(cls, _field_errors(exc), item, path) from None
@@ -795,6 +798,13 @@ def _is_hydra_node(value: dict[str, Located]) -> bool:
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _folder_of(item: Located) -> str | None:
+    """The folder of the YAML file a node was written in (a counts file's relative path is read from
+    there: catalogue.counts), or None (the working directory: an expression, stdin, a mapping)."""
+    filename = item.location.filename if item.location is not None else None
+    return os.path.dirname(filename) if filename and not filename.startswith("<") else None
 
 
 def _navigate(item: Located, loc: list[Any], path: str) -> tuple[Located | None, str]:

@@ -89,6 +89,13 @@ CASES = {
         "poly(modulate(ce(), gamma_pos=2, gamma_neg=0), eps=[1, 0.5]) + ce(smoothing=0.1)",
         probability_targets,
     ),
+    # long-tail names (one graph for both heads): running counts and statistics sized by the first
+    # call, logit shifts, sample weights
+    "longtail": (
+        "balanced_softmax() + 0.5 * seesaw() + class_balanced(ldam(counts=[5, 4, 3, 2, 1], s=5), beta=0.9) "
+        "+ class_balanced(focal(), beta=0.99) + eqlv2()",
+        softmax_index_targets,
+    ),
 }
 
 

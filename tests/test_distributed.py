@@ -97,11 +97,92 @@ def run_steps(rank: int, world: int, distributed: bool) -> dict:
         averages.append(torch.stack([loss.kpi_average[task] for task in ("seg", "tags")]))
         weights.append(torch.stack([loss.last_terms["seg.weight"], loss.last_terms["tags.weight"]]))
     results["dtp"] = {"averages": torch.stack(averages), "weights": torch.stack(weights), "calls": calls}
+    results["longtail"] = longtail_steps(rank, world, distributed)
+    results["longtail_ddp"] = longtail_ddp_steps(rank, world, distributed, inside_ddp=True)
+    results["longtail_ddp_outside"] = longtail_ddp_steps(rank, world, distributed, inside_ddp=False)
     results["pos_mean"] = pos_mean_steps(rank, world, distributed)
     results["uncertainty"] = uncertainty_steps(rank, world, distributed, inside_ddp=False)
     if world > 1:
         results["uncertainty_ddp"] = uncertainty_steps(rank, world, distributed, inside_ddp=True)
     return results
+
+
+# Long-tail losses: online counts, seesaw's counts and EQLv2's gradient statistics (SPEC 4b).
+LONGTAIL_EXPRS = {
+    "balanced_softmax": "balanced_softmax(reduction=sum)",
+    "seesaw": "seesaw(reduction=sum)",
+    "class_balanced_sigmoid": "class_balanced(focal(), beta=0.99, reduction=sum)",
+    "eqlv2": "eqlv2(reduction=sum)",
+}
+LONGTAIL_SUM = "balanced_softmax() + 0.5 * seesaw() + class_balanced(focal(), beta=0.99) + eqlv2()"
+
+
+def longtail_batch(step):
+    """Long-tailed labels 0..4 (4 is also EQLv2's background), unevenly split between the halves."""
+    generator = torch.Generator().manual_seed(60 + step)
+    features = torch.randn(16, 3, generator=generator)
+    logits = 3 * torch.randn(16, 5, generator=generator)
+    target = torch.multinomial(torch.tensor([8.0, 4, 2, 1, 6]), 16, replacement=True, generator=generator)
+    target[:4] = 0  # the first half holds more of the frequent class
+    return features, logits, target
+
+
+def longtail_steps(rank: int, world: int, distributed: bool) -> dict:
+    results = {}
+    for name, expr in LONGTAIL_EXPRS.items():
+        loss = lossdsl.compile(expr, distributed=distributed)
+        losses, states, calls = [], [], []
+        for step in range(STEPS):
+            _, x, y = longtail_batch(step)
+            before = len(ALL_REDUCE_CALLS)
+            losses.append(loss(half(x, rank, world), half(y, rank, world)).detach())
+            calls.append(len(ALL_REDUCE_CALLS) - before)
+            states.append({key: value.clone() for key, value in loss.state_dict().items()})
+        loss.eval()  # no collective and no update in eval mode
+        before = len(ALL_REDUCE_CALLS)
+        loss(half(x, rank, world), half(y, rank, world))
+        results[name] = {"losses": torch.stack(losses), "states": states, "calls": calls,
+                         "eval_calls": len(ALL_REDUCE_CALLS) - before,
+                         "after_eval": {key: value.clone() for key, value in loss.state_dict().items()}}
+    return results
+
+
+class LongTailModel(torch.nn.Module):
+    """A linear classifier that returns its loss (the loss inside the DDP-wrapped module)."""
+
+    def __init__(self, distributed: bool) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 5)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.linspace(-1, 1, 15).reshape(5, 3))
+            self.linear.bias.zero_()
+        self.loss = lossdsl.compile(LONGTAIL_SUM, distributed=distributed)
+
+    def forward(self, features, target):
+        return self.loss(self.linear(features), target)
+
+
+def longtail_ddp_steps(rank: int, world: int, distributed: bool, inside_ddp: bool) -> dict:
+    """SGD on a linear layer with the long-tail losses, the loss inside the DDP-wrapped module (DDP
+    broadcasts rank 0's buffers before each forward) or outside it."""
+    model = LongTailModel(distributed)
+    wrap = torch.nn.parallel.DistributedDataParallel if world > 1 else (lambda module: module)
+    if inside_ddp:
+        ddp = wrap(model)
+        step_loss = ddp
+    else:
+        ddp = wrap(model.linear)
+        step_loss = lambda features, target: model.loss(ddp(features), target)  # noqa: E731
+    optimizer = torch.optim.SGD(model.linear.parameters(), lr=0.1)
+    weights, states = [], []
+    for step in range(STEPS):
+        features, _, target = longtail_batch(step)
+        optimizer.zero_grad()
+        step_loss(half(features, rank, world), half(target, rank, world)).backward()
+        optimizer.step()
+        weights.append(model.linear.weight.detach().clone())
+        states.append({key: value.clone() for key, value in model.loss.state_dict().items()})
+    return {"weights": torch.stack(weights), "states": states}
 
 
 def pos_mean_batch(step):
@@ -338,6 +419,58 @@ def test_dtp_without_distributed_averages_each_processs_own_indicators(per_proce
     assert not torch.allclose(second, single_process["dtp"]["averages"])
     assert not torch.allclose(first, second)
     assert all(results["local"]["dtp"]["calls"] == [0] * STEPS for results in per_process)
+
+
+# --------------------------------------------------------------------------------------------------
+# long-tail losses
+
+
+def assert_same_states(first, second, **tolerance):
+    assert [sorted(state) for state in first] == [sorted(state) for state in second]
+    for left, right in zip(first, second):
+        for key in left:
+            torch.testing.assert_close(left[key], right[key], **tolerance, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("scenario", LONGTAIL_EXPRS)
+def test_longtail_losses_of_the_processes_add_up_to_the_single_process_loss(per_process, single_process, scenario):
+    summed = sum(results["synchronised"]["longtail"][scenario]["losses"] for results in per_process)
+    torch.testing.assert_close(summed, single_process["longtail"][scenario]["losses"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scenario", LONGTAIL_EXPRS)
+def test_longtail_statistics_of_every_process_equal_the_single_process_ones(per_process, single_process, scenario):
+    for results in per_process:
+        assert_same_states(results["synchronised"]["longtail"][scenario]["states"],
+                           single_process["longtail"][scenario]["states"], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("scenario", LONGTAIL_EXPRS)
+def test_longtail_statistics_are_summed_with_one_all_reduce_per_training_call_and_none_in_eval(per_process, scenario):
+    for results in per_process:
+        assert results["synchronised"]["longtail"][scenario]["calls"] == [1] * STEPS
+        assert results["synchronised"]["longtail"][scenario]["eval_calls"] == 0
+        assert_same_states([results["synchronised"]["longtail"][scenario]["after_eval"]],
+                           results["synchronised"]["longtail"][scenario]["states"][-1:], rtol=0, atol=0)
+
+
+def test_longtail_statistics_without_distributed_are_each_processs_own(per_process, single_process):
+    first, second = (results["local"]["longtail"]["seesaw"]["states"][-1] for results in per_process)
+    assert not torch.equal(first["terms.0.frequency.class_counts"], second["terms.0.frequency.class_counts"])
+    assert all(results["local"]["longtail"]["seesaw"]["calls"] == [0] * STEPS for results in per_process)
+
+
+@pytest.mark.parametrize("scenario", ["longtail_ddp", "longtail_ddp_outside"])
+def test_longtail_training_under_ddp_equals_one_process_and_the_buffer_broadcast_changes_nothing(
+    per_process, single_process, scenario
+):
+    """Inside the DDP-wrapped module DDP broadcasts rank 0's buffers before each forward: every rank
+    holds the summed statistics already, so nothing is overwritten that would differ."""
+    for results in per_process:
+        torch.testing.assert_close(results["synchronised"][scenario]["weights"],
+                                   single_process["longtail_ddp"]["weights"], rtol=1e-5, atol=1e-6)
+        assert_same_states(results["synchronised"][scenario]["states"],
+                           single_process["longtail_ddp"]["states"], rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------

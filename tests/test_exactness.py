@@ -16,6 +16,7 @@ import math
 
 import pytest
 import reference as ref
+import reference_longtail as lt
 import test_box_functional as boxes_ref
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,9 @@ SIGMOID = {
     "varifocal(alpha=0.5, gamma=1.5, iou_weighted=false)": lambda x, y: ref.varifocal(x, y, 0.5, 1.5, False),
     "ghm(bins=7)": lambda x, y: ref.bce(x, y) * ref.ghm_weights(x, y, 7),
     "density(focal(), bins=5)": lambda x, y: ref.focal(x, y) * ref.ghm_weights(x, y, 5),
+    # the class weight of a soft row is the target-weighted mean of its classes', without gradient
+    "class_balanced(focal(), beta=0.9, counts=[3, 1, 2, 5, 4])":
+        lambda x, y: ref.focal(x, y) * _class_balanced_row(y.detach(), 0.9),
 }
 
 # softmax head with probability targets (y shaped like x): per-position reference
@@ -68,6 +72,21 @@ SOFTMAX = {
     "poly(ce(smoothing=0.1), eps=1)":
         lambda x, y: ref.ce(x, y, 0.1) + (1 - (ref.softmax_target(x, y, 0.1) * x.softmax(1)).sum(1)),
     "balance(ce(), alpha=0.5)": lambda x, y: 0.5 * ref.ce(x, y),
+    "logit_adjust(ce(), tau=0.5, counts=[3, 1, 2, 5, 4])":
+        lambda x, y: ref.ce(x + torch.log(lt.prior(LONG_TAIL) ** 0.5 + 1e-12), y),
+    "balanced_softmax(counts=[3, 1, 2, 5, 4])": lambda x, y: ref.ce(x + torch.log(lt.prior(LONG_TAIL) + 1e-12), y),
+    "class_balanced(ce(), beta=0.9, counts=[3, 1, 2, 5, 4])":
+        lambda x, y: ref.ce(x, y) * _class_balanced_row(y.detach(), 0.9).squeeze(1),
+}
+
+# class-index targets only (t [N] for logits [N, C]): per-position reference(x, t)
+INDEX = {
+    "ldam(counts=[3, 1, 2, 5, 4], max_m=0.4, s=5)": lambda x, t: lt.ldam_loss(x, t, LONG_TAIL, 0.4, 5.0),
+    # (q = 0: the compensation reads the scores without gradient, which gradcheck cannot follow)
+    "seesaw(p=0.8, q=0)": lambda x, t: lt.seesaw_ce_loss(
+        x, t, torch.bincount(t, minlength=x.shape[1]).double(), 0.8, 0.0, 0.01),
+    "eqlv2()": lambda x, t: F.binary_cross_entropy_with_logits(
+        x, F.one_hot(t, x.shape[1]).to(x.dtype), reduction="none").sum(1),
 }
 
 OTHER = {  # expr -> reference
@@ -92,6 +111,7 @@ REGION = {  # softmax head, soft targets [N, C, H, W]; reduction=none gives [N, 
     "lovasz()": ref.lovasz_softmax,
 }
 OTHER.update(REGION)
+OTHER.update(INDEX)
 
 MULTITASK = [
     "{a: focal(), b: 0.5 * mse()}",
@@ -118,6 +138,15 @@ def _own_call(expr: str):
 
     return ((_logits((2, 3, 4, 4)), _logits((2, 3, 2, 2))), lambda loss, a, b: loss([a, b], y),
             lambda a, b: inner(a, y) + 0.5 * inner(b, small))
+
+
+LONG_TAIL = [3, 1, 2, 5, 4]
+
+
+def _class_balanced_row(y, beta):
+    """Cui et al.'s weights (tests/reference_longtail.py), a row's the target-weighted mean: [N, 1]."""
+    weights = lt.class_balanced_weights(LONG_TAIL, beta).to(y.dtype)
+    return ((y * weights).sum(1) / y.sum(1)).unsqueeze(1)
 
 
 def _none(expr: str) -> str:
@@ -147,6 +176,9 @@ def _inputs(expr: str, shape=(6, 5), scale=3.0, dtype=torch.float64):
     if expr in REGION:  # masks [N, C, 3, 4] with soft targets (every class present)
         x = _logits((shape[0], shape[1], 3, 4), scale, dtype)
         return x, torch.softmax(torch.randn(x.shape, dtype=dtype), 1).requires_grad_(True)
+    if expr in INDEX:  # class indices of every class
+        target = torch.randint(0, shape[1], (shape[0],), generator=generator)
+        return _logits(shape, scale, dtype), target
     if expr == "dfl()":  # n = 7 distances; mmdetection's reference fails at y = n itself
         target = torch.rand(shape[0], generator=generator, dtype=dtype) * 7
         target[0], target[-1] = 0.01, 6.99  # DFL has a kink at integers: probe beside them
@@ -212,6 +244,8 @@ def test_gradcheck_in_float64_for_logits_and_soft_targets(expr):
     x, y = _inputs(expr, (4, 5), scale=2.0)
     if expr.startswith("varifocal"):  # its weight jumps at y = 0: finite differences in y cross it
         y = y.detach()
+    if expr.startswith("class_balanced"):  # its class weight gives a soft target no gradient, by
+        y = y.detach()                     # definition (tests/test_longtail.py checks that gradient)
     inputs = (x, y) if y.requires_grad else (x,)
     function = (lambda a, b: loss(a, b)) if y.requires_grad else (lambda a: loss(a, y))
     assert torch_gradcheck(function, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -321,7 +355,7 @@ def test_a_confident_positive_at_15_costs_3e_7_not_0():
 LIKELIHOODS = {"bce()", "bce(pos_weight=2, smoothing=0.1)", "clip(bce(), margin=0.1)", "balance(bce(), alpha=0.3)"}
 
 
-@pytest.mark.parametrize("expr", [e for e in SIGMOID if not e.startswith(("ghm", "density"))])
+@pytest.mark.parametrize("expr", [e for e in SIGMOID if not e.startswith(("ghm", "density", "class_balanced"))])
 def test_sigmoid_losses_are_exact_to_rounding_at_confident_logits(expr):
     """float32 against the float64 formula at |x| up to 88, for confident right and wrong answers.
     A likelihood is exact to rounding (a few ulps); a focusing power q^g = exp(g log q) adds the
@@ -391,6 +425,10 @@ IGNORING = [
     "poly(ce(ignore_index=255), eps=1)",
     "modulate(ce(ignore_index=255, smoothing=0.1), gamma_pos=2, gamma_neg=1)",
     "balance(poly(focal(head=softmax, ignore_index=255, alpha=[0.1, 0.2, 0.3, 0.4])), alpha=[0.5, 1, 0.25, 0.75])",
+    "logit_adjust(ce(ignore_index=255), counts=[1, 2, 3, 4])",
+    "ldam(counts=[1, 2, 3, 4], ignore_index=255, s=5)",
+    "class_balanced(focal(head=softmax, ignore_index=255), counts=[4, 3, 2, 1])",
+    "class_balanced(focal(ignore_index=255), beta=0.9, counts=[4, 3, 2, 1])",
 ]
 
 

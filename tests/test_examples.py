@@ -288,3 +288,22 @@ def test_train_distillation_compares_ce_with_kd_from_the_teachers_logits(capsys)
     rows = {line.strip().split("  ")[0]: float(line.split()[-1]) for line in out[2:]}
     assert set(rows) == set(distillation.DEFAULT_LOSSES)
     assert all(0 <= accuracy <= 1 for accuracy in rows.values())
+
+
+# -- the long-tail demo -------------------------------------------------------------------------------
+
+
+def test_train_longtail_prints_the_table_of_the_long_tail_papers(capsys):
+    """Shortened (one seed, a few steps): the table's rows and groups, not its accuracies."""
+    longtail = import_example("train_longtail")
+    assert longtail.main(["--seeds", "1", "--steps", "3", "--test-per-class", "10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("long-tailed digits: 242 training images, per class "
+                             "[100, 59, 35, 21, 12, 7, 4, 2, 1, 1] (imbalance ratio 100), 100 balanced")
+    assert out[2].split() == ["loss", "balanced", "many", "medium", "few", "time"]
+    labels = [label for label, _ in longtail.default_losses([1] * 10)]
+    assert [line[: len(label)] for line, label in zip(out[3:], labels)] == labels
+    assert len(out) == 3 + len(labels)
+    for line in out[3:]:
+        cells = line.rsplit("  ", 1)[0].split("+-")
+        assert len(cells) == 5  # four "mean +- spread" cells

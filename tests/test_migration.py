@@ -68,6 +68,7 @@ from test_detection import (
 )
 
 import lossdsl
+import reference_longtail as lt
 from lossdsl.state_updates import StateUpdates
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "migration.md"
@@ -1248,6 +1249,153 @@ def _(row):
 
 
 # --------------------------------------------------------------------------------------------------
+# long-tail losses: the papers' code and mmdetection's, written out in tests/reference_longtail.py
+
+
+def longtail_batch(n=32, c=5, seed=11, scale=2.0):
+    """Logits and long-tailed labels (every class present)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, c, generator=generator, dtype=torch.float64) * scale).requires_grad_(True)
+    t = torch.multinomial(torch.tensor([8.0, 4, 2, 1, 1][:c]), n, replacement=True, generator=generator)
+    return x, all_classes(t, c)
+
+
+def build_loss_fn(use_la_loss, base_probs, tau=1.0):
+    """google-research logit_adjustment/utils.py build_loss_fn, its TensorFlow written in torch."""
+    def loss_fn(labels, logits):
+        if use_la_loss:
+            logits = logits + torch.log((base_probs**tau + 1e-12).to(logits.dtype))
+        return F.cross_entropy(logits, labels, reduction="none").mean(dim=0)
+    return loss_fn
+
+
+LONGTAIL = {"build_loss_fn": build_loss_fn, "balanced_softmax_loss": lt.balanced_softmax_loss,
+            "LDAMLoss": lambda **options: (lambda x, t: lt.ldam_loss(x, t, reduction="mean", **options))}
+
+
+@check("longtail-logit-adjustment")
+def _(row):
+    exact(row)
+    x, t = longtail_batch()
+    loss_fn = their(row, LONGTAIL)
+    assert_same(lambda z: compiled(row)(z, t), lambda z: loss_fn(t, z), [x], F64)
+
+
+@check("longtail-logit-adjustment-posthoc")
+def _(row):
+    exact(row)
+    x, t = longtail_batch()
+    loss = compiled(row)
+    base_probs = torch.tensor([0.74, 0.18, 0.06, 0.015, 0.005], dtype=torch.float64)
+    adjusted = evaluate(row.theirs[0], logits=x.detach(), log=torch.log, base_probs=base_probs, tau=1.0)
+    torch.testing.assert_close(evaluate(row.ours[1], loss=loss, logits=x.detach()),
+                               torch.softmax(adjusted, dim=1), **F64)
+    assert_same(lambda z: loss(z, t), lambda z: F.cross_entropy(z, t), [x], F64)  # trains plain ce
+
+
+@check("longtail-balanced-softmax")
+def _(row):
+    exact(row)
+    x, t = longtail_batch()
+    assert_same(lambda z: compiled(row)(z, t), lambda z: their(row, LONGTAIL, labels=t, logits=z), [x],
+                {"rtol": 1e-9, "atol": 1e-10})
+
+
+@check("longtail-ldam")
+def _(row):
+    exact(row)
+    x, t = longtail_batch(scale=0.2)
+    assert_same(lambda z: compiled(row)(z, t), lambda z: their(row, LONGTAIL)(z, t), [x], F64)
+
+
+@check("longtail-ldam-drw")
+def _(row):
+    not_exact(row)
+    x, t = longtail_batch(scale=0.2)
+    counts = [500, 120, 40, 9, 2]
+    weights = lt.class_balanced_weights(counts, 0.9999)
+    theirs = lambda z: lt.ldam_loss(z, t, counts, 0.5, 30.0, weight=weights, reduction="mean")  # noqa: E731
+    assert_same(lambda z: compiled(row)(z, t) / evaluate(row.ours[1], w=weights, t=t), theirs, [x], F64)
+    mean = lossdsl.compile(row.ours[0].replace(", reduction=sum", ""))
+    assert_differ(mean(x, t), theirs(x))
+
+
+CUI = {"softmax": lambda x, t, w, gamma: lt.cui_softmax_loss(x, t, w),
+       "sigmoid": lambda x, t, w, gamma: lt.cui_sigmoid_loss(x, t, w),
+       "focal": lambda x, t, w, gamma: lt.cui_focal_loss(x, t, w, gamma)}
+
+
+@check("longtail-cui-softmax")
+@check("longtail-cui-sigmoid")
+@check("longtail-cui-focal")
+def _(row):
+    exact(row)
+    options = keywords(row.theirs[0])
+    x, t = longtail_batch()
+    weights = lt.class_balanced_weights([500, 120, 40, 9, 2], options["beta"])
+    reference = CUI[options["loss_type"]]
+    assert_same(lambda z: compiled(row)(z, t), lambda z: reference(z, t, weights, options.get("gamma")),
+                [x], F64)
+
+
+@check("longtail-seesaw")
+def _(row):
+    exact(row)
+    loss, reference = compiled(row), lt.SeesawLoss(5, 0.8, 2.0, 1e-2)
+    for step in range(3):
+        x, t = longtail_batch(seed=step)
+        counts = reference.cum_samples.clone()
+        assert_same(lambda z: loss(z, t), lambda z: reference(z, t).mean(), [x], F64)
+        reference.cum_samples = counts
+        reference(x.detach(), t)  # count this batch once
+        torch.testing.assert_close(loss.terms[0].frequency.class_counts, reference.cum_samples)
+
+
+def eqlv2_steps(row, reference):
+    loss = compiled(row)
+    for step in range(3):
+        x, t = longtail_batch(seed=step)  # 5 channels: 4 classes and the background (label 4)
+        assert_same(lambda z: loss(z, t), lambda z: reference(z, t, collect=False), [x], F64)
+        reference(x.detach(), t)
+        torch.testing.assert_close(loss.terms[0].pos_grad, reference.pos_grad, **F64)
+        torch.testing.assert_close(loss.terms[0].neg_grad, reference.neg_grad, **F64)
+
+
+@check("mmdet-eqlv2")
+def _(row):
+    exact(row)
+    eqlv2_steps(row, lt.EQLV2Loss(4, 12.0, 0.8, 4.0))
+
+
+@check("longtail-eqlv2-original")
+def _(row):
+    exact(row)
+    eqlv2_steps(row, lt.EQLV2Loss(4, 12.0, 0.8, 4.0, original=True))
+
+
+@check("mmdet-seesaw")
+def _(row):
+    exact(row)
+    adapter = mmengine_models().build(evaluate(row.ours[0]))
+    reference = lt.MMDetSeesawLoss(4, 0.8, 2.0, 1e-2)
+    for step in range(3):
+        scores, labels = longtail_batch(seed=step, c=6)  # 4 classes, then 2 objectness channels
+        labels = labels.clamp(max=4)  # 4: the background
+        weights = torch.rand(len(labels), dtype=torch.float64)
+        for key in ("loss_cls_objectness", "loss_cls_classes"):
+            counts = reference.cum_samples.clone()
+            assert_same(lambda z: adapter(z, labels, weights, avg_factor=20.0)[key],
+                        lambda z: reference(z, labels, weights, 20.0)[key], [scores], F64)
+            reference.cum_samples = counts
+            adapter.loss.terms[0].frequency.load_state_dict({"class_counts": counts[:4]})
+        reference(scores.detach(), labels, weights, 20.0)
+        adapter(scores.detach(), labels, weights, avg_factor=20.0)
+    assert adapter.get_cls_channels(4) == 6
+    scores = longtail_batch(c=6)[0].detach()
+    torch.testing.assert_close(adapter.get_activation(scores), reference.get_activation(scores))
+
+
+# --------------------------------------------------------------------------------------------------
 # the doc and this file cover each other
 
 
@@ -1259,7 +1407,8 @@ def test_every_row_has_a_check_and_every_check_a_row():
 
 def test_every_section_is_a_library_and_row_ids_name_it():
     prefixes = {"timm": "timm-", "mmdetection": "mmdet-", "kornia": "kornia-", "torchvision": "torchvision-",
-                "MONAI": "monai-", "segmentation_models_pytorch (smp)": "smp-"}
+                "MONAI": "monai-", "segmentation_models_pytorch (smp)": "smp-",
+                "Long-tail recognition code": "longtail-"}
     for row in ROWS.values():
         assert row.id.startswith(prefixes[row.section]), (row.id, row.section)
 

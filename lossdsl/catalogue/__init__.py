@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (importing registers the names)
     detection,
     distillation,
     likelihoods,
+    longtail,
     modifiers,
     multitask,
     named,

@@ -153,6 +153,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, str):  # a counts file is written as its path (catalogue.counts.CountsFile)
+        return str(value)
     return value
 
 

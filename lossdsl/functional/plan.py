@@ -64,7 +64,14 @@ class VarifocalStep:
     iou_weighted: bool
 
 
-Step = Union[ModulateStep, PolyStep, BalanceStep, DensityStep, VarifocalStep]
+@dataclass(frozen=True)
+class SampleWeightStep:
+    """A weight per sample computed at call time without gradient (class_balanced's effective-number
+    weight of the sample's class), broadcast over its classes. The weights are the last of the
+    kernel's constants: a term holds one class_balanced block."""
+
+
+Step = Union[ModulateStep, PolyStep, BalanceStep, DensityStep, VarifocalStep, SampleWeightStep]
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:

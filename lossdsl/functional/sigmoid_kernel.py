@@ -30,7 +30,9 @@ from torch import Tensor
 
 from .distributed import sum_over_processes
 from .ghm import density_weights
-from .plan import BalanceStep, DensityStep, ModulateStep, PolyStep, Step, VarifocalStep, resolve, tiny
+from .plan import (
+    BalanceStep, DensityStep, ModulateStep, PolyStep, SampleWeightStep, Step, VarifocalStep, resolve, tiny,
+)
 from .targets import zero_ignored
 from .tracing import is_compiling
 
@@ -440,6 +442,8 @@ def sigmoid_loss_and_grad(
         elif isinstance(step, VarifocalStep):
             running.multiply(*varifocal_weight)
             varifocal_weight = None
+        elif isinstance(step, SampleWeightStep):  # [N, 1, d1, ...]: every class of a sample alike
+            running.scale(constants[-1])
     return (*running.selected(valid), new_accumulator)
 
 

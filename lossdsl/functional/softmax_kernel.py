@@ -17,10 +17,10 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from .plan import BalanceStep, ModulateStep, PolyStep, resolve, tiny
+from .plan import BalanceStep, ModulateStep, PolyStep, SampleWeightStep, resolve, tiny
 from .targets import zero_ignored
 
-SoftmaxStep = Union[ModulateStep, PolyStep, BalanceStep]
+SoftmaxStep = Union[ModulateStep, PolyStep, BalanceStep, SampleWeightStep]
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,8 @@ def softmax_term_elementwise(
         plan: blocks, innermost first.
         class_weight: ``ce``'s ``weight`` ``[C]`` or None.
         constants: per-block tensors addressed by the plan's slots (alpha, ``[C]`` or scalar, and the
-            current values of scheduled parameters).
+            current values of scheduled parameters), and last the weight of each position
+            ``[N, d1, ...]`` when the plan has a SampleWeightStep.
         log_p: ``log_softmax(x, 1)`` when another term of the call computed it already.
     """
     if log_p is None:
@@ -138,6 +139,8 @@ def _target_column(
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
             loss = loss * (alpha if alpha.dim() == 0 else alpha[safe])
+        elif isinstance(step, SampleWeightStep):
+            loss = loss * constants[-1]
     if loss is None:
         loss = on_target if spread is None else on_target + spread
     return _select_valid(loss, valid)
@@ -199,6 +202,8 @@ def _all_classes(
                         loss = loss + resolve(eps, constants) * _power(one_minus_pt, exponent + j)
             elif isinstance(step, BalanceStep):
                 loss = loss * _alpha_per_position(constants[step.slot], q, one_hot, target, is_index, view)
+            elif isinstance(step, SampleWeightStep):
+                loss = loss * constants[-1]
     if loss is None:
         loss = -(per_class * log_p).sum(dim=1)
     return _select_valid(loss, valid)

@@ -23,8 +23,10 @@ from ..catalogue.likelihoods import BCE
 from ..catalogue.modifiers import walk
 from ..catalogue.multitask import MultiTask
 from ..errors import LossConfigError, LossInputError
+from ..module import CompiledLoss
 from ..spec import LossSpec
 from ..state_updates import StateUpdates
+from .mmdet_longtail import long_tail_convention
 from .mmdet_targets import label_weights_as_mask, quality_targets, replace_ignore_index
 
 # mmdetection's reductions (weight_reduce_loss): its "mean" is the mean of whatever its loss
@@ -98,11 +100,14 @@ class MMDetLoss(nn.Module):
             (``num_classes`` outputs on a sigmoid head, ``num_classes + 1`` on a softmax head); it is
             checked against the expression's head when given, and set from it otherwise.
         check_values, distributed: as for ``lossdsl.compile``.
+        return_dict: ``seesaw()`` with mmdetection's objectness channels returns its two losses as a
+            dict, as mmdetection's ``SeesawLoss`` (False: their sum).
     """
 
     def __init__(
         self, expr: Any, loss_weight: float = 1.0, reduction: str | None = None,
         use_sigmoid: bool | None = None, check_values: bool = True, distributed: bool = True,
+        return_dict: bool = True,
     ) -> None:
         super().__init__()
         spec = parse(expr) if isinstance(expr, str) else load(expr)  # a string is an expression
@@ -129,6 +134,8 @@ class MMDetLoss(nn.Module):
         self.ignore_values = {node.ignore_index for term in self.spec.terms for node in walk(term.loss)
                               if isinstance(getattr(node, "ignore_index", None), int)}
         self.loss = compile_loss(self.spec, check_values=check_values, distributed=distributed)
+        # seesaw() and eqlv2() speak mmdetection's SeesawLoss and EQLV2Loss conventions (mmdet_longtail).
+        self.long_tail = long_tail_convention(self.spec, return_dict, check_values, distributed)
 
     def forward(
         self, pred: Tensor, target: Tensor | tuple[Tensor, Tensor], weight: Tensor | None = None,
@@ -149,27 +156,55 @@ class MMDetLoss(nn.Module):
             )
         if ignore_index is not None:
             target = replace_ignore_index(target, pred, ignore_index, self.ignore_values, self.expression)
+        requested = reduction_override or self.reduction
+        if self.long_tail is not None:
+            return self.long_tail.forward(self, pred, target, weight, avg_factor, requested)
         if isinstance(target, (tuple, list)):
             target = quality_targets(pred, target)
-        requested = reduction_override or self.reduction
+        return self.loss_weight * self.call(self.loss, pred, target, weight, avg_factor, requested)
+
+    @staticmethod
+    def call(
+        loss: CompiledLoss, pred: Tensor, target: Tensor, weight: Tensor | None, avg_factor: Any,
+        requested: str | None,
+    ) -> Tensor:
+        """``loss``'s forward with mmdetection's reduction ``requested`` for this call (None: the
+        terms' own). Nothing is stored on the shared terms, so concurrent and nested calls of one
+        module do not see each other's reductions."""
         reductions = [term_reduction(term.reduction, requested, avg_factor is not None)
-                      for term in self.spec.terms]
-        # CompiledLoss.forward, with this call's reductions (nothing is stored on the shared
-        # terms, so concurrent and nested calls of this module do not see each other's).
+                      for term in loss.spec.terms]
         updates = StateUpdates()
-        prepared = self.loss.prepare(pred, target, weight, avg_factor, updates=updates, reductions=reductions)
-        for term, inputs in zip(self.loss.terms, prepared):
+        with loss.value_checks.call(loss.check_values):
+            prepared = loss.prepare(pred, target, weight, avg_factor, updates=updates, reductions=reductions)
+        for term, inputs in zip(loss.terms, prepared):
             # (None: a term whose scheduled weight is 0 this epoch, which is not computed)
             if inputs is not None and getattr(term, "has_density", False) and inputs.weight is not None:
                 label_weights_as_mask(inputs)
-        value = self.loss.combine(prepared)
+        value = loss.combine(prepared)
         updates.commit()
-        self.loss._advance_step()  # a step schedule counts this successful call, as in forward
-        return self.loss_weight * value
+        loss._advance_step()  # a step schedule counts this successful call, as in forward
+        return value
 
     def extra_repr(self) -> str:
         reduction = f", reduction={self.reduction!r}" if self.reduction else ""
         return f"expr={self.spec.to_expr()!r}, loss_weight={self.loss_weight:g}{reduction}"
+
+    # mmdetection's RoI head asks these of its loss_cls (bbox_head.py): a long-tail term sizes the
+    # classifier, scores the RoIs at test time and names its logged accuracies (mmdet_longtail).
+    @property
+    def custom_cls_channels(self) -> bool:
+        return self.long_tail is not None
+
+    custom_activation = custom_accuracy = custom_cls_channels
+
+    def get_cls_channels(self, num_classes: int) -> int:
+        return self.long_tail.cls_channels(num_classes)
+
+    def get_activation(self, cls_score: Tensor) -> Tensor:
+        return self.long_tail.activation(self.loss, cls_score)
+
+    def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        return self.long_tail.accuracy(cls_score, labels)
 
 
 __all__ = ["MMDetLoss", "term_reduction", "with_background_label"]

@@ -120,11 +120,17 @@ class SigmoidTerm(TermModule):
         pos_weight = None if pos_weight is None else per_class(pos_weight, x.dim())
         return weight, pos_weight
 
+    def call_constants(self, inputs: SigmoidInputs) -> tuple[Tensor, ...]:
+        """Constants of blocks computed from each call's inputs, after those of the plan's slots
+        (class_balanced's sample weights: terms.longtail.ClassBalancedSigmoidTerm)."""
+        return ()
+
     def compute(self, inputs: SigmoidInputs) -> Tensor:
         weight, pos_weight = self.constants(inputs.x)
         if inputs.weight is not None:  # the call's weight multiplies the per-element loss, as bce's
             weight = inputs.weight if weight is None else weight * inputs.weight
         alphas = self.slot_values(inputs, inputs.x, lambda value: per_class(value, inputs.x.dim()))
+        alphas = alphas + self.call_constants(inputs)  # class_balanced's weights come last
         accumulator = getattr(self, "ghm_accumulator", None)
         plan = self.plan if self.synchronises() else self.local_plan
         loss, new_accumulator = sigmoid_term_elementwise(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -10,12 +11,15 @@ from torch import Tensor
 
 from ..catalogue.base import LossNode
 from ..catalogue.likelihoods import CE
+from ..catalogue.longtail import LDAM, ClassBalanced, LogitAdjust, Seesaw
 from ..functional.likelihoods import ce
-from ..functional.plan import ModulateStep, compute_dtype
+from ..functional.longtail import sample_weights
+from ..functional.plan import ModulateStep, SampleWeightStep, compute_dtype
 from ..functional.softmax_kernel import SoftmaxPlan, softmax_term_elementwise
 from ..functional.targets import zero_ignored
 from ..spec import Term
 from .base import TermInputs, TermModule, shape_of, shape_text
+from .longtail import ClassFrequency, long_tail_nodes
 
 
 @dataclass
@@ -25,29 +29,42 @@ class SoftmaxInputs(TermInputs):
     is_index: bool
     valid: Tensor | None  # bool [N, d1, ...] for index targets; None when none is ignored
     positives: Tensor | int | None  # valid positions (pos_mean only)
+    class_balance: Tensor | None = None  # class_balanced's weight per class [C], set in compute
 
 
 class SoftmaxTerm(TermModule):
     """``ce`` and the blocks around it (see functional.softmax_kernel).
 
     Args:
-        base: the ce node at the bottom of the term.
+        base: the node at the bottom of the term: ``ce``, or ``ldam`` or ``seesaw`` (``ce`` on logits
+            they shift).
         blocks: the modifier nodes above it, innermost first.
     """
 
     def __init__(
-        self, term: Term, label: str, check_values: bool, base: CE, blocks: tuple[LossNode, ...] = (),
-        distributed: bool = True,
+        self, term: Term, label: str, check_values: bool, base: LossNode,
+        blocks: tuple[LossNode, ...] = (), distributed: bool = True,
     ) -> None:
         super().__init__(term, label, check_values, distributed)
         # Set by the compiled loss when another term of the sum needs the same log_softmax.
         self.shared_log_softmax = False
         self.head = "softmax"
+        # logit_adjust, class_balanced, ldam, seesaw: counts, shifted logits, sample weights.
+        long_tail = long_tail_nodes(base, blocks)
+        self.frequency = ClassFrequency(long_tail, label, distributed) if long_tail else None
+        # ldam's margin and seesaw's factors are the target class's: class indices only.
+        self.index_targets_for = base.kind_name() if isinstance(base, (LDAM, Seesaw)) else None
+        # A term with post-hoc logit adjustment predicts with the adjusted logits (loss.predict).
+        self.predicts_itself = any(isinstance(node, LogitAdjust) and node.posthoc for node in long_tail)
+        if not isinstance(base, CE):
+            base = CE(ignore_index=base.ignore_index)
         self.smoothing = base.smoothing
         self.ignore_index = base.ignore_index
         self.class_values("weight", base.weight)
-        steps = [self.lower_block(block) for block in blocks]
+        steps = [SampleWeightStep() if isinstance(block, ClassBalanced) else self.lower_block(block)
+                 for block in blocks if not isinstance(block, LogitAdjust)]
         self.plan = SoftmaxPlan(tuple(steps))
+        self.only_weighs_samples = bool(steps) and all(isinstance(step, SampleWeightStep) for step in steps)
         # Focusing that weighs the non-target classes on their own (0 != gamma_neg != gamma_pos) needs
         # class indices to tell target from others; otherwise probability targets get (1-p_t)^gamma_pos.
         self.needs_indices = any(
@@ -60,6 +77,8 @@ class SoftmaxTerm(TermModule):
         self.check_class_count("weight", self.weight, input)
         for name in self.alpha_names:
             self.check_class_count("alpha", getattr(self, name), input)
+        if self.frequency is not None:
+            self.frequency.check(input)
         num_classes = input.shape[1]
         x = input.to(compute_dtype(input))
         index_shape = (input.shape[0], *input.shape[2:])
@@ -72,6 +91,12 @@ class SoftmaxTerm(TermModule):
                 positives = target.numel() if valid is None else valid.sum()
             return SoftmaxInputs(x, target, True, valid, positives)
         if target.shape == input.shape:
+            if self.index_targets_for:
+                raise self.fail(
+                    f"{self.index_targets_for}() sets each position's logits by its target class and "
+                    f"needs class-index targets of shape {shape_of(index_shape)}; got probabilities "
+                    f"{shape_text(target)}"
+                )
             if self.needs_indices:
                 raise self.fail(
                     "asymmetric focusing (gamma_neg other than 0 or gamma_pos) on the softmax head "
@@ -112,16 +137,17 @@ class SoftmaxTerm(TermModule):
     def shared_log_p(self, inputs: SoftmaxInputs, x: Tensor) -> Tensor | None:
         """``log_softmax`` shared with the other terms of the call (a region term on the same logits),
         or None when this term computes its own."""
-        if not self.shared_log_softmax or inputs.shared is None:
-            return None
+        if not self.shared_log_softmax or inputs.shared is None or self.frequency is not None:
+            return None  # (logits a long-tail node shifts are this term's own)
         return inputs.shared.log_softmax(x, self.ignore_index, inputs.valid is not None)
 
-    def plain_ce(self, inputs: SoftmaxInputs, reduction: str) -> Tensor:
+    def plain_ce(self, inputs: SoftmaxInputs, reduction: str, weight: Tensor | None = None) -> Tensor:
         """ce without blocks: torch's fused kernel (ignored positions give 0); from the shared
         log-probabilities when there are some (log_softmax of log-probabilities is themselves, so
-        cross_entropy of them is the same loss; without smoothing nll_loss skips that pass)."""
+        cross_entropy of them is the same loss; without smoothing nll_loss skips that pass).
+        ``weight``: class weights instead of ce's own (class_balanced's, ``compute``)."""
         x = self.sanitised(inputs)
-        weight = self.class_weight(inputs.x)
+        weight = self.class_weight(inputs.x) if weight is None else weight
         log_p = self.shared_log_p(inputs, x)
         # ignore_index selects among class indices; torch refuses it (any but its default) with
         # probability targets, which have nothing to ignore.
@@ -136,7 +162,14 @@ class SoftmaxTerm(TermModule):
     def elementwise(self, inputs: SoftmaxInputs) -> Tensor:
         if not self.plan.steps:
             return self.plain_ce(inputs, "none")
+        weights = None
+        if inputs.class_balance is not None:  # class_balanced's weight of each position
+            weights = sample_weights(inputs.class_balance, inputs.target, inputs.valid, inputs.is_index)
+        if self.only_weighs_samples:  # class_balanced(ce()): torch's fused ce, then the weights
+            return self.plain_ce(inputs, "none") * weights
         alphas = self.slot_values(inputs, inputs.x)
+        if weights is not None:  # the last constant (functional.plan.SampleWeightStep)
+            alphas = alphas + (weights,)
         log_p = self.shared_log_p(inputs, self.sanitised(inputs)) if self.shared_log_softmax else None
         return softmax_term_elementwise(
             inputs.x, inputs.target, inputs.valid, inputs.is_index, self.plan, self.class_weight(inputs.x),
@@ -155,10 +188,31 @@ class SoftmaxTerm(TermModule):
         safe = torch.where(inputs.valid, inputs.target, torch.zeros_like(inputs.target))
         return (weight[safe] * inputs.valid).sum()
 
+    def with_class_frequency(self, inputs: SoftmaxInputs) -> SoftmaxInputs:
+        """The inputs as the term's loss sees them: this call's counts (the running ones updated and
+        staged), the logits shifted by logit_adjust, ldam or seesaw, class_balanced's weights."""
+        frequency = self.frequency
+        counts = frequency.counts(inputs.target, inputs.valid, inputs.is_index, inputs.x.shape[1], inputs)
+        x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts)
+        return dataclasses.replace(inputs, x=x, class_balance=frequency.class_weights(counts, x.dtype))
+
+    def predict(self, logits: Tensor) -> Tensor:
+        """Class probabilities: ``softmax(z)``, or with post-hoc logit adjustment
+        ``softmax(z - log(pi^tau + 1e-12))``."""
+        x = logits.to(compute_dtype(logits))
+        adjusted = self.frequency.posthoc_logits(x) if self.frequency is not None else None
+        return torch.softmax(x if adjusted is None else adjusted, dim=1)
+
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
+        if self.frequency is not None:
+            inputs = self.with_class_frequency(inputs)
         plain = len(self.plan.steps) == 0 and inputs.weight is None  # (dynamo cannot trace `not tuple`)
-        if plain and self.reduction_of(inputs) != "none":  # torch's kernel sums for us
-            total = self.plain_ce(inputs, "sum")
+        # class_balanced(ce()) on class indices: sum_i w_(y_i) ce_i is torch's class-weighted
+        # cross-entropy summed, one fused kernel (the mean still divides by the positions' count).
+        balanced = (self.only_weighs_samples and inputs.is_index and inputs.weight is None
+                    and self.smoothing == 0 and self.weight is None)
+        if (plain or balanced) and self.reduction_of(inputs) != "none":  # torch's kernel sums for us
+            total = self.plain_ce(inputs, "sum", inputs.class_balance if balanced else None)
             return self.reduce_sum(total, inputs, batch_size=inputs.x.shape[0],
                                    count=self.mean_count(inputs), positives=inputs.positives)
         loss = self.elementwise(inputs)
