@@ -50,14 +50,17 @@ def apply_keeping_dtype(buffers: dict[str, Tensor | None], fn: Callable[[Tensor]
         buffers[name] = applied if applied.dtype == buffer.dtype else buffer.to(applied.device)
 
 
-def loaded_value_problem(value: Any, buffer: Tensor, bounds: Bounds) -> str | None:
+def loaded_value_problem(value: Any, buffer: Tensor, bounds: Bounds, sized_by_first_call: bool = False) -> str | None:
     """What is wrong with ``value`` as the new content of ``buffer``, or None. A value that is no
-    tensor is left to torch, which reports it; meta and fake tensors hold no values to look at."""
+    tensor is left to torch, which reports it; meta and fake tensors hold no values to look at.
+    A statistic ``sized_by_first_call`` (one value per class, empty until the first training call)
+    takes a vector of any length while either side is still empty."""
     if not isinstance(value, Tensor):
         return None
     # torch itself loads a [1] tensor into a 0-d one (checkpoints of torch 0.3).
     legacy_scalar = buffer.dim() == 0 and tuple(value.shape) == (1,)
-    if value.shape != buffer.shape and not legacy_scalar:
+    resized = sized_by_first_call and value.dim() == buffer.dim() == 1 and 0 in (value.numel(), buffer.numel())
+    if value.shape != buffer.shape and not (legacy_scalar or resized):
         return f"has shape {list(value.shape)}; this loss's has shape {list(buffer.shape)}"
     if value.is_complex():
         return f"is a {value.dtype} tensor; expected real numbers"
@@ -87,6 +90,10 @@ class RunningStatistics(nn.Module):
     ``check_loaded`` is also what a compiled loss calls on every such module beneath it before it
     loads anything (``lossdsl.module.LossModule``), so a damaged entry leaves the loss as it was."""
 
+    # Statistics with one value per class, empty until the first training call sizes them (class
+    # counts): a checkpoint may bring them at any length, or empty.
+    sized_by_first_call: tuple[str, ...] = ()
+
     def statistic_bounds(self, name: str) -> Bounds:
         return COUNTS
 
@@ -101,7 +108,7 @@ class RunningStatistics(nn.Module):
             if key not in state_dict:
                 continue  # a missing key is torch's to report (or to accept with strict=False)
             bounds = self.statistic_bounds(name)
-            problem = loaded_value_problem(state_dict[key], buffer, bounds)
+            problem = loaded_value_problem(state_dict[key], buffer, bounds, name in self.sized_by_first_call)
             if problem is not None:
                 raise LossInputError(
                     f"state_dict entry {key!r} ({bounds.what}) {problem}; nothing was loaded",

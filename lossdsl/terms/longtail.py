@@ -41,7 +41,7 @@ from ..functional.longtail import (
 )
 from ..functional.plan import SampleWeightStep, compute_dtype
 from ..functional.targets import per_class, zero_ignored
-from ..running import apply_keeping_dtype
+from ..running import RunningStatistics
 from ..spec import Term
 from .base import TermInputs, TermModule, shape_of, shape_text
 from .sigmoid import SigmoidInputs, SigmoidTerm
@@ -71,7 +71,7 @@ def stage(module: nn.Module, inputs: TermInputs, name: str, value: Tensor, label
     inputs.updates.stage_sized(module, name, value)
 
 
-class ClassFrequency(nn.Module):
+class ClassFrequency(RunningStatistics):
     """The long-tail part of a softmax or sigmoid term.
 
     Args:
@@ -202,10 +202,8 @@ class ClassFrequency(nn.Module):
         read here only, for training and prediction alike)."""
         return per_class(log_prior(n, self.shift.tau).to(x.dtype), x.dim())
 
-    # -- state
-    def _apply(self, fn, recurse=True):  # type: ignore[override]
-        apply_keeping_dtype(self._buffers, fn)  # statistics keep float64 (lossdsl.running)
-        return self
+    # -- state (float64 whatever the module's dtype, range-checked on load: lossdsl.running)
+    sized_by_first_call = (ONLINE_BUFFER,)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         size_from_checkpoint(self, state_dict, prefix, (ONLINE_BUFFER,))
@@ -272,6 +270,7 @@ class EQLv2Term(TermModule):
     predicts_itself = True
     head = "sigmoid"
     STATISTICS = ("pos_grad", "neg_grad")
+    sized_by_first_call = STATISTICS
 
     def __init__(self, term: Term, label: str, check_values: bool, distributed: bool = True) -> None:
         super().__init__(term, label, check_values, distributed)
@@ -305,8 +304,7 @@ class EQLv2Term(TermModule):
                 raise self.fail(f"the loss's running statistics are on {self._buffers[name].device} "
                                 f"but the input is on {input.device}",
                                 hint="move the loss with the model: loss.to(device)")
-        nothing_ignored = self.check_indices(target, channels, self.ignore_index)
-        target = target.long()
+        target, nothing_ignored = self.class_indices(target, channels, self.ignore_index)
         x = input.to(compute_dtype(input))
         valid = None
         if not nothing_ignored:
