@@ -520,3 +520,13 @@ def test_a_name_in_a_sum_is_its_own_term(expr):
         torch.testing.assert_close(summed(x, t), alone(x, t) + second(x, t), rtol=1e-12, atol=1e-12)
     for (name, mine), (_, theirs) in zip(summed.terms[0].state_dict().items(), alone.terms[0].state_dict().items()):
         assert torch.equal(mine, theirs), name
+
+
+@pytest.mark.parametrize("expr", [name for name in NAMES if not name.startswith("eqlv2")])
+def test_a_shifted_term_beside_another_softmax_term_keeps_its_shift_where_labels_are_ignored(expr):
+    """Two softmax terms share the call's zeroed logits; a term whose logits a long-tail node shifted
+    must go on reading its shifted ones (a regression: with an ignored label it read the unshifted)."""
+    x, t = inputs_for(expr)
+    t[::3] = -100  # ce's default ignore_index
+    summed, alone, second = lossdsl.compile(f"{expr} + dice()"), lossdsl.compile(expr), lossdsl.compile("dice()")
+    torch.testing.assert_close(summed(x, t), alone(x, t) + second(x, t), rtol=1e-12, atol=1e-12)

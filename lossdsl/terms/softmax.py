@@ -30,6 +30,9 @@ class SoftmaxInputs(TermInputs):
     valid: Tensor | None  # bool [N, d1, ...] for index targets; None when none is ignored
     positives: Tensor | int | None  # valid positions (pos_mean only)
     class_balance: Tensor | None = None  # class_balanced's weight per class [C], set in compute
+    # x's ignored positions are zeroed already (the logits a long-tail node shifted): the call's
+    # shared zeroed logits are the unshifted ones and must not replace them (see sanitised).
+    zeroed: bool = False
 
 
 class SoftmaxTerm(TermModule):
@@ -128,7 +131,7 @@ class SoftmaxTerm(TermModule):
     def sanitised(self, inputs: SoftmaxInputs) -> Tensor:
         """The logits with ignored positions zeroed (see functional.targets.zero_ignored), once per
         call when other terms of the call need them too."""
-        if inputs.valid is None:
+        if inputs.valid is None or inputs.zeroed:
             return inputs.x
         if self.shared_log_softmax and inputs.shared is not None:
             return inputs.shared.sanitised(inputs.x, inputs.valid.unsqueeze(1), self.ignore_index)
@@ -194,7 +197,8 @@ class SoftmaxTerm(TermModule):
         frequency = self.frequency
         counts = frequency.counts(inputs.target, inputs.valid, inputs.is_index, inputs.x.shape[1], inputs)
         x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts)
-        return dataclasses.replace(inputs, x=x, class_balance=frequency.class_weights(counts, x.dtype))
+        return dataclasses.replace(inputs, x=x, zeroed=True,
+                                   class_balance=frequency.class_weights(counts, x.dtype))
 
     def predict(self, logits: Tensor) -> Tensor:
         """Class probabilities: ``softmax(z)``, or with post-hoc logit adjustment
