@@ -11,12 +11,14 @@ Only given counts (a list or a file) have curves; ``online`` counts exist once t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .catalogue.counts import given_counts
 from .catalogue.longtail import LDAM, ClassBalanced, LogitAdjust
 from .catalogue.modifiers import walk
+from .catalogue.schedules import is_schedule
 from .errors import LossSpecError
 from .functional.longtail import effective_number_weights, ldam_margins, log_prior
 from .spec import LossSpec
@@ -35,6 +37,14 @@ def per_class_nodes(spec: LossSpec) -> list:
     return [node for term in spec.expand().terms for node in walk(term.loss) if isinstance(node, PER_CLASS)]
 
 
+def at_epoch_0(value: Any) -> tuple[float, str]:
+    """A parameter's value as the curves draw it, and what to add to the label: a schedule is drawn
+    at epoch and step 0, as the rest of the plot (its course is in the schedules' panel)."""
+    if is_schedule(value):
+        return value.value_at(0), " at epoch 0"
+    return value, ""
+
+
 def class_curves(spec: LossSpec, label: str) -> list[ClassCurve]:
     """One curve per long-tail node of ``spec`` (expanded), labelled ``label: what it is`` (what it
     is alone when ``label`` is empty)."""
@@ -47,11 +57,13 @@ def class_curves(spec: LossSpec, label: str) -> list[ClassCurve]:
                 "training has counted the targets; give counts=[...] (or a counts file) to plot them")
         n = torch.tensor(counts, dtype=torch.float64)
         if isinstance(node, LogitAdjust):
-            what = f"logit shift log(pi^{node.tau:g} + 1e-12)" + (" (at prediction, negated)" if node.posthoc else "")
-            values = log_prior(n, node.tau)
+            tau, at = at_epoch_0(node.tau)
+            what = f"logit shift log(pi^{tau:g} + 1e-12){at}" + (" (at prediction, negated)" if node.posthoc else "")
+            values = log_prior(n, tau)
         elif isinstance(node, LDAM):
             what, values = f"margin s Delta_j (max_m={node.max_m:g}, s={node.s:g})", ldam_margins(n, node.max_m) * node.s
         else:
-            what, values = f"class weight w_j (beta={node.beta:g})", effective_number_weights(n, node.beta)
+            beta, at = at_epoch_0(node.beta)
+            what, values = f"class weight w_j (beta={beta:g}{at})", effective_number_weights(n, beta)
         curves.append(ClassCurve(f"{label}: {what}" if label else what, n, values))
     return curves

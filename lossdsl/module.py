@@ -362,7 +362,7 @@ class CompiledLoss(LossModule):
     def predict(self, logits: Tensor) -> Tensor:
         """Class scores at test time, as the loss's references define them (lossdsl.prediction):
         the head's softmax or sigmoid, or a term's own (post-hoc logit adjustment, EQLv2's)."""
-        return class_scores(self.terms, logits)
+        return class_scores(self.terms, logits, self.clock)
 
     def _check_same_shapes(self, prepared: list[Any]) -> None:
         pairs = [(term, term.unreduced_shape(inputs)) for term, inputs in zip(self.terms, prepared)

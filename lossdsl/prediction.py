@@ -11,6 +11,7 @@ EQLv2 (``sigmoid(z)``, the classes scaled by ``1 - sigmoid(z_bg)``, mmdetection'
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +21,9 @@ from .errors import LossInputError
 from .functional.plan import compute_dtype
 
 
-def class_scores(terms: Iterable[nn.Module], logits: Tensor) -> Tensor:
-    """The scores a loss made of ``terms`` predicts for ``logits`` ``[N, C, ...]``."""
+def class_scores(terms: Iterable[nn.Module], logits: Tensor, clock: Any = None) -> Tensor:
+    """The scores a loss made of ``terms`` predicts for ``logits`` ``[N, C, ...]`` (``clock``: the
+    loss's, which a scheduled parameter of a term's own prediction follows)."""
     terms = list(terms)
     own = [term for term in terms if getattr(term, "predicts_itself", False)]
     if len(own) > 1:
@@ -32,7 +34,7 @@ def class_scores(terms: Iterable[nn.Module], logits: Tensor) -> Tensor:
         shown = f"{logits.dtype} {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
         raise LossInputError(f"predict() expects floating-point logits [N, C, ...]; got {shown}")
     if own:
-        return own[0].predict(logits)
+        return own[0].predict(logits, clock)
     heads = {head_of(term.term.loss) for term in terms} & {"sigmoid", "softmax"}
     if not heads:
         raise LossInputError("this loss has no class scores to predict (no sigmoid or softmax term)")

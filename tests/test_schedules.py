@@ -382,3 +382,94 @@ def test_changing_values_never_recompile_and_switching_a_term_on_compiles_once()
     assert frames == [1, 1, 1, 2, 2, 2, 2]  # epoch 3 switches bce() on; every other change is data
     assert int(loss.clock.step) == int(eager.clock.step) == 14
     torch._dynamo.reset()
+
+
+# -- the long-tail parameters: class_balanced's beta (DRW) and logit_adjust's tau ------------------
+
+DRW_COUNTS = [500, 120, 40, 9, 2]
+
+
+def effective_number_weight(n, beta):
+    """Cui et al.: (1 - beta) / (1 - beta^n_j), normalised to sum to C (plainly, in float64)."""
+    raw = [(1 - beta) / (1 - beta**count) if beta > 0 else 1.0 for count in n]
+    return torch.tensor([w * len(n) / sum(raw) for w in raw], dtype=torch.float64)
+
+
+def test_the_long_tail_parameters_follow_schedules():
+    from lossdsl.catalogue.longtail import ClassBalanced, LogitAdjust
+
+    assert schedulable_parameters(ClassBalanced) == ("beta",)
+    assert schedulable_parameters(LogitAdjust) == ("tau",)
+
+
+def test_ldam_drw_is_ldam_then_ldam_weighed_by_the_effective_number_from_the_switch():
+    """Cao et al.'s LDAM-DRW: plain LDAM until epoch 160, then each sample weighed by its class's
+    effective-number weight (beta=0.9999). The mean is SPEC's class_balanced mean, over samples
+    (Cao's code passes the weights to F.cross_entropy(weight=), which divides by their sum instead:
+    the same gradient direction, scaled per batch)."""
+    counts = torch.tensor(DRW_COUNTS, dtype=torch.float64)
+    loss = lossdsl.compile(f"class_balanced(ldam(counts={DRW_COUNTS}, s=30), "
+                           f"beta=steps([0, 0.9999], at=[160]), counts={DRW_COUNTS})")
+    x = torch.randn(32, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 5, (32,))
+    margins = counts.pow(-0.25) * (0.5 / counts.pow(-0.25).max())
+    for epoch in (0, 159, 160, 199):
+        loss.set_epoch(epoch)
+        shifted = 30 * (x - F.one_hot(y, 5) * margins)
+        beta = 0.9999 if epoch >= 160 else 0.0
+        weight = effective_number_weight(DRW_COUNTS, beta)
+        want = (weight[y] * F.cross_entropy(shifted, y, reduction="none")).mean()
+        got = loss(x, y)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0],
+                                   rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("posthoc", [False, True])
+def test_a_scheduled_tau_is_the_fixed_tau_of_each_epoch_in_training_and_prediction(posthoc):
+    x = torch.randn(16, 5, dtype=torch.float64)
+    y = torch.randint(0, 5, (16,))
+    flag = ", posthoc=true" if posthoc else ""
+    loss = lossdsl.compile(f"logit_adjust(ce(), tau=ramp(0, 1, end=4), counts={DRW_COUNTS}{flag})")
+    for epoch in range(6):
+        loss.set_epoch(epoch)
+        fixed = lossdsl.compile(f"logit_adjust(ce(), tau={min(epoch / 4, 1.0)}, counts={DRW_COUNTS}{flag})")
+        torch.testing.assert_close(loss(x, y), fixed(x, y), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(loss.predict(x), fixed.predict(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_scheduled_beta_on_the_sigmoid_head_and_online_counts():
+    x = torch.randn(16, 5, dtype=torch.float64)
+    y = (torch.rand(16, 5) > 0.6).double()
+    scheduled = lossdsl.compile("class_balanced(focal(), beta=steps([0, 0.99], at=[1]))")
+    before, after = (lossdsl.compile(f"class_balanced(focal(), beta={b})") for b in (0, 0.99))
+    torch.testing.assert_close(scheduled(x, y), before(x, y), rtol=1e-12, atol=1e-12)
+    after(x, y)  # the same targets counted online
+    scheduled.set_epoch(1)
+    torch.testing.assert_close(scheduled(x, y), after(x, y), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(scheduled.state_dict()["terms.0.frequency.class_counts"],
+                               after.state_dict()["terms.0.frequency.class_counts"])
+
+
+def test_a_scheduled_beta_is_checked_over_the_whole_schedule():
+    with pytest.raises(LossDSLError) as error:
+        lossdsl.parse("class_balanced(ce(), beta=steps([0, 1], at=[160]))")
+    assert error.value.reason == ("class_balanced(): beta=steps([0, 1], at=[160]) takes the value 1, "
+                                  "out of range; beta must be in [0, 1)")
+
+
+def test_drw_under_torch_compile_switches_without_recompiling():
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("eager")
+    torch._dynamo.reset()
+    expr = f"class_balanced(ldam(counts={DRW_COUNTS}), beta=steps([0, 0.9999], at=[2]), counts={DRW_COUNTS})"
+    loss, eager = lossdsl.compile(expr), lossdsl.compile(expr)
+    compiled = torch.compile(loss, backend=counter, fullgraph=True)
+    x, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    for epoch in range(4):
+        loss.set_epoch(epoch)
+        eager.set_epoch(epoch)
+        torch.testing.assert_close(compiled(x, y), eager(x, y))
+    assert counter.frame_count == 1
+    torch._dynamo.reset()

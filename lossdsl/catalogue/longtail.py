@@ -25,6 +25,7 @@ from .base import Child, Flag, IgnoreIndex, LossNode, NonNegative, Number, descr
 from .counts import COUNTS_DESCRIPTION, ONLINE, Counts
 from .likelihoods import CE
 from .modifiers import Modifier, walk
+from .schedules import scheduled
 
 PositiveNumber = Annotated[float, Strict(), Field(gt=0)]
 CountsParameter = described(Counts, COUNTS_DESCRIPTION)
@@ -57,7 +58,7 @@ class LogitAdjust(Modifier):
 
     kind: Literal["logit_adjust"] = "logit_adjust"
     loss: Child
-    tau: described(NonNegative, "temperature of the prior: the logits are shifted by "
+    tau: described(scheduled(NonNegative), "temperature of the prior: the logits are shifted by "
                                 "log(pi^tau + 1e-12); 1 is the paper's choice, 0 no shift") = 1.0
     counts: CountsParameter = ONLINE
     posthoc: described(Flag, "train L on the raw logits and adjust only the prediction "
@@ -175,9 +176,10 @@ class ClassBalanced(Modifier):
 
     kind: Literal["class_balanced"] = "class_balanced"
     loss: Child
-    beta: Annotated[float, Strict(), Field(ge=0, lt=1, description="beta of the effective number "
-                                           "(1 - beta^n) / (1 - beta): 0 weighs every class alike, "
-                                           "towards 1 the weights approach 1/n")] = 0.9999
+    beta: described(scheduled(Annotated[float, Strict(), Field(ge=0, lt=1)]),
+                    "beta of the effective number (1 - beta^n) / (1 - beta): 0 weighs every class "
+                    "alike, towards 1 the weights approach 1/n; DRW switches it on with a schedule, "
+                    "beta=steps([0, 0.9999], at=[160])") = 0.9999
     counts: CountsParameter = ONLINE
 
     summary = "class-balanced weights (1 - beta) / (1 - beta^n_y) per sample (effective number)"

@@ -25,8 +25,9 @@ def counted(counts: Tensor) -> Tensor:
     return counts.clamp(min=1)
 
 
-def log_prior(counts: Tensor, tau: float) -> Tensor:
-    """``log(pi^tau + 1e-12)``, ``pi = n / sum n``: logit adjustment's shift (Menon et al. 2021)."""
+def log_prior(counts: Tensor, tau: float | Tensor) -> Tensor:
+    """``log(pi^tau + 1e-12)``, ``pi = n / sum n``: logit adjustment's shift (Menon et al. 2021);
+    ``tau`` a number or a 0-d tensor (a schedule's value)."""
     prior = counts / counts.sum()
     return torch.log(prior.pow(tau) + PRIOR_EPSILON)
 
@@ -38,16 +39,21 @@ def ldam_margins(counts: Tensor, max_m: float) -> Tensor:
     return inverse_root * (max_m / inverse_root.max())
 
 
-def effective_number_weights(counts: Tensor, beta: float) -> Tensor:
+def effective_number_weights(counts: Tensor, beta: float | Tensor) -> Tensor:
     """Cui et al.'s class weights ``(1 - beta) / (1 - beta^n_j)``, normalised to sum to C.
 
     The factor ``1 - beta`` cancels in the normalisation; ``1 - beta^n`` is ``-expm1(n log beta)``,
     exact where ``beta^n`` is close to 1 (``beta = 0.9999``, a rare class). ``beta = 0`` gives 1 for
-    every class.
+    every class. ``beta`` may be a 0-d tensor (a schedule's value, DRW's 0 then 0.9999: read on the
+    device, never on the host); at 0 the formula gives 1 itself (``log 0 = -inf``, counts >= 1).
     """
-    if beta == 0:
+    if isinstance(beta, Tensor):
+        log_beta = torch.log(beta.to(device=counts.device, dtype=counts.dtype))
+    elif beta == 0:
         return torch.ones_like(counts)
-    inverse = 1 / -torch.expm1(counts * torch.log(counts.new_tensor(beta)))
+    else:
+        log_beta = torch.log(counts.new_tensor(beta))
+    inverse = 1 / -torch.expm1(counts * log_beta)
     return inverse * (counts.numel() / inverse.sum())
 
 

@@ -39,7 +39,9 @@ from ..functional.longtail import (
     sample_weights,
     seesaw_shift,
 )
+from ..catalogue.schedules import is_schedule
 from ..functional.plan import SampleWeightStep, compute_dtype
+from ..functional.schedules import schedule_value
 from ..functional.targets import per_class, zero_ignored
 from ..running import RunningStatistics
 from ..spec import Term
@@ -161,14 +163,15 @@ class ClassFrequency(RunningStatistics):
 
     # -- what the nodes make of them
     def shifted_logits(self, x: Tensor, target: Tensor, valid: Tensor | None,
-                       counts: dict[str, Tensor]) -> Tensor:
-        """The logits the term's loss sees: ``logit_adjust``'s, ``ldam``'s or ``seesaw``'s."""
+                       counts: dict[str, Tensor], clock: Any = None) -> Tensor:
+        """The logits the term's loss sees: ``logit_adjust``'s, ``ldam``'s or ``seesaw``'s
+        (``clock``: the call's, which a scheduled ``tau`` follows)."""
         node = self.shift
         if node is None or (isinstance(node, LogitAdjust) and node.posthoc):
             return x
         n = counts[self.sources[self.shift_slot]]
         if isinstance(node, LogitAdjust):
-            return x + self.prior_shift(n, x)
+            return x + self.prior_shift(n, x, clock)
         safe = target if valid is None else torch.where(valid, target, torch.zeros_like(target))
         if isinstance(node, LDAM):
             margin = (ldam_margins(n, node.max_m) * node.s).to(x.dtype)
@@ -176,31 +179,33 @@ class ClassFrequency(RunningStatistics):
             return scaled.scatter_add_(1, safe.unsqueeze(1), -margin[safe].unsqueeze(1))
         return x + seesaw_shift(x, safe, torch.log(n), node.p, node.q, node.eps)
 
-    def class_weights(self, counts: dict[str, Tensor], dtype: torch.dtype) -> Tensor | None:
-        """``class_balanced``'s weight of each class ``[C]`` (``beta`` is read here only), or None."""
+    def class_weights(self, counts: dict[str, Tensor], dtype: torch.dtype, clock: Any = None) -> Tensor | None:
+        """``class_balanced``'s weight of each class ``[C]`` (``beta`` is read here only, at
+        ``clock`` when it follows a schedule: DRW), or None."""
         if self.balance is None:
             return None
         n = counts[self.sources[self.balance_slot]]
-        return effective_number_weights(n, self.balance.beta).to(dtype)
+        return effective_number_weights(n, parameter_value(self.balance.beta, clock, n)).to(dtype)
 
     def sample_weight(self, target: Tensor, valid: Tensor | None, is_index: bool,
-                      counts: dict[str, Tensor], dtype: torch.dtype) -> Tensor | None:
+                      counts: dict[str, Tensor], dtype: torch.dtype, clock: Any = None) -> Tensor | None:
         """``class_balanced``'s weight of every position (``[N, d1, ...]``), or None."""
-        weights = self.class_weights(counts, dtype)
+        weights = self.class_weights(counts, dtype, clock)
         return None if weights is None else sample_weights(weights, target, valid, is_index)
 
-    def posthoc_logits(self, x: Tensor) -> Tensor | None:
+    def posthoc_logits(self, x: Tensor, clock: Any = None) -> Tensor | None:
         """Post-hoc logit adjustment ``z - log(pi^tau + 1e-12)``, when the term is set for it."""
         node = self.shift
         if not (isinstance(node, LogitAdjust) and node.posthoc):
             return None
         n = self.prior_counts(self.shift_slot, x.shape[1], x.device)
-        return x - self.prior_shift(n, x)
+        return x - self.prior_shift(n, x, clock)
 
-    def prior_shift(self, n: Tensor, x: Tensor) -> Tensor:
+    def prior_shift(self, n: Tensor, x: Tensor, clock: Any = None) -> Tensor:
         """``logit_adjust``'s ``log(pi^tau + 1e-12)`` per class, shaped to add to ``x`` (``tau`` is
-        read here only, for training and prediction alike)."""
-        return per_class(log_prior(n, self.shift.tau).to(x.dtype), x.dim())
+        read here only, for training and prediction alike, at ``clock`` when it follows a schedule)."""
+        tau = parameter_value(self.shift.tau, clock, n)
+        return per_class(log_prior(n, tau).to(x.dtype), x.dim())
 
     # -- state (float64 whatever the module's dtype, range-checked on load: lossdsl.running)
     sized_by_first_call = (ONLINE_BUFFER,)
@@ -208,6 +213,14 @@ class ClassFrequency(RunningStatistics):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         size_from_checkpoint(self, state_dict, prefix, (ONLINE_BUFFER,))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def parameter_value(value: Any, clock: Any, like: Tensor) -> Any:
+    """A long-tail parameter as the computation reads it: the number, or a schedule's value at
+    ``clock`` (a 0-d tensor of ``like``'s dtype and device; None reads epoch and step 0)."""
+    if not is_schedule(value):
+        return value
+    return schedule_value(value, None if clock is None else clock.reading(value.over), like)
 
 
 def long_tail_nodes(base: Any, blocks: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -251,7 +264,7 @@ class ClassBalancedSigmoidTerm(SigmoidTerm):
         counts = self.frequency.counts(inputs.classes, inputs.classes_valid, inputs.classes_are_indices,
                                        classes, inputs)
         weight = self.frequency.sample_weight(inputs.classes, inputs.classes_valid,
-                                              inputs.classes_are_indices, counts, inputs.x.dtype)
+                                              inputs.classes_are_indices, counts, inputs.x.dtype, inputs.clock)
         return (weight.unsqueeze(1),)
 
 
@@ -346,7 +359,7 @@ class EQLv2Term(TermModule):
         count = loss.numel() if valid is None else valid.sum()
         return self.reduce(loss, inputs, count=count, positives=inputs.positives)
 
-    def predict(self, logits: Tensor) -> Tensor:
+    def predict(self, logits: Tensor, clock: Any = None) -> Tensor:
         """The references' test-time scores: ``sigmoid(z)``, the classes' scaled by ``1 - sigmoid(z_bg)``
         (mmdetection ``EQLV2Loss.get_activation`` with ``test_with_obj=True``)."""
         scores = torch.sigmoid(logits.to(compute_dtype(logits)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -196,15 +197,15 @@ class SoftmaxTerm(TermModule):
         staged), the logits shifted by logit_adjust, ldam or seesaw, class_balanced's weights."""
         frequency = self.frequency
         counts = frequency.counts(inputs.target, inputs.valid, inputs.is_index, inputs.x.shape[1], inputs)
-        x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts)
+        x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts, inputs.clock)
         return dataclasses.replace(inputs, x=x, zeroed=True,
-                                   class_balance=frequency.class_weights(counts, x.dtype))
+                                   class_balance=frequency.class_weights(counts, x.dtype, inputs.clock))
 
-    def predict(self, logits: Tensor) -> Tensor:
+    def predict(self, logits: Tensor, clock: Any = None) -> Tensor:
         """Class probabilities: ``softmax(z)``, or with post-hoc logit adjustment
-        ``softmax(z - log(pi^tau + 1e-12))``."""
+        ``softmax(z - log(pi^tau + 1e-12))`` (a scheduled ``tau`` read at the loss's ``clock``)."""
         x = logits.to(compute_dtype(logits))
-        adjusted = self.frequency.posthoc_logits(x) if self.frequency is not None else None
+        adjusted = self.frequency.posthoc_logits(x, clock) if self.frequency is not None else None
         return torch.softmax(x if adjusted is None else adjusted, dim=1)
 
     def compute(self, inputs: SoftmaxInputs) -> Tensor:
