@@ -19,6 +19,13 @@ def _seed():
     yield
 
 
+# Inputs built to explode (YAML alias bombs, interpolations that double at each level: 2^40 values
+# and more) must be refused rather than expanded. A test proves the refusal by the call returning at
+# all: this bound only turns a runaway into a failure instead of a hung CI job, so it is generous
+# (a loaded shared machine must never trip it) and never a speed measurement (benchmarks/ do that).
+RUNAWAY_S = 60.0
+
+
 def caret_target(error) -> str:
     """The character printed above the caret in ``str(error)`` (for error-location tests)."""
     lines = str(error).split("\n")
