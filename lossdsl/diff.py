@@ -25,7 +25,7 @@ from typing import Any
 from .catalogue.base import LossNode
 from .catalogue.schedules import is_schedule
 from .errors import LossConfigError, LossDSLError
-from .printer import format_number, format_value, node_to_expr, term_to_expr, weight_to_expr
+from .printer import format_value, node_to_expr, term_to_expr, weight_to_expr
 from .spec import LossSpec, Term, per_class_lengths
 
 DIFF_FORMAT = "lossdsl.diff/1"

@@ -21,8 +21,8 @@ from .catalogue.schedules import is_schedule
 from .clock import Clock
 from .errors import LossConfigError, LossInputError
 from .functional.schedules import schedule_value
-from .running import check_loaded_statistics
 from .prediction import class_scores
+from .running import check_loaded_statistics
 from .spec import LossSpec
 from .state_updates import StateUpdates
 from .terms.base import TermModule, is_compiling, shape_of

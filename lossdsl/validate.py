@@ -25,7 +25,6 @@ from pydantic import ValidationError
 from .catalogue import base as catalogue_base
 from .catalogue.base import CATALOGUE, REDUCTIONS, LossNode, NodeArgumentsError, lookup
 from .catalogue.counts import files_read_from
-from .catalogue.spellings import unknown_loss_hint
 from .catalogue.multitask import nesting_problem
 from .catalogue.schedules import (
     SCHEDULES,
@@ -36,6 +35,7 @@ from .catalogue.schedules import (
     is_schedule,
     schedulable_parameters,
 )
+from .catalogue.spellings import unknown_loss_hint
 from .errors import Location, LossConfigError, LossDSLError, LossSpecError, unknown_name_hint
 from .located import MAX_DEPTH, POSITIONAL, Located, wrap
 from .printer import format_value

@@ -200,7 +200,7 @@ def catalogue_classes(*, leaves_only: bool = False) -> list[type[LossNode]]:
     return classes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_strategy(cls: type[LossNode], name: str, depth: int) -> st.SearchStrategy[Gen] | None:
     # Cached per class object: building strategies afresh on every draw costs more than drawing.
     if name in cls.loss_fields:
@@ -209,7 +209,7 @@ def _field_strategy(cls: type[LossNode], name: str, depth: int) -> st.SearchStra
     return values_for(field.annotation, list(field.metadata), depth)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _choose(options: tuple[Any, ...]) -> st.SearchStrategy[Any]:
     return st.sampled_from(options)
 
@@ -255,13 +255,13 @@ def _node(draw: st.DrawFn, depth: int) -> Gen:
     reject()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nodes(depth: int = MAX_DEPTH) -> st.SearchStrategy[Gen]:
     """One catalogue node (Gen: plain dict with 'kind', validated LossNode), children to ``depth``."""
     return _node(depth)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def weights() -> st.SearchStrategy[float]:
     """Finite non-zero weights: negative ones, tiny and huge exponents, whole numbers."""
     return st.one_of(
@@ -271,7 +271,7 @@ def weights() -> st.SearchStrategy[float]:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _term_nodes(max_terms: int, depth: int) -> st.SearchStrategy[list[Gen]]:
     return st.lists(nodes(depth), min_size=1, max_size=max_terms)
 

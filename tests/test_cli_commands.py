@@ -21,12 +21,11 @@ import jsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
+from strategies import specs
 
 import lossdsl
 import lossdsl.schema
 from lossdsl.cli import main
-
-from strategies import specs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_region_functional import load_smp_loss
 
 import lossdsl
-from test_region_functional import load_smp_loss
 
 REGION = ["dice()", "tversky(alpha=0.3, beta=0.7)", "jaccard()", "gdice()", "dice(squared=true)",
           "dice(log=true)", "tversky(gamma=0.75)", "lovasz()", "lovasz(per_image=true)", "dice(batch=true)",

@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import caret_target
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import specs
 
 import lossdsl
-from conftest import caret_target
 from lossdsl import LossConfigError, LossDSLError, LossSpecError, LossSyntaxError
-
-from strategies import specs
 
 
 def error_of(text: str, cls: type[LossDSLError] = LossDSLError) -> LossDSLError:

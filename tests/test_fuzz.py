@@ -18,14 +18,13 @@ import yaml
 from conftest import RUNAWAY_S
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
+from strategies import specs
 
 import lossdsl
 from lossdsl import LossDSLError, LossSpec
 from lossdsl.located import MAX_DEPTH
 from lossdsl.syntax import MAX_CHARS
 from lossdsl.yaml_io import MAX_YAML_CHARS, MAX_YAML_VALUES
-
-from strategies import specs
 
 # -- checking one call --------------------------------------------------------------------------------
 

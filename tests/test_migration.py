@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import reference_longtail as lt
 import torch
 import torch.nn.functional as F
 from test_box_functional import (
@@ -68,7 +69,6 @@ from test_detection import (
 )
 
 import lossdsl
-import reference_longtail as lt
 from lossdsl.state_updates import StateUpdates
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "migration.md"

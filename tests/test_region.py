@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_region_functional import load_smp_loss
 
 import lossdsl
-from test_region_functional import load_smp_loss
 
 F64 = {"rtol": 1e-9, "atol": 1e-11}
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import yaml
 from hypothesis import given
+from strategies import generated_specs, specs
 
 import lossdsl
-
-from strategies import generated_specs, specs
 
 # -- properties over the whole catalogue --------------------------------------------------------------
 
@@ -165,7 +164,7 @@ def test_equal_specs_from_different_texts_print_the_same():
 
 def test_a_registered_plugin_is_generated_and_round_trips():
     """Names registered later (lossdsl.register) are picked up by the strategies and the printer."""
-    from typing import Annotated, Literal, Optional
+    from typing import Annotated, Literal
 
     from hypothesis import settings
     from pydantic import Field, Strict
@@ -176,7 +175,7 @@ def test_a_registered_plugin_is_generated_and_round_trips():
         kind: Literal["plugin_wrap"] = "plugin_wrap"
         inner: lossdsl.catalogue.base.Child
         scale: Annotated[float, Strict(), Field(gt=0, le=10)] = 1.0
-        mode: Optional[Literal["fast", "exact"]] = None
+        mode: Literal["fast", "exact"] | None = None
         counts: tuple[Annotated[int, Strict(), Field(ge=0)], ...] = ()
 
         positional = "inner"

@@ -8,10 +8,9 @@ import jsonschema
 import pytest
 import yaml
 from hypothesis import given
+from strategies import specs
 
 import lossdsl
-
-from strategies import specs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # Every top-level example is an experiment file with its loss at model.loss.

@@ -6,11 +6,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import caret_target
 from omegaconf import OmegaConf
 
 import lossdsl
-from conftest import caret_target
-from lossdsl import LossConfigError, LossDSLError, LossSpecError
+from lossdsl import LossConfigError, LossSpecError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

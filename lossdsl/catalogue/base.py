@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..errors import LossDSLError, LossSpecError, unknown_name_hint
+from ..errors import LossDSLError, LossSpecError
 from .spellings import unknown_loss_hint
 
 # Scalars are strict (no "2" -> 2.0, no true -> 1.0) but an int is accepted where a float is expected.

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..catalogue.schedules import is_schedule
 from ..catalogue.base import LossNode, node_taking
+from ..catalogue.schedules import is_schedule
 from ..errors import LossInputError
 from ..functional.distributed import collectives_allowed, mean_over_processes
 from ..functional.plan import compute_dtype

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..catalogue.counts import given_counts
 from ..catalogue.likelihoods import BCE
 from ..catalogue.longtail import LDAM, ClassBalanced, EQLv2, LogitAdjust, Seesaw
+from ..catalogue.schedules import is_schedule
 from ..errors import LossInputError
 from ..functional.distributed import sum_over_processes
 from ..functional.longtail import (
@@ -39,7 +40,6 @@ from ..functional.longtail import (
     sample_weights,
     seesaw_shift,
 )
-from ..catalogue.schedules import is_schedule
 from ..functional.plan import SampleWeightStep, compute_dtype
 from ..functional.schedules import schedule_value
 from ..functional.targets import per_class, zero_ignored
