@@ -33,3 +33,18 @@ def caret_target(error) -> str:
         if line.strip() == "^":
             return lines[index - 1][line.index("^")]
     raise AssertionError(f"no caret in:\n{error}")
+
+
+def run_cli(capsys, *args: str, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
+    """``lossdsl ARGS`` in this process: its exit code, stdout and stderr (``stdin``: the text it
+    reads, with ``monkeypatch``)."""
+    import io
+    import sys
+
+    from lossdsl.cli import main
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

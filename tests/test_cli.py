@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli as run_main
 
 import lossdsl
-from lossdsl.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -140,12 +140,6 @@ def test_expand_rewrites_named_losses_into_primitive_blocks(ran):
 
 
 # -- the command, in process --------------------------------------------------------------------------
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_main_prints_the_same_tree(capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from conftest import run_cli as run_main
 from hypothesis import given, settings
 from strategies import specs
 
@@ -214,12 +215,6 @@ def test_subprocess_help(ran):
 
 
 # -- in process: helpers ------------------------------------------------------------------------------
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_user_error(code: int, out: str, err: str, *fragments: str) -> None:

@@ -7,17 +7,11 @@ from __future__ import annotations
 import sys
 
 import pytest
+from conftest import run_cli as run
 
 import lossdsl.memory
-from lossdsl.cli import main
 
 GIB = 2**30
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

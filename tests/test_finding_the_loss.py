@@ -5,26 +5,16 @@ as a file is."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import sys
 
 import pytest
+from conftest import run_cli as run
 from omegaconf import OmegaConf
 
 import lossdsl
-from lossdsl.cli import main
 
 EXPERIMENT = "model:\n  name: tiny\n  loss: focal(gamma=3)\ntrain:\n  lr: 0.1\n"
 DEEPER = "model:\n  name: tiny\n  criterion:\n    kind: focal\n    gamma: 3\n  aux: ce(smoothing=0.1)\n"
-
-
-def run(capsys, *args: str, stdin: str | None = None, monkeypatch=None) -> tuple[int, str, str]:
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def error_of(call) -> lossdsl.LossDSLError:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import RUNAWAY_S, caret_target
+from conftest import run_cli as run_main
 from hypothesis import given
 from omegaconf import OmegaConf
 from strategies import specs
@@ -29,7 +30,6 @@ from lossdsl import LossConfigError, LossDSLError, LossSpec, LossSpecError, Term
 from lossdsl.catalogue.likelihoods import CE
 from lossdsl.catalogue.multitask import Tasks
 from lossdsl.catalogue.regression import L1, MSE
-from lossdsl.cli import main
 from lossdsl.interpolation import MAX_EVALUATIONS
 from lossdsl.validate import MAX_EXPANDED_NODES, MAX_TERMS
 from lossdsl.yaml_io import MAX_YAML_CHARS, MAX_YAML_VALUES
@@ -60,12 +60,6 @@ def write(folder: Path, text: str, name: str = "exp.yaml") -> Path:
     path = folder / name
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def run_main(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def position_of(text: str, token: str) -> tuple[int, int]:

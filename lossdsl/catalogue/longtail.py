@@ -123,8 +123,20 @@ class BalancedSoftmax(LossNode):
         return LogitAdjust(loss=CE(ignore_index=self.ignore_index), tau=1.0, counts=self.counts)
 
 
+class LogitShiftingLoss(LossNode):
+    """A named softmax-head loss on class indices that shifts the logits by class (ldam, seesaw):
+    a logit-shifting block may not wrap it again (``shifts_logits``)."""
+
+    targets = _INDEX_TARGETS
+    shifts_logits: ClassVar[bool] = True
+
+    @property
+    def head(self) -> str:
+        return "softmax"
+
+
 @register
-class LDAM(LossNode):
+class LDAM(LogitShiftingLoss):
     """Label-distribution-aware margin loss (Cao et al. 2019): ``ce(s (z - Delta_y onehot_y))`` with
     ``Delta_j = max_m n_j^(-1/4) / max_k n_k^(-1/4)``: the rarest class gets the margin ``max_m``,
     every other one less, in proportion to ``n_j^(-1/4)``; ``s`` scales the logits (the paper's
@@ -150,12 +162,6 @@ class LDAM(LossNode):
         "LDAM-DRW LDAMLoss(cls_num_list=n, max_m=0.5, s=30): ldam(counts=n); with weight=w (DRW), "
         "class_balanced(ldam(counts=n), beta=0.9999, reduction=sum) / sum of w over the batch",
     )
-    targets = _INDEX_TARGETS
-    shifts_logits: ClassVar[bool] = True
-
-    @property
-    def head(self) -> str:
-        return "softmax"
 
 
 @register
@@ -196,7 +202,7 @@ class ClassBalanced(Modifier):
 
 
 @register
-class Seesaw(LossNode):
+class Seesaw(LogitShiftingLoss):
     """Seesaw loss (Wang et al. 2021, Seesaw Loss for Long-Tailed Instance Segmentation): ``ce`` on
     ``z_ij + log(M_ij C_ij)`` for the classes ``j`` other than the target ``i``:
 
@@ -227,12 +233,6 @@ class Seesaw(LossNode):
         "mmdet SeesawLoss(p=0.8, q=2.0, num_classes=C) (C + 2 outputs): "
         "dict(type='LossDSL', expr='seesaw()') (lossdsl.integrations.mmdet)",
     )
-    targets = _INDEX_TARGETS
-    shifts_logits: ClassVar[bool] = True
-
-    @property
-    def head(self) -> str:
-        return "softmax"
 
 
 @register
