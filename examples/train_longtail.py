@@ -112,7 +112,8 @@ def cell(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loss", action="append", help="an expression to compare (repeatable); "
                         "default: the nine baselines of the table")
     parser.add_argument("--seeds", type=int, default=3)
@@ -132,9 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'loss':{width}}  {'balanced':>12}  {'many':>12}  {'medium':>12}  {'few':>12}  time")
     for label, expr in rows:
         start = time.perf_counter()
-        results = [summary(train_and_evaluate(expr, data, args.steps, seed), counts) for seed in range(args.seeds)]
+        results = [summary(train_and_evaluate(expr, data, args.steps, seed), counts)
+                   for seed in range(args.seeds)]
         elapsed = time.perf_counter() - start
-        cells = "  ".join(cell([result[group] for result in results]) for group in ("balanced", "many", "medium", "few"))
+        cells = "  ".join(cell([result[group] for result in results])
+                          for group in ("balanced", "many", "medium", "few"))
         print(f"{label:{width}}  {cells}  {elapsed:4.1f} s")
     return 0
 

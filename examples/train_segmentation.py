@@ -111,8 +111,10 @@ def train(expr: str, steps: int, data, seed: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loss", action="append", help="a loss to compare (repeatable); default: ce vs ce+dice")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loss", action="append",
+                        help="a loss to compare (repeatable); default: ce vs ce+dice")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

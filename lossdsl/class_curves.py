@@ -53,15 +53,18 @@ def class_curves(spec: LossSpec, label: str) -> list[ClassCurve]:
         counts = given_counts(node.counts)
         if counts is None:
             raise LossSpecError(
-                f"{label or spec.to_expr()}: {node.kind_name()}() counts online, so its per-class values exist only once "
+                f"{label or spec.to_expr()}: {node.kind_name()}() counts online, so its per-class values "
+                "exist only once "
                 "training has counted the targets; give counts=[...] (or a counts file) to plot them")
         n = torch.tensor(counts, dtype=torch.float64)
         if isinstance(node, LogitAdjust):
             tau, at = at_epoch_0(node.tau)
-            what = f"logit shift log(pi^{tau:g} + 1e-12){at}" + (" (at prediction, negated)" if node.posthoc else "")
+            what = f"logit shift log(pi^{tau:g} + 1e-12){at}"
+            what += " (at prediction, negated)" if node.posthoc else ""
             values = log_prior(n, tau)
         elif isinstance(node, LDAM):
-            what, values = f"margin s Delta_j (max_m={node.max_m:g}, s={node.s:g})", ldam_margins(n, node.max_m) * node.s
+            what = f"margin s Delta_j (max_m={node.max_m:g}, s={node.s:g})"
+            values = ldam_margins(n, node.max_m) * node.s
         else:
             beta, at = at_epoch_0(node.beta)
             what, values = f"class weight w_j (beta={beta:g}{at})", effective_number_weights(n, beta)

@@ -307,7 +307,8 @@ class CompiledLoss(LossModule):
         clock = clock if clock is not None else self.clock
         reductions = [None] * len(self.terms) if reductions is None else list(reductions)
         prepared = [
-            None if silent else term.prepare_call(input, target, weight, avg_factor, inputs, reduction=reduction)
+            None if silent
+            else term.prepare_call(input, target, weight, avg_factor, inputs, reduction=reduction)
             for term, silent, reduction in zip(self.terms, self.silent, reductions, strict=True)
         ]
         active = [item for item in prepared if item is not None]

@@ -483,7 +483,8 @@ def _draw(figure_class: Any, curves: Sequence[Curves], title: str | None, ax: An
         for curve in curves:
             ax.plot(curve.x, curve.positive[0], marker="o", label=curve.label)
         counts = curves[0].positive[1]
-        ax.set_xticks(curves[0].x.tolist(), [f"{j}\n{n:g}" for j, n in enumerate(counts.tolist())], fontsize=7)
+        ticks = [f"{j}\n{n:g}" for j, n in enumerate(counts.tolist())]
+        ax.set_xticks(curves[0].x.tolist(), ticks, fontsize=7)
         ax.set_xlabel("class j, and its count n_j")
         ax.set_ylabel("per-class value")
         ax.grid(alpha=0.3)

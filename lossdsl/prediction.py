@@ -31,7 +31,8 @@ def class_scores(terms: Iterable[nn.Module], logits: Tensor, clock: Any = None) 
             f"{own[0].label} and {own[1].label} each define their own prediction; this loss cannot "
             "say which one to use", hint="call the term's own: loss.terms[i].predict(logits)")
     if not isinstance(logits, Tensor) or not logits.is_floating_point() or logits.dim() < 2:
-        shown = f"{logits.dtype} {list(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__
+        shown = (f"{logits.dtype} {list(logits.shape)}" if isinstance(logits, Tensor)
+                 else type(logits).__name__)
         raise LossInputError(f"predict() expects floating-point logits [N, C, ...]; got {shown}")
     if own:
         return own[0].predict(logits, clock)

@@ -196,9 +196,9 @@ def redact(error: LossDSLError, hidden: list[tuple[str, str]]) -> LossDSLError:
     for text, shown in sorted(hidden, key=lambda pair: -len(pair[0])):
         pattern = re.compile((r"(?<![\w.])" + re.escape(text) + r"(?![\w.])") if len(text) <= _SHORT
                              else re.escape(text))
-        error.reason = pattern.sub(lambda _: shown, error.reason)
+        error.reason = pattern.sub(lambda _, shown=shown: shown, error.reason)
         if error.hint:
-            error.hint = pattern.sub(lambda _: shown, error.hint)
+            error.hint = pattern.sub(lambda _, shown=shown: shown, error.hint)
         if error.source:
             error.source, error.column = _redact_source(error, pattern, shown)
     error.args = (error.reason,)

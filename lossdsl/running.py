@@ -50,7 +50,8 @@ def apply_keeping_dtype(buffers: dict[str, Tensor | None], fn: Callable[[Tensor]
         buffers[name] = applied if applied.dtype == buffer.dtype else buffer.to(applied.device)
 
 
-def loaded_value_problem(value: Any, buffer: Tensor, bounds: Bounds, sized_by_first_call: bool = False) -> str | None:
+def loaded_value_problem(value: Any, buffer: Tensor, bounds: Bounds,
+                         sized_by_first_call: bool = False) -> str | None:
     """What is wrong with ``value`` as the new content of ``buffer``, or None. A value that is no
     tensor is left to torch, which reports it; meta and fake tensors hold no values to look at.
     A statistic ``sized_by_first_call`` (one value per class, empty until the first training call)
@@ -59,7 +60,8 @@ def loaded_value_problem(value: Any, buffer: Tensor, bounds: Bounds, sized_by_fi
         return None
     # torch itself loads a [1] tensor into a 0-d one (checkpoints of torch 0.3).
     legacy_scalar = buffer.dim() == 0 and tuple(value.shape) == (1,)
-    resized = sized_by_first_call and value.dim() == buffer.dim() == 1 and 0 in (value.numel(), buffer.numel())
+    resized = (sized_by_first_call and value.dim() == buffer.dim() == 1
+               and 0 in (value.numel(), buffer.numel()))
     if value.shape != buffer.shape and not (legacy_scalar or resized):
         return f"has shape {list(value.shape)}; this loss's has shape {list(buffer.shape)}"
     if value.is_complex():

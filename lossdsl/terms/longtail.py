@@ -179,7 +179,8 @@ class ClassFrequency(RunningStatistics):
             return scaled.scatter_add_(1, safe.unsqueeze(1), -margin[safe].unsqueeze(1))
         return x + seesaw_shift(x, safe, torch.log(n), node.p, node.q, node.eps)
 
-    def class_weights(self, counts: dict[str, Tensor], dtype: torch.dtype, clock: Any = None) -> Tensor | None:
+    def class_weights(self, counts: dict[str, Tensor], dtype: torch.dtype,
+                      clock: Any = None) -> Tensor | None:
         """``class_balanced``'s weight of each class ``[C]`` (``beta`` is read here only, at
         ``clock`` when it follows a schedule: DRW), or None."""
         if self.balance is None:
@@ -225,7 +226,8 @@ def parameter_value(value: Any, clock: Any, like: Tensor) -> Any:
 
 def long_tail_nodes(base: Any, blocks: tuple[Any, ...]) -> tuple[Any, ...]:
     """The nodes of a term's chain that ``ClassFrequency`` handles."""
-    return tuple(node for node in (base, *blocks) if isinstance(node, (LogitAdjust, LDAM, Seesaw, ClassBalanced)))
+    kinds = (LogitAdjust, LDAM, Seesaw, ClassBalanced)
+    return tuple(node for node in (base, *blocks) if isinstance(node, kinds))
 
 
 @dataclasses.dataclass
@@ -264,7 +266,8 @@ class ClassBalancedSigmoidTerm(SigmoidTerm):
         counts = self.frequency.counts(inputs.classes, inputs.classes_valid, inputs.classes_are_indices,
                                        classes, inputs)
         weight = self.frequency.sample_weight(inputs.classes, inputs.classes_valid,
-                                              inputs.classes_are_indices, counts, inputs.x.dtype, inputs.clock)
+                                              inputs.classes_are_indices, counts, inputs.x.dtype,
+                                              inputs.clock)
         return (weight.unsqueeze(1),)
 
 
@@ -303,7 +306,8 @@ class EQLv2Term(TermModule):
         integer = not target.is_floating_point() and target.dtype != torch.bool
         if tuple(target.shape) != (input.shape[0],) or not integer:
             raise self.fail(
-                f"eqlv2 needs integer class indices of shape {shape_of(input.shape[:1])} in 0..{channels - 1} "
+                f"eqlv2 needs integer class indices of shape {shape_of(input.shape[:1])} "
+                f"in 0..{channels - 1} "
                 f"({channels - 1} is the background); got {target.dtype} {shape_text(target)}"
             )
         classes = self._buffers["pos_grad"].numel()

@@ -197,7 +197,8 @@ class SoftmaxTerm(TermModule):
         staged), the logits shifted by logit_adjust, ldam or seesaw, class_balanced's weights."""
         frequency = self.frequency
         counts = frequency.counts(inputs.target, inputs.valid, inputs.is_index, inputs.x.shape[1], inputs)
-        x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts, inputs.clock)
+        x = frequency.shifted_logits(self.sanitised(inputs), inputs.target, inputs.valid, counts,
+                                     inputs.clock)
         return dataclasses.replace(inputs, x=x, zeroed=True,
                                    class_balance=frequency.class_weights(counts, x.dtype, inputs.clock))
 
