@@ -57,9 +57,13 @@ def add_schedule_panels(figure: Any, specs: Sequence[LossSpec]) -> bool:
     for ax in figure.axes:  # the curves keep their layout in the upper part
         box = ax.get_position()
         ax.set_position([box.x0, 1 - (1 - box.y0) * share, box.width, box.height * share])
+    # The notes under the curves stay at the bottom of the taller figure: the panels go above them,
+    # into the room the notes leave free under the curves.
+    lifted = _notes_height(figure) / figure.get_figheight()
     for index, (over, rows) in enumerate(series.items()):
         height = (1 - share) / panels
-        ax = figure.add_axes([0.1, height * (panels - 1 - index) + 0.22 * height, 0.85, 0.6 * height])
+        bottom = lifted + height * (panels - 1 - index) + 0.22 * height
+        ax = figure.add_axes([0.1, bottom, 0.85, 0.6 * height])
         for label, positions, values in rows:
             ax.step(positions, values, where="post", label=label)
         ax.set_xlabel(over)
@@ -67,3 +71,9 @@ def add_schedule_panels(figure: Any, specs: Sequence[LossSpec]) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return True
+
+
+def _notes_height(figure: Any) -> float:
+    """Inches taken by the notes written at the bottom of ``figure`` (lossdsl.plotting's, 8 points)."""
+    lines = [text.get_text().count("\n") + 1 for text in figure.texts if text.get_position()[1] < 0.1]
+    return 0.0 if not lines else max(lines) * 8 * 1.25 / 72
