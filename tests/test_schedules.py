@@ -356,6 +356,21 @@ def test_plot_draws_the_schedules_against_the_epoch_and_the_step():
     assert panels[1].get_legend().get_texts()[0].get_text() == "term 2 weight: ramp(0, 1, end=100, over=step)"
 
 
+@pytest.mark.parametrize("expr", [
+    "focal(gamma=ramp(0, 2, end=8)) + ramp(0, 1, end=100, over=step) * bce()",
+    "class_balanced(ldam(counts=[50, 9, 2]), beta=steps([0, 0.9999], at=[160]), counts=[50, 9, 2])",
+])
+def test_the_schedule_panels_sit_above_the_notes(expr):
+    pytest.importorskip("matplotlib")
+    figure = lossdsl.plot(expr)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    (notes,) = [text for text in figure.texts if text.get_position()[1] < 0.1]
+    lowest = min(figure.axes, key=lambda ax: ax.get_position().y0)
+    assert lowest.get_tightbbox(renderer).y0 > notes.get_window_extent(renderer).y1  # its label too
+
+
 # -- torch.compile ------------------------------------------------------------------------------------
 
 
