@@ -284,6 +284,8 @@ def issue18_table(args: argparse.Namespace) -> None:
     """Issue 18's table: best of --rounds interleaved rounds, each the medians of --repeat runs."""
     clock = time.thread_time if args.cpu_time else time.perf_counter
     rows = issue18_rows(args.n, args.c, args.region_shape, args.device)
+    if args.only:
+        rows = [row for row in rows if row.name in args.only]
     timing = "one thread's CPU time" if args.cpu_time else "wall clock"
     caption = (f"{args.device}, float32, forward+backward, {torch.get_num_threads()} thread(s), {timing}, "
                f"best of {args.rounds} interleaved rounds (each the medians of {args.repeat} runs), "
@@ -325,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="one thread, timed by its CPU time: for a machine other jobs keep busy")
     parser.add_argument("--update", metavar="README", help="rewrite the table between the file's "
                         f"{BEGIN} and {END} markers (issue18 table)")
+    parser.add_argument("--only", nargs="+", metavar="ROW", help="issue18 rows to run, by name")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = parser.parse_args(argv)

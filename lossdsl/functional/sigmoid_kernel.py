@@ -57,6 +57,31 @@ def _softplus(x: Tensor) -> Tensor:
     return F.softplus(x, threshold=20.0 if x.dtype != torch.float64 else 40.0)
 
 
+class _Pool:
+    """Spare tensors of the logits' shape and dtype, owned by one eager call: a block's temporaries
+    reuse the memory of those no longer needed. On a CPU each fresh large allocation is mapped anew
+    and costs a page fault per page, often more than the arithmetic written into it."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.like = like
+        self.spare: list[Tensor] = []
+        self.ids: set[int] = set()
+
+    def take(self) -> Tensor:
+        if self.spare:
+            tensor = self.spare.pop()
+            self.ids.discard(id(tensor))
+            return tensor
+        return torch.empty_like(self.like, memory_format=torch.contiguous_format)
+
+    def give(self, tensor: Tensor) -> None:
+        """Only whole tensors of the logits' shape come back, each once."""
+        if tensor.shape == self.like.shape and tensor.dtype == self.like.dtype and tensor._base is None \
+                and tensor.is_contiguous() and id(tensor) not in self.ids:
+            self.ids.add(id(tensor))
+            self.spare.append(tensor)
+
+
 class _Shared:
     """Quantities the blocks share, each computed at most once per call, and only when some block
     needs it: ``p``; ``-log p = softplus(-x)``; ``1 - p = sigmoid(-x)`` (for ``q``, the clip margin,
@@ -81,6 +106,8 @@ class _Shared:
         self.one_minus_p: Tensor | None = None
         self._minus_log_p: Tensor | None = None
         self._minus_log_one_minus_p: Tensor | None = None
+        self.pool: _Pool | None = None
+        self.log_term: Tensor | None = None  # log1p(exp(-|x|)), eager mode
         if is_compiling():
             # One exponential for everything (a fused kernel pays per transcendental, not per op):
             # with e = exp(-|x|), p and 1 - p are 1/(1+e) and e/(1+e), and the two softplus share
@@ -95,7 +122,17 @@ class _Shared:
             self._minus_log_one_minus_p = x.clamp(min=0) + log_term  # softplus(x)
             self._minus_log_p = (-x).clamp(min=0) + log_term  # softplus(-x)
         else:
-            self.p = torch.sigmoid(x)
+            # Eager: torch's sigmoid costs half an exp, so p and 1 - p = sigmoid(-x) come from it, and
+            # the two softplus share log1p(exp(-|x|)) = -log1p(-min(p, 1 - p)) (exact to rounding:
+            # min(p, 1 - p) = sigmoid(-|x|) keeps its relative precision; one log1p for both).
+            self.pool = _Pool(x)
+            self.p = torch.sigmoid(x, out=self.pool.take())
+            if self.need_one_minus_p:
+                self.one_minus_p = torch.neg(x, out=self.pool.take()).sigmoid_()
+                small = torch.minimum(self.p, self.one_minus_p, out=self.pool.take())
+            else:
+                small = torch.abs(x, out=self.pool.take()).neg_().sigmoid_()
+            self.log_term = small.neg_().log1p_().neg_()
         self._p_dp: Tensor | None = None
         self._negative: tuple[Tensor, Tensor] | None = None
         self._q: tuple[Tensor, Tensor, Tensor | None] | None = None
@@ -105,6 +142,10 @@ class _Shared:
         """``-log p = softplus(-x)``; ``1 - p = sigmoid(-x)`` is built beside it, in the memory of
         ``-x``, when something needs it."""
         if self._minus_log_p is None:
+            if self.log_term is not None:  # relu(-x) + log1p(exp(-|x|)) = log1p(e) - min(x, 0)
+                kept = torch.clamp(self.x, max=0, out=self.pool.take())
+                self._minus_log_p = torch.sub(self.log_term, kept, out=kept)
+                return self._minus_log_p
             negated = torch.neg(self.x)
             self._minus_log_p = _softplus(negated)
             if self.need_one_minus_p:
@@ -115,19 +156,37 @@ class _Shared:
         """``-log(1 - p) = softplus(x)``, handed over (the base loss is built in its memory)."""
         value = self._minus_log_one_minus_p
         self._minus_log_one_minus_p = None
+        if value is None and self.log_term is not None:  # relu(x) + log1p(exp(-|x|))
+            return torch.clamp(self.x, min=0, out=self.pool.take()).add_(self.log_term)
         return _softplus(self.x) if value is None else value
 
     def release(self) -> None:
         """Drop what only the base loss and ``q`` needed, so the peak memory stays low; ``q``, its
         derivatives and ``log q`` stay."""
-        self.p = self.one_minus_p = self._minus_log_p = None  # type: ignore[assignment]
+        if self.pool is not None:  # their memory serves the blocks' temporaries
+            kept = {id(t) for t in (self._q or ()) + (self._log_q or ()) if t is not None}
+            for tensor in (self.p, self.one_minus_p, self._minus_log_p, self._minus_log_one_minus_p,
+                           self._p_dp, self.log_term, *(self._negative or ())):
+                if tensor is not None and id(tensor) not in kept:
+                    self.pool.give(tensor)
+        self.p = self.one_minus_p = self._minus_log_p = self.log_term = None  # type: ignore[assignment]
         self._minus_log_one_minus_p = self._p_dp = self._negative = None
+
+    def recycle(self, *tensors: Tensor | float | None) -> None:
+        """Give back a block's temporaries (never ``q`` and its kin, which later blocks read)."""
+        if self.pool is None:
+            return
+        kept = {id(t) for t in (self._q or ()) + (self._log_q or ()) if t is not None}
+        for tensor in tensors:
+            if isinstance(tensor, Tensor) and id(tensor) not in kept:
+                self.pool.give(tensor)
 
     @property
     def p_dp(self) -> Tensor:
         """``dp/dx = p (1 - p)``."""
         if self._p_dp is None:
-            self._p_dp = self.p * self.one_minus_p
+            out = None if self.pool is None else self.pool.take()
+            self._p_dp = torch.mul(self.p, self.one_minus_p, out=out)
         return self._p_dp
 
     def negative(self) -> tuple[Tensor, Tensor]:
@@ -149,9 +208,21 @@ class _Shared:
         if self._q is None:
             y = self.y
             p_m, dp_m = self.negative()
-            q = torch.lerp(p_m, self.one_minus_p, y)
+            pool = self.pool
+            if pool is None:
+                q = torch.lerp(p_m, self.one_minus_p, y)
+            else:
+                q = torch.lerp(p_m, self.one_minus_p, y, out=pool.take())
             if self.clips:
                 dq = torch.lerp(dp_m, torch.neg(self.p_dp), y)
+            elif pool is not None:
+                # dq/dx = p(1-p)(1-2y) in the memory of p: nothing reads p after q (the base loss,
+                # GHM-C's weights and varifocal's come first)
+                dq_dy = torch.sub(self.one_minus_p, p_m) if self.need_dy else None
+                dq = self.p.mul_(self.one_minus_p)
+                self._q = (q, dq.addcmul_(y, dq, value=-2), dq_dy)
+                self.p = self._p_dp = self._negative = None  # type: ignore[assignment]
+                return self._q
             else:  # dq/dx = p(1-p)(1-2y)
                 dq = torch.addcmul(self.p_dp, y, self.p_dp, value=-2)
             self._q = (q, dq, torch.sub(self.one_minus_p, p_m) if self.need_dy else None)
@@ -172,8 +243,10 @@ class _Shared:
         """``log q`` (q clamped to the smallest normal number), ``(dq/dx) / q`` and ``(dq/dy) / q``."""
         if self._log_q is None:
             q, dq, dq_dy = self.q()
-            safe = q.clamp(min=tiny(q.dtype))
-            self._log_q = (torch.log(safe), dq / safe, None if dq_dy is None else dq_dy / safe)
+            take = (lambda: None) if self.pool is None else self.pool.take
+            safe = torch.clamp(q, min=tiny(q.dtype), out=take())
+            ratio_y = None if dq_dy is None else dq_dy / safe
+            self._log_q = (torch.log(safe, out=take()), torch.div(dq, safe, out=safe), ratio_y)
         return self._log_q
 
     def power(
@@ -187,17 +260,22 @@ class _Shared:
         q, dq, dq_dy = self.q()
         if isinstance(exponent, float) and exponent.is_integer() and exponent <= 8 and not exponent_dy:
             k = int(exponent)
-            value = q if k == 1 else (q * q if k == 2 else q.pow(k))
+            take = (lambda: None) if self.pool is None else self.pool.take
+            value = q if k == 1 else (torch.mul(q, q, out=take()) if k == 2 else torch.pow(q, k, out=take()))
             if not (need_dx or need_dy):
                 return value, None, None
             # d(q^k) = k q^(k-1) dq
-            slope = None if k == 1 else (torch.mul(q, k) if k == 2 else q.pow(k - 1).mul_(k))
-            dx = (dq if slope is None else slope * dq) if need_dx else None
+            slope = None if k == 1 else (torch.mul(q, k, out=take()) if k == 2 else
+                                         torch.pow(q, k - 1, out=take()).mul_(k))
             dy = (dq_dy if slope is None else slope * dq_dy) if need_dy else None
+            dx = (dq if slope is None else slope.mul_(dq)) if need_dx else None
+            if slope is not None and not need_dx:
+                self.recycle(slope)
             return value, dx, dy
         log_q, ratio, ratio_y = self.log_q()
-        value = torch.mul(log_q, exponent).exp_()
-        dx = torch.mul(value, ratio).mul_(exponent) if need_dx else None
+        take = (lambda: None) if self.pool is None else self.pool.take
+        value = torch.mul(log_q, exponent, out=take()).exp_()
+        dx = torch.mul(value, ratio, out=take()).mul_(exponent) if need_dx else None
         dy = None
         if need_dy:  # q^g (g dq/dy / q + dg/dy log q)
             slope = torch.mul(ratio_y, exponent)
@@ -272,6 +350,39 @@ class _Running:
                 self.dy = u.add_product(self.dy, self.loss, dy)
         self.loss = u.scale(self.loss, factor)
 
+    def multiply_power(self, q: Tensor, dq: Tensor | None, k: int, pool: _Pool) -> None:
+        """``l <- l q^k`` for an integer ``k >= 1`` in place (eager, no y-derivative):
+        ``dl/dx <- q^(k-1) (q dl/dx + k l dq/dx)``, with ``q^(k-1)`` the only temporary (none for
+        ``k <= 2``); ``dq`` None: the factor carries no gradient (a detached focusing weight)."""
+        power = torch.pow(q, k - 1, out=pool.take()) if k > 2 else q if k == 2 else None
+        if self.dx is not None:
+            self.dx.mul_(q)
+            if dq is not None:
+                self.dx.addcmul_(self.loss, dq, value=k)
+            if power is not None:
+                self.dx.mul_(power)
+        self.loss.mul_(q)
+        if power is not None:
+            self.loss.mul_(power)
+        if k > 2:
+            pool.give(power)
+
+    def add_power(self, q: Tensor, dq: Tensor, n: int, coefficient: float, pool: _Pool) -> None:
+        """``l <- l + c q^n`` for an integer ``n >= 1`` in place (eager, no y-derivative):
+        ``dl/dx <- dl/dx + c n q^(n-1) dq/dx``."""
+        power = torch.pow(q, n - 1, out=pool.take()) if n > 2 else q if n == 2 else None
+        if power is None:
+            self.loss.add_(q, alpha=coefficient)
+        else:
+            self.loss.addcmul_(power, q, value=coefficient)
+        if self.dx is not None:
+            if power is None:
+                self.dx.add_(dq, alpha=coefficient)
+            else:
+                self.dx.addcmul_(power, dq, value=coefficient * n)
+        if n > 2:
+            pool.give(power)
+
     def selected(self, valid: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """The loss and its derivatives, 0 where ``valid`` is False (or all of them without a mask)."""
         values = (self.loss, self.dx, self.dy)
@@ -293,6 +404,8 @@ def _base_loss(
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """bce per element, ``(1-y) (-log(1 - p_m)) + y (-pw log p)``, and its derivatives."""
     y = s.y
+    if s.log_term is not None and pos_weight is None and not s.clips:
+        return _base_loss_eager(s, need_dx, need_dy)
     positive = s.minus_log_p()
     if pos_weight is not None:
         positive = positive * pos_weight
@@ -332,6 +445,27 @@ def _base_loss(
     return loss, dx, dy
 
 
+def _base_loss_eager(s: _Shared, need_dx: bool, need_dy: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """bce without clip or ``pos_weight`` in eager mode, in two fresh tensors: with
+    ``L = log1p(exp(-|x|))``, ``-log(1-p) = relu(x) + L`` and ``-log p = relu(-x) + L``, so the loss is
+    ``L + lerp(relu(x), relu(-x), y)``: lerp's two-sided formula sees ``relu(-x) - relu(x) = -x``
+    exactly, and the result is exact to rounding for any target (hard or soft); ``dl/dy = -x``."""
+    x, y, pool = s.x, s.y, s.pool
+    loss = torch.clamp(x, min=0, out=pool.take())
+    other = torch.sub(loss, x, out=pool.take())  # relu(-x), exactly
+    loss.lerp_(other, y).add_(s.log_term)
+    dx = None
+    if need_dx and s.one_minus_p is not None:  # (1-y) p - y (1 - p), exact where p ~ 1
+        dx = torch.lerp(s.p, torch.neg(s.one_minus_p, out=other), y, out=other)
+    elif need_dx:  # p - y, as torch's kernel (only p is at hand; no block needs 1 - p)
+        dx = torch.sub(s.p, y, out=other)
+    else:
+        pool.give(other)
+    pool.give(s.log_term)  # its memory serves q
+    s.log_term = None
+    return loss, dx, torch.neg(x) if need_dy else None
+
+
 def _varifocal_weight(
     s: _Shared, step: VarifocalStep, need_dx: bool, need_dy: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -355,6 +489,11 @@ def _varifocal_weight(
     if need_dx:
         dx = torch.where(positive, zero, negative_weight.mul_(s.one_minus_p).mul_(step.gamma))
     return weight, dx, dy
+
+
+def _whole(exponent: float | Tensor) -> bool:
+    """An exponent taken by repeated products (1 to 8) rather than ``exp(g log q)``."""
+    return isinstance(exponent, float) and exponent.is_integer() and 1 <= exponent <= 8
 
 
 def sigmoid_loss_and_grad(
@@ -420,23 +559,37 @@ def sigmoid_loss_and_grad(
                 gamma = torch.mul(y, slope).add_(gamma_neg)
             # detach: the focusing weight carries no gradient at all (timm's disable_torch_grad).
             wanted = not step.detach
+            if _whole(gamma) and s.pool is not None and not need_dy and not slope:
+                q, dq, _ = s.q()
+                running.multiply_power(q, dq if need_dx and wanted else None, int(gamma), s.pool)
+                exponent = exponent + gamma
+                continue
             factor, d_factor, d_factor_dy = s.power(
                 gamma, need_dx and wanted, need_dy and wanted, slope
             )
             if isinstance(factor, Tensor):
                 running.multiply(factor, d_factor, d_factor_dy)
+            s.recycle(factor, d_factor, d_factor_dy)
             factor = d_factor = d_factor_dy = None  # free them before the next block allocates
             exponent = exponent + gamma
             exponent_dy += slope
         elif isinstance(step, PolyStep):
             for j, eps in enumerate(step.eps, start=1):
-                if eps:  # a Slot (a scheduled coefficient) is always computed
+                if eps and _whole(exponent + j) and isinstance(eps, float) and s.pool is not None \
+                        and not need_dy and not exponent_dy:
+                    q, dq, _ = s.q()
+                    running.add_power(q, dq, int(exponent + j), eps, s.pool)
+                elif eps:  # a Slot (a scheduled coefficient) is always computed
                     term = s.power(exponent + j, need_dx, need_dy, exponent_dy)
                     running.add(*term, resolve(eps, constants))
+                    s.recycle(*term)
         elif isinstance(step, BalanceStep):
             alpha = constants[step.slot]
             slope = 2 * alpha - 1
-            running.scale(torch.addcmul(1 - alpha, y, slope), slope)  # alpha y + (1-alpha)(1-y)
+            out = None if s.pool is None else s.pool.take()
+            factor = torch.addcmul(1 - alpha, y, slope, out=out)  # alpha y + (1-alpha)(1-y)
+            running.scale(factor, slope)
+            s.recycle(factor)
         elif isinstance(step, DensityStep):
             running.scale(density)
         elif isinstance(step, VarifocalStep):
