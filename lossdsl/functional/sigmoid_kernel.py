@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .distributed import sum_over_processes
-from .ghm import density_weights
+from .ghm import bin_index, density_table, density_weights
 from .plan import (
     BalanceStep, DensityStep, ModulateStep, PolyStep, SampleWeightStep, Step, VarifocalStep, resolve, tiny,
 )
@@ -496,6 +496,12 @@ def _whole(exponent: float | Tensor) -> bool:
     return isinstance(exponent, float) and exponent.is_integer() and 1 <= exponent <= 8
 
 
+# Elements per part of a large eager computation on the CPU: a part's temporaries (a dozen at most,
+# 256 KiB each in float32) stay in the core's caches, and none of them is large enough for the C
+# allocator to map fresh pages from the system (a page fault each) on every call.
+CHUNK_ELEMENTS = 1 << 16
+
+
 def sigmoid_loss_and_grad(
     x: Tensor,
     y: Tensor,
@@ -521,6 +527,79 @@ def sigmoid_loss_and_grad(
         accumulator: GHM-C's running bin counts, or None.
         constants: per-block tensors addressed by the plan's slots (alpha).
     """
+    rows = x.shape[0] if x.dim() else 0
+    if x.device.type == "cpu" and not is_compiling() and rows > 1 and x.numel() >= 4 * CHUNK_ELEMENTS:
+        step = max(1, CHUNK_ELEMENTS * rows // x.numel())
+        if step < rows:
+            return _in_parts(x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy,
+                             step)
+    return _loss_and_grad(x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy)
+
+
+def _in_parts(
+    x: Tensor, y: Tensor, plan: SigmoidPlan, weight: Tensor | None, pos_weight: Tensor | None,
+    valid: Tensor | None, accumulator: Tensor | None, constants: tuple[Tensor, ...], need_dx: bool,
+    need_dy: bool, step: int,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`sigmoid_loss_and_grad` over ``step`` rows (dimension 0) at a time, every element computed
+    exactly as in one piece: tensors that broadcast along the rows are cut alike, the others are
+    shared. GHM-C's counts need every element first: a pass over the parts bins them (int32 indices,
+    one full-size tensor), and each part then reads its weights from the table."""
+    rows = x.shape[0]
+
+    def part(tensor, start: int, stop: int):
+        if isinstance(tensor, Tensor) and tensor.dim() == x.dim() and tensor.shape[0] == rows:
+            return tensor[start:stop]
+        return tensor
+
+    bounds = [(start, min(start + step, rows)) for start in range(0, rows, step)]
+    density_step = next((s for s in plan.steps if isinstance(s, DensityStep)), None)
+    table, index, new_accumulator = None, None, None
+    if density_step is not None:
+        margin = resolve(plan.margin, constants)
+        index = torch.empty(x.shape, dtype=torch.int32, device=x.device)
+        for start, stop in bounds:
+            x_part, y_part, valid_part = part(x, start, stop), part(y, start, stop), part(valid, start, stop)
+            if valid_part is not None:
+                x_part = zero_ignored(x_part, valid_part)
+            bin_index(_gap(x_part, y_part, margin), density_step.bins, out=index[start:stop])
+        reducer = sum_over_processes if density_step.synchronise else None
+        table, new_accumulator, index = density_table(
+            index, valid, density_step.bins, density_step.momentum, accumulator, reducer, x.dtype
+        )
+    loss = torch.empty_like(x)
+    dx = torch.empty_like(x) if need_dx else None
+    dy = torch.empty_like(x) if need_dy else None
+    for start, stop in bounds:
+        density = None
+        if table is not None:
+            index_part = index[start:stop]
+            density = table.index_select(0, index_part.reshape(-1)).view(index_part.shape)
+        values = _loss_and_grad(
+            part(x, start, stop), part(y, start, stop), plan, part(weight, start, stop),
+            part(pos_weight, start, stop), part(valid, start, stop), None,
+            tuple(part(c, start, stop) for c in constants), need_dx, need_dy, density,
+        )
+        for whole, value in zip((loss, dx, dy), values):
+            if whole is not None:
+                whole[start:stop].copy_(value)
+    return loss, dx, dy, new_accumulator
+
+
+def _gap(x: Tensor, y: Tensor, margin: float | Tensor) -> Tensor:
+    """GHM-C's ``g = |p - y|`` as the term sees it (negatives see ``p_m`` inside a clip)."""
+    p = torch.sigmoid(x)
+    clips = isinstance(margin, Tensor) or margin > 0
+    seen = p if not clips else torch.lerp((p - margin).clamp_(min=0), p, y)
+    return seen.sub_(y).abs_()
+
+
+def _loss_and_grad(
+    x: Tensor, y: Tensor, plan: SigmoidPlan, weight: Tensor | None, pos_weight: Tensor | None,
+    valid: Tensor | None, accumulator: Tensor | None, constants: tuple[Tensor, ...], need_dx: bool,
+    need_dy: bool, density: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """:func:`sigmoid_loss_and_grad` in one piece; ``density``: GHM-C's weights when already known."""
     if valid is not None:  # an ignored logit may be inf or NaN: compute on 0 there, select it away below
         x = zero_ignored(x, valid)
     varifocal = next((step for step in plan.steps if isinstance(step, VarifocalStep)), None)
@@ -529,9 +608,9 @@ def sigmoid_loss_and_grad(
                 need_one_minus_p=plan.needs_q or varifocal is not None or pos_weight is not None)
     # GHM-C's weights need only p: build them first, before the loss and its derivatives exist,
     # so that the binning's temporaries never coexist with them (a lower peak of memory).
-    density, new_accumulator = None, None
+    new_accumulator = None
     density_step = next((step for step in plan.steps if isinstance(step, DensityStep)), None)
-    if density_step is not None:
+    if density_step is not None and density is None:
         # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
         seen = s.p if not s.clips else torch.lerp((s.p - margin).clamp_(min=0), s.p, y)
         reducer = sum_over_processes if density_step.synchronise else None
