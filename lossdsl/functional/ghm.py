@@ -49,12 +49,13 @@ def density_weights(
     return table.index_select(0, index.reshape(-1)).view(index.shape), new_accumulator
 
 
-def bin_index(g: Tensor, bins: int, out: Tensor | None = None) -> Tensor:
+def bin_index(g: Tensor, bins: int, out: Tensor | None = None, wide: Tensor | None = None) -> Tensor:
     """``floor(g * bins)`` as int32 (exact: computed in float64), clamped to ``0..bins-1``; into ``out``
-    (an int32 tensor of g's shape) when given, so that a caller can bin a large tensor in parts."""
+    (an int32 tensor of g's shape) when given, so that a caller can bin a large tensor in parts, with
+    ``wide`` (a float64 tensor of g's shape) for the product."""
     # int32 bin indices (bins <= 10_000) halve the memory of the largest temporaries. The lower clamp
     # keeps a NaN g (a NaN logit, when value checks are off) a valid index: its loss is NaN anyway.
-    scaled = g.to(torch.float64).mul_(bins)
+    scaled = (g.to(torch.float64) if wide is None else wide.copy_(g)).mul_(bins)
     index = scaled.to(torch.int32) if out is None else out.copy_(scaled)
     return index.clamp_(0, bins - 1)
 

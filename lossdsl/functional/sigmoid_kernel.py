@@ -93,7 +93,8 @@ class _Shared:
     """
 
     def __init__(
-        self, x: Tensor, y: Tensor, margin: float, need_dy: bool, quality: bool, need_one_minus_p: bool
+        self, x: Tensor, y: Tensor, margin: float, need_dy: bool, quality: bool, need_one_minus_p: bool,
+        pool: _Pool | None = None,
     ) -> None:
         self.x = x
         self.y = y
@@ -107,6 +108,7 @@ class _Shared:
         self._minus_log_p: Tensor | None = None
         self._minus_log_one_minus_p: Tensor | None = None
         self.pool: _Pool | None = None
+        self.extra: list[Tensor] = []  # temporaries the blocks read to the end (an asymmetric exponent)
         # Where the loss and dl/dx may be written (parts of the whole call's results), or None.
         self.out: tuple[Tensor | None, Tensor | None] = (None, None)
         self.log_term: Tensor | None = None  # log1p(exp(-|x|)), eager mode
@@ -127,7 +129,7 @@ class _Shared:
             # Eager: torch's sigmoid costs half an exp, so p and 1 - p = sigmoid(-x) come from it, and
             # the two softplus share log1p(exp(-|x|)) = -log1p(-min(p, 1 - p)) (exact to rounding:
             # min(p, 1 - p) = sigmoid(-|x|) keeps its relative precision; one log1p for both).
-            self.pool = _Pool(x)
+            self.pool = _Pool(x) if pool is None else pool
             self.p = torch.sigmoid(x, out=self.pool.take())
             if self.need_one_minus_p:
                 self.one_minus_p = torch.neg(x, out=self.pool.take()).sigmoid_()
@@ -174,6 +176,20 @@ class _Shared:
         self.p = self.one_minus_p = self._minus_log_p = self.log_term = None  # type: ignore[assignment]
         self._minus_log_one_minus_p = self._p_dp = self._negative = None
 
+    def new(self) -> Tensor | None:
+        """A spare tensor of the logits' shape to write a temporary into (``out=``), or None (a new
+        one; under torch.compile, which plans its own memory)."""
+        return None if self.pool is None else self.pool.take()
+
+    def finish(self) -> None:
+        """Give back what the blocks kept (``q`` and its kin) once the call's results are built."""
+        if self.pool is not None:
+            for tensor in (self._q or ()) + (self._log_q or ()) + tuple(self.extra):
+                if isinstance(tensor, Tensor):
+                    self.pool.give(tensor)
+        self._q = self._log_q = None
+        self.extra = []
+
     def recycle(self, *tensors: Tensor | float | None) -> None:
         """Give back a block's temporaries (never ``q`` and its kin, which later blocks read)."""
         if self.pool is None:
@@ -195,9 +211,9 @@ class _Shared:
         """What negatives see: ``p_m = max(p - margin, 0)`` and ``dp_m/dx``."""
         if self._negative is None:
             if self.clips:
-                p_m = (self.p - self.margin).clamp_(min=0)
+                p_m = torch.sub(self.p, self.margin, out=self.new()).clamp_(min=0)
                 # sign(p_m) is the step function 1[p > margin], without a bool-to-float conversion.
-                self._negative = (p_m, torch.sign(p_m).mul_(self.p_dp))
+                self._negative = (p_m, torch.sign(p_m, out=self.new()).mul_(self.p_dp))
             else:
                 self._negative = (self.p, self.p_dp)
         return self._negative
@@ -216,7 +232,7 @@ class _Shared:
             else:
                 q = torch.lerp(p_m, self.one_minus_p, y, out=pool.take())
             if self.clips:
-                dq = torch.lerp(dp_m, torch.neg(self.p_dp), y)
+                dq = torch.lerp(dp_m, torch.neg(self.p_dp, out=self.new()), y, out=self.new())
             elif pool is not None:
                 # dq/dx = p(1-p)(1-2y) in the memory of p: nothing reads p after q (the base loss,
                 # GHM-C's weights and varifocal's come first)
@@ -227,7 +243,7 @@ class _Shared:
                 return self._q
             else:  # dq/dx = p(1-p)(1-2y)
                 dq = torch.addcmul(self.p_dp, y, self.p_dp, value=-2)
-            self._q = (q, dq, torch.sub(self.one_minus_p, p_m) if self.need_dy else None)
+            self._q = (q, dq, torch.sub(self.one_minus_p, p_m, out=self.new()) if self.need_dy else None)
         return self._q
 
     def _quality(self) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -430,18 +446,20 @@ def _base_loss(
         # Clipped negatives: -log(1 - p_m) = -log(min(1 - p + margin, 1)); 1 - p_m >= margin > 0, so
         # the log is finite and 1 - p (accurate) plus the margin loses nothing that matters.
         p_m, dp_m = s.negative()
-        kept = torch.add(s.one_minus_p, s.margin).clamp_(max=1.0)
-        negative = torch.log(kept).neg_()
+        kept = torch.add(s.one_minus_p, s.margin, out=s.new()).clamp_(max=1.0)
+        negative = torch.log(kept, out=s.new() if s.out[0] is None else s.out[0]).neg_()
         if need_dx:
-            negative_x = dp_m / kept
+            negative_x = torch.div(dp_m, kept, out=kept)
     dy = torch.sub(positive, negative) if need_dy else None
     # In place in eager mode (negative is this call's own full-shape tensor); a traced graph stays
     # functional (in-place updates inside a traced autograd Function once gave wrong CUDA gradients).
     loss = torch.lerp(negative, positive, y) if is_compiling() else negative.lerp_(positive, y)
     dx = None
     if need_dx and s.one_minus_p is not None:  # (1-y) d(-log(1-p_m)) - y pw (1 - p), exact where p ~ 1
-        positive_x = torch.neg(s.one_minus_p) if pos_weight is None else s.one_minus_p * -pos_weight
-        dx = torch.lerp(negative_x, positive_x, y)
+        positive_x = torch.neg(s.one_minus_p, out=s.new()) if pos_weight is None else \
+            s.one_minus_p * -pos_weight
+        dx = torch.lerp(negative_x, positive_x, y, out=s.new() if s.out[1] is None else s.out[1])
+        s.recycle(positive_x, negative_x if negative_x is not s.p else None)
     elif need_dx:  # p - y, as torch's kernel (only p is at hand; no block needs 1 - p)
         dx = torch.sub(s.p, y)
     return loss, dx, dy
@@ -561,11 +579,15 @@ def _in_parts(
     if density_step is not None:
         margin = resolve(plan.margin, constants)
         index = torch.empty(x.shape, dtype=torch.int32, device=x.device)
+        spare: dict[int, tuple[Tensor, Tensor]] = {}  # g and g in float64, per size of part
         for start, stop in bounds:
             x_part, y_part, valid_part = part(x, start, stop), part(y, start, stop), part(valid, start, stop)
             if valid_part is not None:
                 x_part = zero_ignored(x_part, valid_part)
-            bin_index(_gap(x_part, y_part, margin), density_step.bins, out=index[start:stop])
+            if stop - start not in spare:
+                spare[stop - start] = (torch.empty_like(x_part), torch.empty_like(x_part, dtype=torch.float64))
+            g, wide = spare[stop - start]
+            bin_index(_gap(x_part, y_part, margin, g), density_step.bins, out=index[start:stop], wide=wide)
         reducer = sum_over_processes if density_step.synchronise else None
         table, new_accumulator, index = density_table(
             index, valid, density_step.bins, density_step.momentum, accumulator, reducer, x.dtype
@@ -573,7 +595,10 @@ def _in_parts(
     loss = torch.empty_like(x)
     dx = torch.empty_like(x) if need_dx else None
     dy = torch.empty_like(x) if need_dy else None
+    pools: dict[int, _Pool] = {}  # one per size of part: every part reuses the memory of the first
     for start, stop in bounds:
+        x_part = x[start:stop]
+        pool = pools.setdefault(stop - start, _Pool(x_part))
         density = None
         if table is not None:
             index_part = index[start:stop]
@@ -582,7 +607,7 @@ def _in_parts(
         values = _loss_and_grad(
             part(x, start, stop), part(y, start, stop), plan, part(weight, start, stop),
             part(pos_weight, start, stop), part(valid, start, stop), None,
-            tuple(part(c, start, stop) for c in constants), need_dx, need_dy, density, out,
+            tuple(part(c, start, stop) for c in constants), need_dx, need_dy, density, out, pool,
         )
         for whole, value in zip((loss, dx, dy), values):
             if whole is not None and value.data_ptr() != whole[start:stop].data_ptr():
@@ -590,9 +615,9 @@ def _in_parts(
     return loss, dx, dy, new_accumulator
 
 
-def _gap(x: Tensor, y: Tensor, margin: float | Tensor) -> Tensor:
-    """GHM-C's ``g = |p - y|`` as the term sees it (negatives see ``p_m`` inside a clip)."""
-    p = torch.sigmoid(x)
+def _gap(x: Tensor, y: Tensor, margin: float | Tensor, out: Tensor) -> Tensor:
+    """GHM-C's ``g = |p - y|`` as the term sees it (negatives see ``p_m`` inside a clip), in ``out``."""
+    p = torch.sigmoid(x, out=out)
     clips = isinstance(margin, Tensor) or margin > 0
     seen = p if not clips else torch.lerp((p - margin).clamp_(min=0), p, y)
     return seen.sub_(y).abs_()
@@ -602,6 +627,7 @@ def _loss_and_grad(
     x: Tensor, y: Tensor, plan: SigmoidPlan, weight: Tensor | None, pos_weight: Tensor | None,
     valid: Tensor | None, accumulator: Tensor | None, constants: tuple[Tensor, ...], need_dx: bool,
     need_dy: bool, density: Tensor | None = None, out: tuple[Tensor | None, Tensor | None] = (None, None),
+    pool: _Pool | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """:func:`sigmoid_loss_and_grad` in one piece; ``density``: GHM-C's weights when already known;
     ``out``: where the loss and dl/dx may be built (eager mode; the caller copies them otherwise)."""
@@ -610,7 +636,7 @@ def _loss_and_grad(
     varifocal = next((step for step in plan.steps if isinstance(step, VarifocalStep)), None)
     margin = resolve(plan.margin, constants)
     s = _Shared(x, y, margin, need_dy, plan.quality,
-                need_one_minus_p=plan.needs_q or varifocal is not None or pos_weight is not None)
+                need_one_minus_p=plan.needs_q or varifocal is not None or pos_weight is not None, pool=pool)
     s.out = out
     # GHM-C's weights need only p: build them first, before the loss and its derivatives exist,
     # so that the binning's temporaries never coexist with them (a lower peak of memory).
@@ -641,7 +667,8 @@ def _loss_and_grad(
             slope = 0.0 if step.gamma_pos == step.gamma_neg else gamma_pos - gamma_neg
             gamma: float | Tensor = gamma_pos if isinstance(gamma_pos, Tensor) else float(gamma_pos)
             if isinstance(slope, Tensor) or slope:
-                gamma = torch.mul(y, slope).add_(gamma_neg)
+                gamma = torch.mul(y, slope, out=s.new()).add_(gamma_neg)
+                s.extra.append(gamma)
             # detach: the focusing weight carries no gradient at all (timm's disable_torch_grad).
             wanted = not step.detach
             if _whole(gamma) and s.pool is not None and not need_dy and not slope:
@@ -682,7 +709,9 @@ def _loss_and_grad(
             varifocal_weight = None
         elif isinstance(step, SampleWeightStep):  # [N, 1, d1, ...]: every class of a sample alike
             running.scale(constants[-1])
-    return (*running.selected(valid), new_accumulator)
+    results = running.selected(valid)
+    s.finish()
+    return (*results, new_accumulator)
 
 
 class SigmoidTermFunction(torch.autograd.Function):
