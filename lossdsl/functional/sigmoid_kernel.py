@@ -110,6 +110,7 @@ class _Shared:
         self._minus_log_one_minus_p: Tensor | None = None
         self.pool: _Pool | None = None
         self.extra: list[Tensor] = []  # temporaries the blocks read to the end (an asymmetric exponent)
+        self._hard: bool | None = None
         # Where the loss and dl/dx may be written (parts of the whole call's results), or None.
         self.out: tuple[Tensor | None, Tensor | None] = (None, None)
         self.log_term: Tensor | None = None  # log1p(exp(-|x|)), eager mode
@@ -177,6 +178,41 @@ class _Shared:
         self.p = self.one_minus_p = self._minus_log_p = self.log_term = None  # type: ignore[assignment]
         self._minus_log_one_minus_p = self._p_dp = self._negative = None
 
+    def hard_targets(self) -> bool:
+        """Whether every target is 0 or 1, looked at only where looking costs nothing but the look:
+        a CPU tensor in eager mode (no stream to stall, no graph to break); False elsewhere."""
+        if self.pool is None or self.y.device.type != "cpu":
+            return False
+        if self._hard is None:
+            fraction = torch.frac(self.y, out=self.pool.take())
+            self._hard = not bool(fraction.any())
+            self.pool.give(fraction)
+        return self._hard
+
+    def asymmetric_power(self, k_neg: int, k_pos: int, need_dx: bool) -> tuple[Tensor, Tensor | None]:
+        """``q^g`` with ``g = k_pos`` on positives and ``k_neg`` on negatives, for hard targets only:
+        ``lerp(q^k_neg, q^k_pos, y)`` is then exact (lerp at a weight of 0 or 1 is its end), and so is
+        its x-derivative ``lerp(k_neg q^(k_neg-1), k_pos q^(k_pos-1), y) dq/dx``, without the
+        ``exp(g log q)`` a soft target needs."""
+        q, dq, _ = self.q()
+        pool, y = self.pool, self.y
+
+        def power(k: int) -> tuple[Tensor, Tensor | None]:  # q^k and k q^(k-1), in fresh buffers
+            if k == 0:
+                return pool.take().fill_(1), (pool.take().zero_() if need_dx else None)
+            below = pool.take().fill_(1) if k == 1 else torch.pow(q, k - 1, out=pool.take())
+            value = torch.mul(below, q, out=pool.take())
+            return value, (below.mul_(k) if need_dx else self.recycle(below))
+
+        value, slope = power(k_neg)
+        value_pos, slope_pos = power(k_pos)
+        value.lerp_(value_pos, y)
+        self.recycle(value_pos)
+        if slope is not None:
+            slope.lerp_(slope_pos, y).mul_(dq)
+            self.recycle(slope_pos)
+        return value, slope
+
     def new(self) -> Tensor | None:
         """A spare tensor of the logits' shape to write a temporary into (``out=``), or None (a new
         one; under torch.compile, which plans its own memory)."""
@@ -226,14 +262,16 @@ class _Shared:
             self._q = self._quality()
         if self._q is None:
             y = self.y
-            p_m, dp_m = self.negative()
             pool = self.pool
+            # (without a clip, eager: p_m = p, and p(1-p) is built below in the memory of p)
+            p_m, dp_m = self.negative() if self.clips or pool is None else (self.p, None)
             if pool is None:
                 q = torch.lerp(p_m, self.one_minus_p, y)
             else:
                 q = torch.lerp(p_m, self.one_minus_p, y, out=pool.take())
             if self.clips:
-                dq = torch.lerp(dp_m, torch.neg(self.p_dp, out=self.new()), y, out=self.new())
+                against = torch.neg(self.p_dp, out=self.new())
+                dq = torch.lerp(dp_m, against, y, out=against)
             elif pool is not None:
                 # dq/dx = p(1-p)(1-2y) in the memory of p: nothing reads p after q (the base loss,
                 # GHM-C's weights and varifocal's come first)
@@ -363,6 +401,7 @@ class _Running:
 
     def multiply(self, factor: Tensor, dx: Tensor | None, dy: Tensor | None) -> None:
         """``l <- l f`` with the product rule for the derivatives of ``f`` that are given."""
+        self.spent = (factor, dx, dy)  # the caller may give them back
         u = self.update
         if self.dx is not None:
             self.dx = u.scale(self.dx, factor)
@@ -681,6 +720,15 @@ def _loss_and_grad(
                 q, dq, _ = s.q()
                 running.multiply_power(q, dq if need_dx and wanted else None, int(gamma), s.pool)
                 exponent = exponent + gamma
+                continue
+            whole_pair = isinstance(gamma_pos, float) and isinstance(gamma_neg, float) and \
+                gamma_pos.is_integer() and gamma_neg.is_integer() and 0 <= min(gamma_pos, gamma_neg) and \
+                max(gamma_pos, gamma_neg) <= 8
+            if whole_pair and slope and not need_dy and s.hard_targets():
+                running.multiply(*s.asymmetric_power(int(gamma_neg), int(gamma_pos), need_dx and wanted), None)
+                s.recycle(*running.spent)
+                exponent = exponent + gamma
+                exponent_dy += slope
                 continue
             factor, d_factor, d_factor_dy = s.power(
                 gamma, need_dx and wanted, need_dy and wanted, slope
