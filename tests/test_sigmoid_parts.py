@@ -90,3 +90,18 @@ def test_float32_parts_match_too(monkeypatch):
         parts = _run(expr, x, y, 40, monkeypatch)  # parts of 5 rows
         torch.testing.assert_close(parts[0], whole[0], rtol=1e-6, atol=1e-12, msg=expr)
         torch.testing.assert_close(parts[1], whole[1], rtol=1e-6, atol=1e-12, msg=expr)
+
+
+@pytest.mark.parametrize("expr", ["bce(reduction=none)", "asl(reduction=none)", "ghm(bins=7, reduction=none)"])
+def test_the_per_element_loss_in_parts_is_the_one_piece_loss(expr, monkeypatch):
+    """reduction=none keeps every element's loss (the other reductions sum each part as it comes)."""
+    x, y = _inputs(expr, soft=False, indices=False)
+    results = []
+    for chunk in (1 << 30, 16):
+        monkeypatch.setattr(kernel, "CHUNK_ELEMENTS", chunk)
+        leaf = x.clone().requires_grad_(True)
+        value = lossdsl.compile(expr)(leaf, y)
+        value.backward(torch.linspace(0.5, 2, value.numel(), dtype=x.dtype).view(value.shape))
+        results.append((value.detach(), leaf.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-14, atol=1e-17)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-14, atol=1e-17)

@@ -579,9 +579,11 @@ def sigmoid_loss_and_grad(
     constants: tuple[Tensor, ...],
     need_dx: bool,
     need_dy: bool = False,
+    summed: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Per-element loss of a sigmoid term, its derivatives w.r.t. ``x`` and ``y`` (when asked for), and
-    the updated GHM momentum accumulator (if the term has ``density`` with momentum).
+    """Per-element loss of a sigmoid term (its sum with ``summed``), its derivatives w.r.t. ``x`` and
+    ``y`` (when asked for), and the updated GHM momentum accumulator (if the term has ``density`` with
+    momentum).
 
     Args:
         x: logits (float32 or float64); y: targets (already smoothed), same shape and dtype.
@@ -598,19 +600,23 @@ def sigmoid_loss_and_grad(
         step = max(1, CHUNK_ELEMENTS * rows // x.numel())
         if step < rows:
             return _in_parts(x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy,
-                             step)
-    return _loss_and_grad(x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy)
+                             step, summed)
+    loss, dx, dy, new_accumulator = _loss_and_grad(
+        x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy
+    )
+    return (loss.sum() if summed else loss), dx, dy, new_accumulator
 
 
 def _in_parts(
     x: Tensor, y: Tensor, plan: SigmoidPlan, weight: Tensor | None, pos_weight: Tensor | None,
     valid: Tensor | None, accumulator: Tensor | None, constants: tuple[Tensor, ...], need_dx: bool,
-    need_dy: bool, step: int,
+    need_dy: bool, step: int, summed: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """:func:`sigmoid_loss_and_grad` over ``step`` rows (dimension 0) at a time, every element computed
     exactly as in one piece: tensors that broadcast along the rows are cut alike, the others are
     shared. GHM-C's counts need every element first: a pass over the parts bins them (int32 indices,
-    one full-size tensor), and each part then reads its weights from the table."""
+    one full-size tensor), and each part then reads its weights from the table. ``summed``: the
+    parts' losses are summed as they come, and no full-size loss is ever built."""
     rows = x.shape[0]
 
     def part(tensor, start: int, stop: int):
@@ -637,10 +643,11 @@ def _in_parts(
         table, new_accumulator, index = density_table(
             index, valid, density_step.bins, density_step.momentum, accumulator, reducer, x.dtype
         )
-    loss = torch.empty_like(x)
+    loss = None if summed else torch.empty_like(x)
     dx = torch.empty_like(x) if need_dx else None
     dy = torch.empty_like(x) if need_dy else None
     pools: dict[int, _Pool] = {}  # one per size of part: every part reuses the memory of the first
+    partial_sums: list[Tensor] = []
     for start, stop in bounds:
         x_part = x[start:stop]
         pool = pools.setdefault(stop - start, _Pool(x_part))
@@ -648,16 +655,19 @@ def _in_parts(
         if table is not None:
             index_part = index[start:stop]
             density = table.index_select(0, index_part.reshape(-1)).view(index_part.shape)
-        out = (loss[start:stop], None if dx is None else dx[start:stop])
+        out = (None if loss is None else loss[start:stop], None if dx is None else dx[start:stop])
         values = _loss_and_grad(
             part(x, start, stop), part(y, start, stop), plan, part(weight, start, stop),
             part(pos_weight, start, stop), part(valid, start, stop), None,
             tuple(part(c, start, stop) for c in constants), need_dx, need_dy, density, out, pool,
         )
+        if summed:
+            partial_sums.append(values[0].sum())
+            pool.give(values[0])
         for whole, value in zip((loss, dx, dy), values):
             if whole is not None and value.data_ptr() != whole[start:stop].data_ptr():
                 whole[start:stop].copy_(value)
-    return loss, dx, dy, new_accumulator
+    return (torch.stack(partial_sums).sum() if summed else loss), dx, dy, new_accumulator
 
 
 def _gap(x: Tensor, y: Tensor, margin: float | Tensor, out: Tensor) -> Tensor:
@@ -777,10 +787,10 @@ class SigmoidTermFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, plan, weight, pos_weight, valid, accumulator, *constants):  # type: ignore[override]
+    def forward(ctx, x, y, plan, weight, pos_weight, valid, accumulator, summed, *constants):  # type: ignore[override]
         need_dx, need_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         loss, dx, dy, new_accumulator = sigmoid_loss_and_grad(
-            x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy
+            x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy, summed
         )
         if new_accumulator is None:
             new_accumulator = x.new_zeros(0)
@@ -794,7 +804,7 @@ class SigmoidTermFunction(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         grad_x = grad * saved.pop(0) if ctx.needs_input_grad[0] else None
         grad_y = grad * saved.pop(0) if ctx.needs_input_grad[1] else None
-        return (grad_x, grad_y) + (None,) * (5 + ctx.num_constants)
+        return (grad_x, grad_y) + (None,) * (6 + ctx.num_constants)
 
 
 def sigmoid_term_elementwise(
@@ -806,15 +816,17 @@ def sigmoid_term_elementwise(
     valid: Tensor | None = None,
     accumulator: Tensor | None = None,
     constants: tuple[Tensor, ...] = (),
+    summed: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """The per-element loss (0 where not valid), differentiable w.r.t. ``x`` and ``y`` through the
+    """The per-element loss (0 where not valid), or with ``summed`` its sum (a large CPU input then
+    never holds the per-element loss whole), differentiable w.r.t. ``x`` and ``y`` through the
     closed-form derivatives, and the updated GHM accumulator (None when the term keeps none)."""
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         loss, new_accumulator = SigmoidTermFunction.apply(
-            x, y, plan, weight, pos_weight, valid, accumulator, *constants
+            x, y, plan, weight, pos_weight, valid, accumulator, summed, *constants
         )
         return loss, (new_accumulator if new_accumulator.numel() else None)
     loss, _, _, new_accumulator = sigmoid_loss_and_grad(
-        x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx=False
+        x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx=False, summed=summed
     )
     return loss, new_accumulator
