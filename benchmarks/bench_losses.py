@@ -1,16 +1,27 @@
-"""Speed and peak memory of lossdsl's losses against the code people write by hand, in one process.
+"""Speed and peak memory of lossdsl's losses, in one process.
 
-    python benchmarks/bench_losses.py                 # CPU, logits 65536 x 80, 1% positives
-    python benchmarks/bench_losses.py --device cuda   # on a GPU
-    python benchmarks/bench_losses.py --quick         # small sizes, a smoke run
+    python benchmarks/bench_losses.py                       # issue 18's table, CPU, 65536 x 80
+    python benchmarks/bench_losses.py --cpu-time            # one thread, timed by its CPU time
+    python benchmarks/bench_losses.py --cpu-time --update README.md   # rewrite the README's table
+    python benchmarks/bench_losses.py --table references    # against hand-written losses (issue 3)
+    python benchmarks/bench_losses.py --device cuda         # on a GPU
+    python benchmarks/bench_losses.py --quick               # small sizes, a smoke run
 
-Each row times forward + backward (median of --repeat runs after a warm-up, the two sides interleaved)
-and measures the peak memory of one forward + backward beyond the inputs (on the CPU the process's
-resident high-water mark, Linux only; on a GPU the CUDA allocator's peak), then prints the ratio of
-lossdsl to the reference. Ratios, not absolute times, are the result: both sides run on the same machine in
-the same process, interleaved. Targets (issue 3): every named loss at most 1.0x its hand-written
-eager version, asl at most 0.8x timm, GHM-C at bins=30 at least 5x faster than the per-bin loop
-(ratio <= 0.2), under torch.compile within 1.5x of fused BCE.
+The default table (issue 18) times each loss with default settings against the fused torch function
+on the same input (``F.binary_cross_entropy_with_logits`` for the sigmoid head, ``F.cross_entropy``
+for the softmax head and ``ce() + dice()``; ``check_values=False`` against the default checks):
+forward + backward, best of --rounds interleaved rounds, each round the medians of --repeat runs of
+both sides (lossdsl.bench.best_rounds), beside the peak memory of one step beyond the inputs (on the
+CPU the process's resident high-water mark, Linux only; on a GPU the CUDA allocator's peak).
+``--update README.md`` writes that table between the README's ``<!-- speed-table:begin -->`` and
+``<!-- speed-table:end -->`` markers. Goals (issue 18): bce <= 1.1, focal <= 1.8, Poly-1 focal <= 2.0,
+asl and ghm(bins=30) <= 2.2, softmax focal <= 1.5, ce + dice <= 1.8, check_values=False <= 1.05.
+
+The references table times forward + backward (median of --repeat runs after a warm-up, the two
+sides interleaved) against the code people copy today. Ratios, not absolute times, are the result:
+both sides run on the same machine in the same process, interleaved. Targets (issue 3): every named
+loss at most 1.0x its hand-written eager version, asl at most 0.8x timm, GHM-C at bins=30 at least 5x
+faster than the per-bin loop (ratio <= 0.2), under torch.compile within 1.5x of fused BCE.
 """
 
 from __future__ import annotations
@@ -333,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.region_shape = tuple(int(part) for part in args.region_shape.split(","))
     if args.quick:
-        args.n, args.c, args.region_shape, args.repeat, args.rounds = 512, 8, (2, 3, 8, 8), 2, 2
+        args.n, args.c, args.region_shape = 512, 8, (2, 3, 8, 8)
+        args.repeat, args.rounds = min(args.repeat, 2), min(args.rounds, 2)
     if args.cpu_time:
         args.threads = 1
     if args.threads:
