@@ -105,3 +105,23 @@ def test_the_per_element_loss_in_parts_is_the_one_piece_loss(expr, monkeypatch):
         results.append((value.detach(), leaf.grad))
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-14, atol=1e-17)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-14, atol=1e-17)
+
+
+@pytest.mark.parametrize("expr", [
+    "asl()", "asl(gamma_pos=0)", "poly(asl(), eps=1)", "modulate(bce(), gamma_pos=2, gamma_neg=3)",
+    "poly(modulate(bce(), gamma_pos=1, gamma_neg=2, detach=true), eps=[0.5, 1])",
+])
+def test_hard_targets_take_integer_powers_that_agree_with_exp_of_the_log(expr):
+    """On a CPU, targets all 0 or 1 take asymmetric integer focusing as lerp(q^k_neg, q^k_pos, y);
+    targets that require grad take exp(g log q): both give the formula's value and gradient."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 7, generator=generator, dtype=torch.float64) * 3
+    y = (torch.rand(300, 7, generator=generator, dtype=torch.float64) < 0.3).to(x.dtype)
+    hard = x.clone().requires_grad_(True)
+    value = lossdsl.compile(expr)(hard, y)
+    value.backward()
+    general = x.clone().requires_grad_(True)
+    reference = lossdsl.compile(expr)(general, y.clone().requires_grad_(True))
+    reference.backward()
+    torch.testing.assert_close(value, reference, rtol=1e-14, atol=0)
+    torch.testing.assert_close(hard.grad, general.grad, rtol=1e-12, atol=1e-17)

@@ -197,15 +197,23 @@ class _Shared:
         q, dq, _ = self.q()
         pool, y = self.pool, self.y
 
-        def power(k: int) -> tuple[Tensor, Tensor | None]:  # q^k and k q^(k-1), in fresh buffers
-            if k == 0:
-                return pool.take().fill_(1), (pool.take().zero_() if need_dx else None)
-            below = pool.take().fill_(1) if k == 1 else torch.pow(q, k - 1, out=pool.take())
+        def power(k: int, own: bool) -> tuple[Tensor, Tensor | None]:
+            """q^k and k q^(k-1); ``own``: in buffers of their own (written in place after)."""
+            if k <= 1 and not own:  # read only: q itself, constants broadcast without a pass
+                slope = q.new_full((), float(k)).expand_as(q) if need_dx else None
+                return (q if k == 1 else q.new_ones(()).expand_as(q)), slope
+            if k <= 1:
+                value = pool.take().copy_(q) if k == 1 else pool.take().fill_(1)
+                return value, (pool.take().fill_(k) if need_dx else None)
+            below = q if k == 2 else torch.pow(q, k - 1, out=pool.take())
             value = torch.mul(below, q, out=pool.take())
-            return value, (below.mul_(k) if need_dx else self.recycle(below))
+            if not need_dx:
+                self.recycle(below)
+                return value, None
+            return value, torch.mul(below, k, out=pool.take()) if k == 2 else below.mul_(k)
 
-        value, slope = power(k_neg)
-        value_pos, slope_pos = power(k_pos)
+        value, slope = power(k_neg, own=True)
+        value_pos, slope_pos = power(k_pos, own=False)
         value.lerp_(value_pos, y)
         self.recycle(value_pos)
         if slope is not None:
@@ -716,29 +724,32 @@ def _loss_and_grad(
 
     exponent: float | Tensor = 0.0  # focusing exponent of the loss so far (poly's g)
     exponent_dy = 0.0  # and its derivative w.r.t. y (asymmetric focusing)
-    for step in plan.steps:
+    for index, step in enumerate(plan.steps):
         if isinstance(step, ModulateStep):
             gamma_pos, gamma_neg = resolve(step.gamma_pos, constants), resolve(step.gamma_neg, constants)
             slope = 0.0 if step.gamma_pos == step.gamma_neg else gamma_pos - gamma_neg
-            gamma: float | Tensor = gamma_pos if isinstance(gamma_pos, Tensor) else float(gamma_pos)
-            if isinstance(slope, Tensor) or slope:
-                gamma = torch.mul(y, slope, out=s.new()).add_(gamma_neg)
-                s.extra.append(gamma)
             # detach: the focusing weight carries no gradient at all (timm's disable_torch_grad).
             wanted = not step.detach
-            if _whole(gamma) and s.pool is not None and not need_dy and not slope:
-                q, dq, _ = s.q()
-                running.multiply_power(q, dq if need_dx and wanted else None, int(gamma), s.pool)
-                exponent = exponent + gamma
-                continue
             whole_pair = isinstance(gamma_pos, float) and isinstance(gamma_neg, float) and \
                 gamma_pos.is_integer() and gamma_neg.is_integer() and 0 <= min(gamma_pos, gamma_neg) and \
                 max(gamma_pos, gamma_neg) <= 8
             if whole_pair and slope and not need_dy and s.hard_targets():
                 running.multiply(*s.asymmetric_power(int(gamma_neg), int(gamma_pos), need_dx and wanted), None)
                 s.recycle(*running.spent)
-                exponent = exponent + gamma
+                if any(isinstance(later, PolyStep) for later in plan.steps[index + 1:]):  # reads g
+                    gamma = torch.mul(y, slope, out=s.new()).add_(gamma_neg)
+                    s.extra.append(gamma)
+                    exponent = exponent + gamma
                 exponent_dy += slope
+                continue
+            gamma: float | Tensor = gamma_pos if isinstance(gamma_pos, Tensor) else float(gamma_pos)
+            if isinstance(slope, Tensor) or slope:
+                gamma = torch.mul(y, slope, out=s.new()).add_(gamma_neg)
+                s.extra.append(gamma)
+            if _whole(gamma) and s.pool is not None and not need_dy and not slope:
+                q, dq, _ = s.q()
+                running.multiply_power(q, dq if need_dx and wanted else None, int(gamma), s.pool)
+                exponent = exponent + gamma
                 continue
             factor, d_factor, d_factor_dy = s.power(
                 gamma, need_dx and wanted, need_dy and wanted, slope
