@@ -7,6 +7,14 @@ grad (soft targets in distillation), ``dl/dy`` along with the value (forward mod
 maps ``(l, dl/dx, dl/dy)`` to its new triple). The autograd Function saves only those derivatives, so
 the backward pass is a multiplication and the memory held between the passes is one tensor per input.
 
+Speed in eager mode (issue 18): the two softplus share one ``L = log1p(exp(-|x|))`` (``softplus(x) =
+relu(x) + L``), ``p`` and ``1 - p`` come from torch's sigmoid, and the blocks update the loss and its
+derivatives in place, their temporaries drawn from a pool of spare tensors (``_Pool``); a large CPU
+input is computed in parts of ``CHUNK_ELEMENTS`` (the temporaries stay in the caches and are never
+mapped afresh), with the loss summed part by part when the term reduces it. Integer focusing powers
+are products, and an asymmetric one (``asl``) on targets that are all 0 or 1 (looked at on the CPU
+only) is ``lerp(q^k_neg, q^k_pos, y)``; other powers are ``exp(g log q)``.
+
 Numerics (SPEC sections 2 and 6):
 - the likelihood is ``(1-y) softplus(x) + y softplus(-x)`` (``pw y`` with ``pos_weight``), mixed with
   ``torch.lerp``, whose two-sided formula (``end - (end - start)(1 - w)`` for ``w >= 0.5``) keeps it
@@ -17,7 +25,9 @@ Numerics (SPEC sections 2 and 6):
 - powers ``q^g`` are ``exp(g log q)`` with ``q`` clamped to the smallest normal number of the dtype, so
   ``0 < g < 1`` has a finite derivative at ``p_t = 1``: ``d(q^g)/dx = g q^g (dq/dx) / q`` and
   ``(dq/dx) / q`` is bounded (``-p`` for a positive); integer exponents use ``pow`` directly;
-- where ``q`` is clamped, the loss and ``dq`` are 0 there too, so the clamp changes nothing that counts.
+- where ``q`` is clamped, the loss and ``dq`` are 0 there too, so the clamp changes nothing that counts;
+  ``exp(g log q)`` takes its argument clamped at ``log(tiny) + 1`` (a subnormal result costs a slow
+  path of the vector exp), a change below what the dtype holds in the loss and its derivatives.
 """
 
 from __future__ import annotations
