@@ -271,12 +271,13 @@ def measure(row: Row, rounds: int, repeat: int, device: str, clock: Callable[[],
 
 
 def markdown(results: list[Measured], caption: str) -> str:
-    lines = [caption, "", "| lossdsl | floor | logits | time ratio | goal | peak MiB (lossdsl / floor) |",
-             "|---|---|---|---|---|---|"]
+    lines = [caption, "", "| lossdsl | floor | logits | time ratio | goal | every round | "
+             "peak MiB (lossdsl / floor) |", "|---|---|---|---|---|---|---|"]
     for m in results:
         met = "" if m.rounds.ratio <= m.row.goal else " (not met)"
+        every = " ".join(f"{ratio:.2f}" for ratio in m.rounds.ratios)
         lines.append(f"| `{m.row.name}` | `{m.row.floor_name}` | {m.row.shape} | {m.rounds.ratio:.2f} | "
-                     f"<= {m.row.goal:g}{met} | {m.peak:.0f} / {m.floor_peak:.0f} |")
+                     f"<= {m.row.goal:g}{met} | {every} | {m.peak:.0f} / {m.floor_peak:.0f} |")
     return "\n".join(lines) + "\n"
 
 
