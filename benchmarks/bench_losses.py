@@ -265,7 +265,8 @@ class Measured:
 
 
 def measure(row: Row, rounds: int, repeat: int, device: str, clock: Callable[[], float]) -> Measured:
-    timed = lossdsl.bench.best_rounds(row.ours, row.floor, row.x, row.target, rounds, repeat, device, clock=clock)
+    timed = lossdsl.bench.best_rounds(row.ours, row.floor, row.x, row.target, rounds, repeat, device,
+                                      clock=clock)
     return Measured(row, timed, peak_mib(row.ours, row.x, row.target, device),
                     peak_mib(row.floor, row.x, row.target, device))
 
@@ -312,7 +313,8 @@ def issue18_table(args: argparse.Namespace) -> None:
         m = measure(row, args.rounds, args.repeat, args.device, clock)
         results.append(m)
         best = m.rounds.best
-        print(f"{row.name:34} {row.floor_name:36} {m.rounds.first_ms[best]:8.1f} {m.rounds.second_ms[best]:8.1f} "
+        ours_ms, floor_ms = m.rounds.first_ms[best], m.rounds.second_ms[best]
+        print(f"{row.name:34} {row.floor_name:36} {ours_ms:8.1f} {floor_ms:8.1f} "
               f"{m.rounds.ratio:6.2f} {row.goal:6.2f} {m.peak:6.0f} {m.floor_peak:7.0f}  "
               + " ".join(f"{r:.2f}" for r in m.rounds.ratios), flush=True)
     if args.update:

@@ -539,5 +539,6 @@ def terminal_progress(stream: Any = None, quiet_seconds: float = 2.0) -> Progres
     return report
 
 
-__all__ = ["BenchResult", "Rounds", "bench", "best_rounds", "check_workload", "default_shape", "parse_shape", "peak_mib", "step", "sync",
+__all__ = ["BenchResult", "Rounds", "bench", "best_rounds", "check_workload", "default_shape", "parse_shape",
+           "peak_mib", "step", "sync",
            "terminal_progress", "time_pair", "workload"]

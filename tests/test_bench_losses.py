@@ -41,7 +41,8 @@ def test_the_issue18_table_prints_every_row_with_time_and_memory(capsys):
 def test_update_rewrites_only_between_the_markers(tmp_path, capsys):
     benchmark = load_benchmark()
     readme = tmp_path / "README.md"
-    before = "# Title\n\ntext before\n\n<!-- speed-table:begin -->\nold table\n<!-- speed-table:end -->\n\ntext after\n"
+    before = ("# Title\n\ntext before\n\n<!-- speed-table:begin -->\nold table\n<!-- speed-table:end -->\n"
+              "\ntext after\n")
     readme.write_text(before)
     assert benchmark.main(["--quick", "--rounds", "1", "--repeat", "1", "--only", "bce()", "focal()",
                            "--update", str(readme)]) == 0

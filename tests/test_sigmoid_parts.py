@@ -92,7 +92,8 @@ def test_float32_parts_match_too(monkeypatch):
         torch.testing.assert_close(parts[1], whole[1], rtol=1e-6, atol=1e-12, msg=expr)
 
 
-@pytest.mark.parametrize("expr", ["bce(reduction=none)", "asl(reduction=none)", "ghm(bins=7, reduction=none)"])
+@pytest.mark.parametrize("expr", ["bce(reduction=none)", "asl(reduction=none)",
+                                  "ghm(bins=7, reduction=none)"])
 def test_the_per_element_loss_in_parts_is_the_one_piece_loss(expr, monkeypatch):
     """reduction=none keeps every element's loss (the other reductions sum each part as it comes)."""
     x, y = _inputs(expr, soft=False, indices=False)

@@ -583,9 +583,10 @@ def _whole(exponent: float | Tensor) -> bool:
     return isinstance(exponent, float) and exponent.is_integer() and 1 <= exponent <= 8
 
 
-# Elements per part of a large eager computation on the CPU: a part's temporaries (a dozen at most) stay in the core's caches, and none of them is large enough for the C
-# allocator to map fresh pages from the system (a page fault each) on every call. (512 KiB each:
-# the fastest of 2**15 to 2**18 on a 2-core EPYC, focal and asl.)
+# Elements per part of a large eager computation on the CPU: a part's temporaries (a dozen at most,
+# 512 KiB each in float32) stay in the caches, and none of them is large enough for the C allocator
+# to map fresh pages from the system (a page fault each) on every call. (The fastest of 2**15 to
+# 2**18 on a 2-core EPYC, for focal and asl.)
 CHUNK_ELEMENTS = 1 << 17
 
 
@@ -657,7 +658,8 @@ def _in_parts(
             if valid_part is not None:
                 x_part = zero_ignored(x_part, valid_part)
             if stop - start not in spare:
-                spare[stop - start] = (torch.empty_like(x_part), torch.empty_like(x_part, dtype=torch.float64))
+                wide = torch.empty_like(x_part, dtype=torch.float64)
+                spare[stop - start] = (torch.empty_like(x_part), wide)
             g, wide = spare[stop - start]
             bin_index(_gap(x_part, y_part, margin, g), density_step.bins, out=index[start:stop], wide=wide)
         reducer = sum_over_processes if density_step.synchronise else None
@@ -747,7 +749,8 @@ def _loss_and_grad(
                 gamma_pos.is_integer() and gamma_neg.is_integer() and 0 <= min(gamma_pos, gamma_neg) and \
                 max(gamma_pos, gamma_neg) <= 8
             if whole_pair and slope and not need_dy and s.hard_targets():
-                running.multiply(*s.asymmetric_power(int(gamma_neg), int(gamma_pos), need_dx and wanted), None)
+                factor, d_factor = s.asymmetric_power(int(gamma_neg), int(gamma_pos), need_dx and wanted)
+                running.multiply(factor, d_factor, None)
                 s.recycle(*running.spent)
                 if any(isinstance(later, PolyStep) for later in plan.steps[index + 1:]):  # reads g
                     gamma = torch.mul(y, slope, out=s.new()).add_(gamma_neg)
@@ -811,7 +814,9 @@ class SigmoidTermFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, plan, weight, pos_weight, valid, accumulator, summed, *constants):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, x, y, plan, weight, pos_weight, valid, accumulator, summed, *constants
+    ):
         need_dx, need_dy = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         loss, dx, dy, new_accumulator = sigmoid_loss_and_grad(
             x, y, plan, weight, pos_weight, valid, accumulator, constants, need_dx, need_dy, summed
