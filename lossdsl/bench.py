@@ -159,6 +159,13 @@ class Rounds:
     def ratio(self) -> float:
         return self.ratios[self.best]
 
+    @property
+    def best_times_ratio(self) -> float:
+        """The fastest round of ``first`` over the fastest of ``second``: each side's least disturbed
+        time, a check on :attr:`ratio` when the noise hits one side more than the other."""
+        fastest = min(self.second_ms)
+        return min(self.first_ms) / fastest if fastest > 0 else float("nan")
+
 
 def best_rounds(
     first: Loss, second: Loss, x: torch.Tensor, y: Any, rounds: int, repeat: int, device: str | torch.device,

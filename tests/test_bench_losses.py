@@ -33,7 +33,8 @@ def test_the_issue18_table_prints_every_row_with_time_and_memory(capsys):
     assert len(rows) == len(names)
     for name, row in zip(names, rows):
         assert row.startswith(name + " ")
-        ours, floor, ratio, goal, mib, floor_mib, *rounds = row[len(name):].split()[-7:]
+        ours, floor, ratio, goal, mib, floor_mib, fastest, *rounds = row[len(name):].split()[-8:]
+        assert float(fastest) > 0
         assert float(ours) >= 0 and float(floor) >= 0 and float(goal) == benchmark.ISSUE18_GOALS[name]
         assert len(rounds) == 1  # one ratio per round
 
@@ -85,7 +86,7 @@ def test_best_rounds_keeps_every_round_and_reports_the_lowest_ratio():
     assert len(calls) == 3 * 2 * 2 * 2  # rounds x runs x sides x (start, stop)
     assert rounds.ratios == [1.0, 1.0, 1.0] and rounds.ratio == 1.0
 
-    picked = lossdsl.bench.Rounds([3.0, 2.0, 4.0], [2.0, 2.0, 2.0])
-    assert picked.best == 1 and picked.ratio == 1.0
+    picked = lossdsl.bench.Rounds([3.0, 2.0, 4.0], [2.0, 2.0, 1.0])
+    assert picked.best == 1 and picked.ratio == 1.0 and picked.best_times_ratio == 2.0
     with pytest.raises(ValueError):
         lossdsl.bench.best_rounds(loss, loss, x, y, 0, 1, "cpu")
