@@ -138,6 +138,55 @@ def time_pair(
     return statistics.median(first_times), statistics.median(second_times)
 
 
+@dataclass
+class Rounds:
+    """The best of several interleaved rounds: each round's medians of ``first`` and ``second``, and
+    the round whose ratio is the lowest (machine noise only ever slows a side down, so the round least
+    disturbed is the one that measures the work)."""
+
+    first_ms: list[float]
+    second_ms: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [a / b if b > 0 else float("nan") for a, b in zip(self.first_ms, self.second_ms)]
+
+    @property
+    def best(self) -> int:
+        return min(range(len(self.first_ms)), key=lambda index: self.ratios[index])
+
+    @property
+    def ratio(self) -> float:
+        return self.ratios[self.best]
+
+    @property
+    def best_times_ratio(self) -> float:
+        """The fastest round of ``first`` over the fastest of ``second``: each side's least disturbed
+        time, a check on :attr:`ratio` when the noise hits one side more than the other."""
+        fastest = min(self.second_ms)
+        return min(self.first_ms) / fastest if fastest > 0 else float("nan")
+
+
+def best_rounds(
+    first: Loss, second: Loss, x: torch.Tensor, y: Any, rounds: int, repeat: int, device: str | torch.device,
+    *, second_target: Any = None, warmup: int = 2, clock: Callable[[], float] = time.perf_counter,
+    progress: Progress | None = None,
+) -> Rounds:
+    """``rounds`` rounds of :func:`time_pair` (``repeat`` interleaved runs each, the warm-up before
+    the first round only); see :class:`Rounds` for which round counts."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    result = Rounds([], [])
+    for index in range(rounds):
+        if progress:
+            progress("rounds", index, rounds)
+        first_ms, second_ms = time_pair(first, second, x, y, repeat, device, second_target=second_target,
+                                        warmup=warmup if index == 0 else 0, clock=clock)
+        result.first_ms.append(first_ms)
+        result.second_ms.append(second_ms)
+    return result
+
+
 def peak_mib(loss: Loss, x: torch.Tensor, y: Any, device: str | torch.device) -> float | None:
     """Peak memory of one forward+backward beyond what existed before it (MiB); None where it
     cannot be measured (a CPU without Linux's /proc)."""
@@ -497,5 +546,6 @@ def terminal_progress(stream: Any = None, quiet_seconds: float = 2.0) -> Progres
     return report
 
 
-__all__ = ["BenchResult", "bench", "check_workload", "default_shape", "parse_shape", "peak_mib", "step", "sync",
+__all__ = ["BenchResult", "Rounds", "bench", "best_rounds", "check_workload", "default_shape", "parse_shape",
+           "peak_mib", "step", "sync",
            "terminal_progress", "time_pair", "workload"]

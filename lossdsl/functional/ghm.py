@@ -44,24 +44,43 @@ def density_weights(
     every float32 ``g``. mmdetection compares against float32-rounded edges instead, which can move
     an element whose ``g`` *equals* a rounded edge into the neighbouring bin; nothing else differs.
     """
+    table, new_accumulator, index = density_table(bin_index(g, bins), valid, bins, momentum, accumulator,
+                                                  reduce_counts, g.dtype)
+    return table.index_select(0, index.reshape(-1)).view(index.shape), new_accumulator
+
+
+def bin_index(g: Tensor, bins: int, out: Tensor | None = None, wide: Tensor | None = None) -> Tensor:
+    """``floor(g * bins)`` as int32 (exact: computed in float64), clamped to ``0..bins-1``; into ``out``
+    (an int32 tensor of g's shape) when given, so that a caller can bin a large tensor in parts, with
+    ``wide`` (a float64 tensor of g's shape) for the product."""
     # int32 bin indices (bins <= 10_000) halve the memory of the largest temporaries. The lower clamp
     # keeps a NaN g (a NaN logit, when value checks are off) a valid index: its loss is NaN anyway.
-    index = g.to(torch.float64).mul_(bins).to(torch.int32).clamp_(0, bins - 1)
+    scaled = (g.to(torch.float64) if wide is None else wide.copy_(g)).mul_(bins)
+    index = scaled.to(torch.int32) if out is None else out.copy_(scaled)
+    return index.clamp_(0, bins - 1)
+
+
+def density_table(
+    index: Tensor, valid: Tensor | None, bins: int, momentum: float, accumulator: Tensor | None,
+    reduce_counts: CountReducer | None = None, dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """GHM-C's weight per bin from the bin ``index`` of every element: ``[bins + 1]`` weights (the last,
+    0, for ignored elements), the new accumulator, and the index with ignored elements in that last bin.
+    See :func:`density_weights`."""
     if valid is not None:  # ignored elements go to an extra bin that weighs nothing
         index = torch.where(valid, index, torch.full_like(index, bins))
     flat = index.reshape(-1)
-    if g.device.type == "cpu" and not is_compiling():
+    if index.device.type == "cpu" and not is_compiling():
         # Fastest on the CPU; its size is bins + 1 because no index exceeds `bins`.
         counts = torch.bincount(flat, minlength=bins + 1)
     else:  # a fixed output size: static under torch.compile, and no host sync on a GPU
         wide = flat.long()  # scatter_add_ wants int64 indices
-        counts = torch.zeros(bins + 1, dtype=torch.int64, device=g.device)
+        counts = torch.zeros(bins + 1, dtype=torch.int64, device=index.device)
         counts.scatter_add_(0, wide, wide.new_ones(()).expand(wide.shape))
     if reduce_counts is not None:
         counts = reduce_counts(counts)
     # The weights are computed in g's dtype (float64 stays float64); the running counts are float32
     # buffers whatever the module's dtype, and the caller copies the new ones back into them.
-    dtype = g.dtype
     counts = counts[:bins].to(dtype)
     total = counts.sum().clamp(min=1.0)  # tot = max(#valid, 1), over every process
     non_empty = counts > 0
@@ -74,5 +93,4 @@ def density_weights(
     used_bins = non_empty.sum().to(dtype).clamp(min=1.0)
     safe = torch.where(non_empty, denominator, torch.ones_like(denominator))
     table = torch.where(non_empty, total / safe, torch.zeros_like(safe)) / used_bins
-    table = torch.cat([table, table.new_zeros(1)])
-    return table.index_select(0, flat).view(index.shape), new_accumulator
+    return torch.cat([table, table.new_zeros(1)]), new_accumulator, index

@@ -145,7 +145,8 @@ def region_stats(
     dtype = compute_dtype(p)
     shape, (n, c) = tuple(p.shape), p.shape[:2]
     length = positions_of(p)
-    p = p.to(dtype).reshape(n, c, length)
+    whole = p.to(dtype)
+    p = whole.reshape(n, c, length)
     first, second = 1 in powers, 2 in powers
     if not y.is_floating_point():
         if y.numel() != n * length or (valid is not None and valid.numel() != y.numel()):
@@ -158,7 +159,9 @@ def region_stats(
         positions = None if valid is None else valid.reshape(n, length)
         if positions is not None:  # ignored positions may hold any index (ignore_index=255)
             index = torch.where(positions, index, torch.zeros((), dtype=index.dtype, device=index.device))
-        tp, *p_sums = _IndexStats.apply(p, index, positions, first, second, log)
+        # The whole tensor goes in (flattened inside): its gradient then comes back in its own shape,
+        # not through a view, and autograd adds another term's gradient into it in place.
+        tp, *p_sums = _IndexStats.apply(whole, index, positions, first, second, log)
         # sum y counts the valid positions of each class (and sum y^2 = sum y): no gradient.
         count = torch.ones_like(index, dtype=dtype) if positions is None else positions.to(dtype)
         y_sum = torch.zeros((n, c), dtype=dtype, device=p.device).scatter_add_(1, index, count)
@@ -255,7 +258,9 @@ class _IndexStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p, index, positions, first, second, from_log):  # type: ignore[override]
-        n, c, _ = p.shape
+        ctx.shape = p.shape
+        n, c = p.shape[:2]
+        p = p.reshape(n, c, index.shape[1])
         if from_log:
             p = p.exp()
         if positions is not None:
@@ -284,20 +289,25 @@ class _IndexStats(torch.autograd.Function):
         else:
             grad = torch.mul(p, 2 * g_p2) if g_p is None else torch.addcmul(g_p, p, 2 * g_p2)
         on_target = g_tp.squeeze(-1).gather(1, index)
+        # The gradient is written into a fresh tensor of the input's shape (returned as it is, not a
+        # view of one: autograd may then add another term's gradient into it in place).
+        result = torch.empty(ctx.shape, dtype=p.dtype, device=p.device)
+        flat = result.view(p.shape)
         if from_log:
             # d/d log p = p d/dp; p is 0 at ignored positions, so this selects them away too.
-            grad = torch.mul(p, grad)
+            torch.mul(p, grad, out=flat)
             on_target = on_target * p_target
         elif positions is None:
-            grad = grad.expand(p.shape).contiguous()  # a fresh tensor to scatter into
+            flat.copy_(grad.expand(p.shape))
         else:
             # The incoming gradients are per (sample, class), finite where the counted positions are: a
             # product with the mask of positions zeroes the ignored ones (half the time of a where).
-            grad = grad * positions.unsqueeze(1)
+            torch.mul(grad, positions.unsqueeze(1), out=flat)
         if positions is not None:
-            on_target = torch.where(positions, on_target, torch.zeros((), dtype=grad.dtype, device=p.device))
-        grad = grad.scatter_add_(1, index.unsqueeze(1), on_target.unsqueeze(1))
-        return grad, None, None, None, None, None
+            on_target = torch.where(positions, on_target, torch.zeros((), dtype=p.dtype, device=p.device))
+        flat.scatter_add_(1, index.unsqueeze(1), on_target.unsqueeze(1))
+        del flat
+        return result, None, None, None, None, None
 
 
 # -- losses from the sums -------------------------------------------------------------------------

@@ -133,9 +133,13 @@ class SigmoidTerm(TermModule):
         alphas = alphas + self.call_constants(inputs)  # class_balanced's weights come last
         accumulator = getattr(self, "ghm_accumulator", None)
         plan = self.plan if self.synchronises() else self.local_plan
+        summed = self.reduction_of(inputs) != "none"  # the kernel sums: no per-element loss is kept
         loss, new_accumulator = sigmoid_term_elementwise(
-            inputs.x, inputs.y, plan, weight, pos_weight, inputs.valid, accumulator, alphas
+            inputs.x, inputs.y, plan, weight, pos_weight, inputs.valid, accumulator, alphas, summed
         )
         if new_accumulator is not None and self.training:
             self.stage_update(inputs, accumulator, new_accumulator)
+        if summed:
+            return self.reduce_sum(loss, inputs, batch_size=inputs.x.shape[0] if inputs.x.dim() else 1,
+                                   count=inputs.count, positives=inputs.positives)
         return self.reduce(loss, inputs, count=inputs.count, positives=inputs.positives)
