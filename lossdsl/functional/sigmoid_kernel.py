@@ -42,7 +42,15 @@ from torch import Tensor
 from .distributed import sum_over_processes
 from .ghm import bin_index, density_table, density_weights
 from .plan import (
-    BalanceStep, DensityStep, ModulateStep, PolyStep, SampleWeightStep, Step, VarifocalStep, resolve, tiny,
+    BalanceStep,
+    DensityStep,
+    ModulateStep,
+    PolyStep,
+    SampleWeightStep,
+    Step,
+    VarifocalStep,
+    resolve,
+    tiny,
 )
 from .targets import zero_ignored
 from .tracing import is_compiling
