@@ -258,3 +258,12 @@ def test_eight_bit_masks_are_told_to_scale():
     message = message_of(lambda: lossdsl.compile("bce()")(x, mask))
     assert "targets must lie in [0, 1]; found values from 0 to 255" in message
     assert "masks stored as 0..255 images need target / 255" in message
+
+
+def test_a_target_just_beyond_1_reads_as_itself_and_is_not_taken_for_an_8_bit_mask():
+    """1.0000001 (a soft target that drifted, or a finite-difference step) printed in six digits
+    would read "found values from 0 to 1", contradicting the message; nor is it a 0..255 mask."""
+    x, y = torch.randn(2, 3), torch.tensor([[0.0, 1.0000001, 0.5], [1.0, 0.0, 0.0]])
+    message = message_of(lambda: lossdsl.compile("asl()", check_values=True)(x, y))
+    assert "targets must lie in [0, 1]; found values from 0 to 1.00000012" in message
+    assert "255" not in message

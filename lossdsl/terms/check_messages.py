@@ -16,7 +16,17 @@ def range_text(low: float, high: float) -> str:
     range."""
     if math.isnan(low) or math.isnan(high):
         return "found NaN"
-    return f"found values from {low:g} to {high:g}"
+    return f"found values from {number_text(low)} to {number_text(high)}"
+
+
+def number_text(value: float) -> str:
+    """``value`` in six significant digits, unless that rounds it to a whole number it is not: a
+    target of 1.0000001 must not read as 1 in a message that says it lies outside [0, 1]."""
+    short = f"{value:g}"
+    if not math.isfinite(value) or not float(short).is_integer() or float(short) == value:
+        return short
+    precise = f"{value:.9g}"  # enough for any float32 (a target read from one: 1.00000012)
+    return precise if float(precise) != float(short) else repr(float(value))
 
 
 def range_hint(low: float, high: float, limit: float) -> str | None:
@@ -24,8 +34,8 @@ def range_hint(low: float, high: float, limit: float) -> str | None:
     [0, 1] is expected) a scale; anything else may be meant (soft targets beyond 1)."""
     if math.isnan(low) or math.isnan(high):
         return "a NaN target makes the loss NaN: find where it comes from (torch.isnan(target).nonzero())"
-    if limit == 1 and low >= 0 and 1 < high <= 255:
-        return "masks stored as 0..255 images need target / 255"
+    if limit == 1 and low >= 0 and 2 <= high <= 255 and float(high).is_integer():
+        return "masks stored as 0..255 images need target / 255"  # (whole numbers beyond 1)
     return "pass check_values=False to lossdsl.compile to skip this check"
 
 
