@@ -23,7 +23,7 @@ On a machine shared with other jobs, more than one intra-op thread makes every r
 slower and the ratios erratic (threads wait for each other); --threads 1 measures the work itself.
 When other jobs hold the cores, even one thread's wall clock counts the time it waits for them:
 --cpu-time runs one thread and times each side by that thread's CPU time (every op runs on it),
-best of --repeat interleaved rounds.
+the median of --repeat interleaved runs (lossdsl.bench.time_pair with the thread's clock).
 
 MONAI (monai==1.6.1) and smp (segmentation-models-pytorch==0.6.0, installed with --no-deps: its
 package import needs torchvision, so its loss files are loaded one by one) are needed for the rows
@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_losses import time_pair  # noqa: E402
 
 import lossdsl  # noqa: E402
+import lossdsl.bench  # noqa: E402
 
 IGNORE = -100
 IGNORE_VOID = 255
@@ -80,23 +81,11 @@ def smp_loss_module(name: str):
 
 
 def cpu_time_pair(ours, ref, x, t, repeat: int, device: str) -> tuple[float, float]:
-    """Best CPU time (ms) of the calling thread for forward + backward of both, in ``repeat``
-    interleaved rounds (CPU only: a GPU works on its own clock)."""
+    """Median CPU time (ms) of the calling thread for forward + backward of both, interleaved
+    (lossdsl.bench.time_pair with the thread's clock; CPU only: a GPU works on its own clock)."""
     if device != "cpu":
         raise SystemExit("--cpu-time times CPU work; on a GPU use the default timing")
-
-    def once(loss) -> float:
-        x_ = x.detach().requires_grad_()
-        start = time.thread_time()
-        loss(x_, t).backward()
-        return time.thread_time() - start
-
-    best = [float("inf"), float("inf")]
-    once(ours), once(ref)  # warm-up
-    for _ in range(repeat):
-        for side, loss in enumerate((ours, ref)):
-            best[side] = min(best[side], once(loss))
-    return best[0] * 1000, best[1] * 1000
+    return lossdsl.bench.time_pair(ours, ref, x, t, repeat, device, clock=time.thread_time)
 
 
 def main() -> None:
