@@ -120,8 +120,7 @@ class _Shared:
         self.margin = margin
         self.quality = quality
         self.need_dy = need_dy  # derivatives w.r.t. y are built only when the target requires grad
-        # A scheduled margin (a 0-d tensor) clips whatever its value: it is not looked at on the host.
-        self.clips = isinstance(margin, Tensor) or margin > 0
+        self.clips = clips(margin)
         self.need_one_minus_p = need_one_minus_p or self.clips
         self.one_minus_p: Tensor | None = None
         self._minus_log_p: Tensor | None = None
@@ -329,10 +328,9 @@ class _Shared:
         """``log q`` (q clamped to the smallest normal number), ``(dq/dx) / q`` and ``(dq/dy) / q``."""
         if self._log_q is None:
             q, dq, dq_dy = self.q()
-            take = (lambda: None) if self.pool is None else self.pool.take
-            safe = torch.clamp(q, min=tiny(q.dtype), out=take())
+            safe = torch.clamp(q, min=tiny(q.dtype), out=self.new())
             ratio_y = None if dq_dy is None else dq_dy / safe
-            self._log_q = (torch.log(safe, out=take()), torch.div(dq, safe, out=safe), ratio_y)
+            self._log_q = (torch.log(safe, out=self.new()), torch.div(dq, safe, out=safe), ratio_y)
         return self._log_q
 
     def power(
@@ -346,7 +344,7 @@ class _Shared:
         q, dq, dq_dy = self.q()
         if isinstance(exponent, float) and exponent.is_integer() and exponent <= 8 and not exponent_dy:
             k = int(exponent)
-            take = (lambda: None) if self.pool is None else self.pool.take
+            take = self.new
             value = q if k == 1 else (torch.mul(q, q, out=take()) if k == 2 else torch.pow(q, k, out=take()))
             if not (need_dx or need_dy):
                 return value, None, None
@@ -359,7 +357,7 @@ class _Shared:
                 self.recycle(slope)
             return value, dx, dy
         log_q, ratio, ratio_y = self.log_q()
-        take = (lambda: None) if self.pool is None else self.pool.take
+        take = self.new
         # An argument of exp near or below log(tiny) gives a subnormal or 0 through a path of the vector
         # exp some thirty times slower: q^g below e tiny (3.2e-38 in float32) is taken as e tiny,
         # which changes the loss by at most that times the likelihood (itself about q there) and the
@@ -586,9 +584,15 @@ def _varifocal_weight(
     return weight, dx, dy
 
 
-def _whole(exponent: float | Tensor) -> bool:
-    """An exponent taken by repeated products (1 to 8) rather than ``exp(g log q)``."""
-    return isinstance(exponent, float) and exponent.is_integer() and 1 <= exponent <= 8
+def _whole(exponent: float | Tensor, lowest: int = 1) -> bool:
+    """An exponent taken by repeated products (``lowest`` to 8) rather than ``exp(g log q)``."""
+    return isinstance(exponent, float) and exponent.is_integer() and lowest <= exponent <= 8
+
+
+def clips(margin: float | Tensor) -> bool:
+    """Whether a clip margin shifts the negatives' probabilities: a scheduled margin (a 0-d tensor)
+    is taken to, whatever its value (it is not looked at on the host)."""
+    return isinstance(margin, Tensor) or margin > 0
 
 
 # Elements per part of a large eager computation on the CPU: a part's temporaries (a dozen at most,
@@ -703,10 +707,13 @@ def _in_parts(
 
 def _gap(x: Tensor, y: Tensor, margin: float | Tensor, out: Tensor) -> Tensor:
     """GHM-C's ``g = |p - y|`` as the term sees it (negatives see ``p_m`` inside a clip), in ``out``."""
-    p = torch.sigmoid(x, out=out)
-    clips = isinstance(margin, Tensor) or margin > 0
-    seen = p if not clips else torch.lerp((p - margin).clamp_(min=0), p, y)
-    return seen.sub_(y).abs_()
+    return _gap_of(torch.sigmoid(x, out=out), y, margin, out=out)
+
+
+def _gap_of(p: Tensor, y: Tensor, margin: float | Tensor, out: Tensor | None = None) -> Tensor:
+    """``g = |p_seen - y|`` from ``p`` (negatives see ``p_m = max(p - margin, 0)`` inside a clip)."""
+    seen = p if not clips(margin) else torch.lerp((p - margin).clamp_(min=0), p, y)
+    return torch.sub(seen, y, out=out).abs_()
 
 
 def _loss_and_grad(
@@ -730,12 +737,10 @@ def _loss_and_grad(
     density_step = next((step for step in plan.steps if isinstance(step, DensityStep)), None)
     if density_step is not None and density is None:
         # g = |p - y| as the term sees it (negatives see p_m inside a clip); no gradient.
-        seen = s.p if not s.clips else torch.lerp((s.p - margin).clamp_(min=0), s.p, y)
         reducer = sum_over_processes if density_step.synchronise else None
         density, new_accumulator = density_weights(
-            (seen - y).abs_(), valid, density_step.bins, density_step.momentum, accumulator, reducer
+            _gap_of(s.p, y, margin), valid, density_step.bins, density_step.momentum, accumulator, reducer
         )
-        del seen
     if varifocal is not None:  # built while p and softplus(-x) are alive
         varifocal_weight = _varifocal_weight(s, varifocal, need_dx, need_dy)
     running = _Running(*_base_loss(s, pos_weight, need_dx, need_dy), in_place=not is_compiling())
@@ -753,9 +758,7 @@ def _loss_and_grad(
             slope = 0.0 if step.gamma_pos == step.gamma_neg else gamma_pos - gamma_neg
             # detach: the focusing weight carries no gradient at all (timm's disable_torch_grad).
             wanted = not step.detach
-            whole_pair = isinstance(gamma_pos, float) and isinstance(gamma_neg, float) and \
-                gamma_pos.is_integer() and gamma_neg.is_integer() and 0 <= min(gamma_pos, gamma_neg) and \
-                max(gamma_pos, gamma_neg) <= 8
+            whole_pair = _whole(gamma_pos, lowest=0) and _whole(gamma_neg, lowest=0)
             if whole_pair and slope and not need_dy and s.hard_targets():
                 factor, d_factor = s.asymmetric_power(int(gamma_neg), int(gamma_pos), need_dx and wanted)
                 running.multiply(factor, d_factor, None)
