@@ -20,7 +20,7 @@ from .call_inputs import check_names, readers
 from .catalogue.schedules import is_schedule
 from .clock import Clock
 from .errors import LossConfigError, LossInputError
-from .functional.schedules import schedule_value
+from .functional.schedules import value_at_clock
 from .prediction import class_scores
 from .running import check_loaded_statistics
 from .spec import LossSpec
@@ -342,7 +342,7 @@ class CompiledLoss(LossModule):
         total = None
         for (_, weight, _, _), value in zip(active, values):
             if is_schedule(weight):  # a 0-d tensor from the clock: no recompilation, no host sync
-                weight = schedule_value(weight, None if clock is None else clock.reading(weight.over), value)
+                weight = value_at_clock(weight, clock, value)
                 weighted = weight * value
             else:
                 weighted = value if weight == 1 else weight * value

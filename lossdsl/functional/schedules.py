@@ -9,6 +9,7 @@ chains pick a step's value exactly (no sums of differences that would round).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,3 +35,9 @@ def schedule_value(schedule: ScheduleBase, reading: Tensor | None, like: Tensor)
             fraction = (1 - torch.cos(math.pi * fraction)) / 2
         return first + (last - first) * fraction
     raise TypeError(f"no tensor form for {type(schedule).__name__}")  # a new schedule kind without one
+
+
+def value_at_clock(schedule: ScheduleBase, clock: Any, like: Tensor) -> Tensor:
+    """:func:`schedule_value` at ``clock``'s reading for the schedule's ``over`` (a ``lossdsl.clock.Clock``;
+    None reads 0: a term called on its own, a loss without a clock)."""
+    return schedule_value(schedule, None if clock is None else clock.reading(schedule.over), like)

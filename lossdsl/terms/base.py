@@ -20,7 +20,7 @@ from ..errors import LossInputError
 from ..functional.distributed import collectives_allowed, mean_over_processes
 from ..functional.plan import compute_dtype
 from ..functional.reduce import reduce_loss, reduce_total
-from ..functional.schedules import schedule_value
+from ..functional.schedules import value_at_clock
 from ..functional.tracing import holds_no_data, is_compiling
 from ..running import RunningStatistics
 from ..spec import Term
@@ -494,8 +494,7 @@ class TermModule(RunningStatistics):
                 value = self.constant(source, like)
                 values.append(value if shaped is None else shaped(value))
             else:
-                reading = None if inputs.clock is None else inputs.clock.reading(source.over)
-                values.append(schedule_value(source, reading, like))
+                values.append(value_at_clock(source, inputs.clock, like))
         return tuple(values)
 
     def constant(self, name: str, like: Tensor) -> Tensor | None:

@@ -41,7 +41,7 @@ from ..functional.longtail import (
     seesaw_shift,
 )
 from ..functional.plan import SampleWeightStep, compute_dtype
-from ..functional.schedules import schedule_value
+from ..functional.schedules import value_at_clock
 from ..functional.targets import per_class, zero_ignored
 from ..running import RunningStatistics
 from ..spec import Term
@@ -221,7 +221,7 @@ def parameter_value(value: Any, clock: Any, like: Tensor) -> Any:
     ``clock`` (a 0-d tensor of ``like``'s dtype and device; None reads epoch and step 0)."""
     if not is_schedule(value):
         return value
-    return schedule_value(value, None if clock is None else clock.reading(value.over), like)
+    return value_at_clock(value, clock, like)
 
 
 def long_tail_nodes(base: Any, blocks: tuple[Any, ...]) -> tuple[Any, ...]:
