@@ -94,7 +94,6 @@ class TermModule(RunningStatistics):
         self.value_checks = ValueCheckLog()  # of calls to this term on its own
         # pos_mean divides by the positive count averaged over the process group (SPEC 4b).
         self.distributed = distributed
-        self.alpha_names: list[str] = []  # buffers of the balance blocks, in step order
         # What the kernels' constants hold, slot by slot (see functional.plan.Slot): the name of a
         # constant buffer (a balance block's alpha), or a schedule, evaluated per call.
         self.slots: list[Any] = []
@@ -463,9 +462,13 @@ class TermModule(RunningStatistics):
                 return BalanceStep(self._slot(block.alpha))
             name = f"alpha{len(self.alpha_names)}"
             self.class_values(name, block.alpha)
-            self.alpha_names.append(name)
             return BalanceStep(self._slot(name))
         return None
+
+    @property
+    def alpha_names(self) -> list[str]:
+        """The constant buffers of the balance blocks, in step order (the slots that name a buffer)."""
+        return [source for source in self.slots if isinstance(source, str)]
 
     def parameter(self, value: Any) -> Any:
         """A block parameter as a plan step holds it: the number itself, or, for a schedule, the
