@@ -74,6 +74,8 @@ def add_schedule_panels(figure: Any, specs: Sequence[LossSpec]) -> bool:
 
 
 def _notes_height(figure: Any) -> float:
-    """Inches taken by the notes written at the bottom of ``figure`` (lossdsl.plotting's, 8 points)."""
-    lines = [text.get_text().count("\n") + 1 for text in figure.texts if text.get_position()[1] < 0.1]
-    return 0.0 if not lines else max(lines) * 8 * 1.25 / 72
+    """Inches taken by the notes written at the bottom of ``figure`` (lossdsl.plotting's): their lines
+    at their font size, 1.25 line spacing, 72 points an inch."""
+    heights = [(text.get_text().count("\n") + 1) * text.get_fontsize() * 1.25 / 72
+               for text in figure.texts if text.get_position()[1] < 0.1]
+    return max(heights, default=0.0)
